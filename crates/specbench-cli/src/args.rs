@@ -1,0 +1,198 @@
+//! Command-line arguments as written; `commands` resolves them into library types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use specbench::judge::JudgeMode;
+use specbench::method::MethodKind;
+
+fn parse_method(text: &str) -> Result<MethodKind, String> {
+    text.parse()
+}
+
+fn parse_judge_mode(text: &str) -> Result<JudgeMode, String> {
+    text.parse()
+}
+
+/// Measure how well language models follow specifications: the SpecBench benchmark (5
+/// scenarios, 103 rules, 1,500 prompts), its LLM-as-judge protocol and the SAR score.
+///
+/// Exit codes: 0 every item done; 1 some items failed or were not judged (they are listed and
+/// kept out of the averages); 2 bad input or configuration (nothing was written).
+#[derive(Debug, Parser)]
+#[command(
+    name = "specbench",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate responses, judge them and score them, in one pipeline.
+    Run(RunArgs),
+    /// Generate responses only (`generate.json`).
+    Generate(GenerateArgs),
+    /// Judge stored responses (`<judge>_evaluate.json`) and score them.
+    Evaluate(EvaluateArgs),
+    /// Recompute scores from stored verdicts (for example with another --alpha); sends nothing.
+    Score(ScoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub generate: GenerateArgs,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Test-time method: `raw` sends the bare prompt, `vanilla` adds the scenario's rules.
+    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
+    pub method: MethodKind,
+    /// Generate from the attacked prompt (`adversarial_prompt`, as the paper does) or from the
+    /// original `prompt`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub adversarial: bool,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Model key whose stored responses are judged (names the result folder).
+    #[arg(long)]
+    pub model: String,
+    /// Method whose stored responses are judged.
+    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
+    pub method: MethodKind,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Where results are stored.
+    #[arg(long, default_value = "result", value_name = "DIR")]
+    pub results: PathBuf,
+    /// Model key of the stored run.
+    #[arg(long)]
+    pub model: String,
+    /// Scenarios to score (comma-separated); default: every scenario stored for the model.
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
+    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
+    pub method: MethodKind,
+    /// Judge file stem (`GPT-4.1`, `GPT-4.1-sequential`); default: every judge stored.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// SAR's α: the score of a safe response that meets no behavioral rule.
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha: f64,
+}
+
+/// Which data and which items.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// The scenario pack: a folder with `scenarios/` (and `protocol/`, `config/`), the upstream
+    /// `data/` folder, or one scenario folder.
+    #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+    /// Scenarios to run, comma-separated or repeated (`Child,Code`); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
+    /// Only the first N items of each scenario.
+    #[arg(long, conflicts_with = "items")]
+    pub limit: Option<usize>,
+    /// Only these item positions of each scenario (`0,5,200`).
+    #[arg(long, value_delimiter = ',')]
+    pub items: Vec<usize>,
+    /// Where results are written (upstream layout: DIR/<model>/<scenario>/<method>/).
+    #[arg(long, default_value = "result", value_name = "DIR")]
+    pub results: PathBuf,
+}
+
+/// How a server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderArg {
+    /// api.openai.com; key in OPENAI_API_KEY.
+    Openai,
+    /// api.deepseek.com; key in DEEPSEEK_API_KEY; reasoning_content becomes the thought.
+    Deepseek,
+    /// vLLM servers (--base-url, several spread the load); no key unless --api-key-env.
+    Vllm,
+    /// Any OpenAI-compatible server at --base-url.
+    Compatible,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model key: an entry of the model config file (its `model_name`, decoding fields and
+    /// `extra_body` are used), or a model name sent as is.
+    #[arg(long)]
+    pub model: String,
+    /// Upstream-format model config. Default: the pack's `config/config_model.yaml`.
+    #[arg(long, value_name = "FILE")]
+    pub model_config: Option<PathBuf>,
+    /// Provider preset. Default: `compatible` when --base-url is given, else `openai`.
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+    /// Base URL(s) of the server, up to `/v1`; comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub base_url: Vec<String>,
+    /// Environment variable holding the API key (the key itself is never taken as a flag).
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JudgeArgs {
+    /// Judge model key: an entry of the judge config file, or a model name sent as is.
+    #[arg(long, default_value = "GPT-4.1")]
+    pub judge: String,
+    /// Joint (one call per response) or sequential (one call per rule); both may be given.
+    #[arg(long, value_delimiter = ',', default_value = "joint", value_parser = parse_judge_mode)]
+    pub judge_mode: Vec<JudgeMode>,
+    /// Upstream-format judge config. Default: the pack's `config/config_eval_model.yaml`.
+    #[arg(long, value_name = "FILE")]
+    pub judge_config: Option<PathBuf>,
+    /// Judge provider preset. Default: `compatible` when --judge-base-url is given, else `openai`.
+    #[arg(long, value_enum)]
+    pub judge_provider: Option<ProviderArg>,
+    /// Base URL(s) of the judge's server; comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub judge_base_url: Vec<String>,
+    /// Environment variable holding the judge's API key.
+    #[arg(long, value_name = "NAME")]
+    pub judge_api_key_env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Requests in flight at once per endpoint (base URL), shared by model and judge.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Seconds one request may take before it is abandoned and retried.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Attempts per request (the first included) on 429, 5xx, timeouts and lost connections.
+    #[arg(long, default_value_t = 6)]
+    pub max_attempts: u32,
+    /// SAR's α: the score of a safe response that meets no behavioral rule.
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha: f64,
+}

@@ -1,0 +1,413 @@
+//! Resolves flags, upstream YAML and environment into library types, runs, and prints results.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use specbench::backend::{ConcurrencyLimits, Model, OpenAiBackend, Preset, RetryPolicy};
+use specbench::config::{ModelEntry, ModelFile};
+use specbench::judge::{Judge, JudgeMode};
+use specbench::method::{self, MethodKind};
+use specbench::pack::{self, ItemSelection, Pack, PromptVariant};
+use specbench::protocol::Protocol;
+use specbench::run::{RunPlan, RunReport, Runner};
+use specbench::score::{Alpha, Subset, Summary};
+use specbench::store::{self, Store};
+
+use crate::args::{
+    DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, ModelArgs, ProviderArg, RunArgs,
+    ScoreArgs,
+};
+use crate::progress::Progress;
+
+/// How a command ended, as the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Every item done.
+    Success,
+    /// Some items failed or were not judged; they are reported and kept out of the averages.
+    Incomplete,
+}
+
+/// Bad input of any kind: exit code 2, and nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
+    let session = Session::new(&args.generate.data, &args.generate.exec)?;
+    let generator = session.model(&args.generate.model, &args.generate.exec)?;
+    let judges = session.judges(&args.judge, &args.generate.exec)?;
+    let plan = session.plan(&args.generate, generator.key())?;
+    let runner = session.runner(plan, Some((generator, args.generate.method)), judges);
+    execute(runner).await
+}
+
+pub async fn generate(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
+    let session = Session::new(&args.data, &args.exec)?;
+    let generator = session.model(&args.model, &args.exec)?;
+    let plan = session.plan(&args, generator.key())?;
+    let runner = session.runner(plan, Some((generator, args.method)), Vec::new());
+    execute(runner).await
+}
+
+pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
+    let session = Session::new(&args.data, &args.exec)?;
+    let judges = session.judges(&args.judge, &args.exec)?;
+    let plan = RunPlan {
+        scenarios: args.data.scenario.clone(),
+        items: ItemSelection::All,
+        variant: PromptVariant::Adversarial,
+        method: args.method,
+        model_key: args.model.clone(),
+        alpha: alpha(args.exec.alpha)?,
+        item_concurrency: args.exec.concurrency.max(1) * 4,
+    };
+    let runner = session.runner(plan, None, judges);
+    execute(runner).await
+}
+
+/// Recomputes `<judge>_score.json` from `<judge>_evaluate.json`; sends nothing.
+pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
+    let alpha = alpha(args.alpha)?;
+    let model_dir = args.results.join(store::short_name(&args.model));
+    let scenarios = if args.scenario.is_empty() {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&model_dir)
+            .with_context(|| format!("{}: no stored results", model_dir.display()))?
+        {
+            let path = entry?.path();
+            if path.join(args.method.name()).is_dir()
+                && let Some(name) = path.file_name()
+            {
+                found.push(name.to_string_lossy().into_owned());
+            }
+        }
+        found.sort();
+        found
+    } else {
+        args.scenario.clone()
+    };
+    let mut rows = Vec::new();
+    for scenario in &scenarios {
+        let dir = Store::new(&args.results).run_dir(&args.model, scenario, args.method.name());
+        let mut stems: Vec<String> = match &args.judge {
+            Some(stem) => vec![stem.clone()],
+            None => std::fs::read_dir(&dir.dir)
+                .with_context(|| format!("{}: no stored results", dir.dir.display()))?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix("_evaluate.json")
+                        .map(str::to_string)
+                })
+                .collect(),
+        };
+        stems.sort();
+        if stems.is_empty() {
+            bail!(UsageError(format!(
+                "{}: no <judge>_evaluate.json to score",
+                dir.dir.display()
+            )));
+        }
+        for stem in stems {
+            let path = dir.evaluate_json(&stem);
+            let verdicts = store::read_verdicts(&path).map_err(|e| UsageError(e.to_string()))?;
+            let mut summary = Summary::default();
+            for (item, verdicts) in &verdicts {
+                summary.add(item.label, &specbench::score::Score::of(verdicts, alpha));
+            }
+            store::write_json(&dir.score_json(&stem), &store::score_file(&summary))?;
+            rows.push((scenario.clone(), stem, summary));
+        }
+    }
+    print_table(&rows);
+    Ok(ExitStatus::Success)
+}
+
+fn alpha(value: f64) -> anyhow::Result<Alpha> {
+    Alpha::new(value)
+        .ok_or_else(|| UsageError(format!("--alpha {value}: must lie between 0 and 1")).into())
+}
+
+/// Everything resolved from the data flags, shared by the commands.
+struct Session {
+    pack: Arc<Pack>,
+    protocol: Arc<Protocol>,
+    store: Store,
+    data: DataArgs,
+    limits: ConcurrencyLimits,
+}
+
+impl Session {
+    fn new(data: &DataArgs, exec: &ExecArgs) -> anyhow::Result<Session> {
+        if exec.concurrency == 0 {
+            bail!(UsageError("--concurrency must be at least 1".into()));
+        }
+        if exec.max_attempts == 0 {
+            bail!(UsageError("--max-attempts must be at least 1".into()));
+        }
+        if !(exec.timeout.is_finite() && exec.timeout > 0.0) {
+            bail!(UsageError(
+                "--timeout must be a positive number of seconds".into()
+            ));
+        }
+        let pack = pack::load(&data.data).map_err(|e| UsageError(e.to_string()))?;
+        let protocol = Protocol::for_pack(pack.protocol_dir.as_deref())
+            .map_err(|e| UsageError(e.to_string()))?;
+        tracing::info!(protocol = ?protocol.source, hash = %protocol.hash, "protocol texts");
+        Ok(Session {
+            pack: Arc::new(pack),
+            protocol: Arc::new(protocol),
+            store: Store::new(&data.results),
+            data: DataArgs {
+                data: data.data.clone(),
+                scenario: data.scenario.clone(),
+                limit: data.limit,
+                items: data.items.clone(),
+                results: data.results.clone(),
+            },
+            limits: ConcurrencyLimits::new(exec.concurrency),
+        })
+    }
+
+    fn config_file(
+        &self,
+        given: Option<&Path>,
+        default_name: &str,
+    ) -> anyhow::Result<Option<ModelFile>> {
+        let path: Option<PathBuf> = match given {
+            Some(path) => Some(path.to_path_buf()),
+            None => self
+                .pack
+                .config_dir
+                .as_ref()
+                .map(|dir| dir.join(default_name))
+                .filter(|p| p.is_file()),
+        };
+        path.map(|p| ModelFile::load(&p).map_err(|e| UsageError(e.to_string()).into()))
+            .transpose()
+    }
+
+    fn entry(&self, key: &str, file: Option<&ModelFile>) -> anyhow::Result<ModelEntry> {
+        match file {
+            Some(file) => match file.entry(key).map_err(|e| UsageError(e.to_string()))? {
+                Some(entry) => Ok(entry),
+                None => {
+                    tracing::warn!(
+                        "model `{key}` is not in {}; sending it as the model name with no parameters",
+                        file.file.display()
+                    );
+                    Ok(ModelEntry::bare(key))
+                }
+            },
+            None => Ok(ModelEntry::bare(key)),
+        }
+    }
+
+    fn backend(
+        &self,
+        entry: &ModelEntry,
+        provider: Option<ProviderArg>,
+        base_urls: &[String],
+        key_variable: Option<&String>,
+        exec: &ExecArgs,
+    ) -> anyhow::Result<Model> {
+        let preset = match provider {
+            Some(ProviderArg::Openai) => Preset::OpenAi,
+            Some(ProviderArg::Deepseek) => Preset::DeepSeek,
+            Some(ProviderArg::Vllm) => Preset::Vllm,
+            Some(ProviderArg::Compatible) => Preset::Compatible,
+            None if base_urls.is_empty() => Preset::OpenAi,
+            None => Preset::Compatible,
+        };
+        let backend = OpenAiBackend::builder(preset, entry.model_name.clone())
+            .base_urls(base_urls.iter().cloned())
+            .api_key_variable(key_variable.cloned())
+            .params(entry.params.clone())
+            .extra_body(entry.extra_body.clone())
+            .timeout(Duration::from_secs_f64(exec.timeout))
+            .limits(self.limits.clone())
+            .build()
+            .map_err(|e| UsageError(format!("model `{}`: {e}", entry.key)))?;
+        let retry = RetryPolicy {
+            max_attempts: exec.max_attempts,
+            ..RetryPolicy::default()
+        };
+        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry))
+    }
+
+    fn model(&self, args: &ModelArgs, exec: &ExecArgs) -> anyhow::Result<Model> {
+        let file = self.config_file(args.model_config.as_deref(), "config_model.yaml")?;
+        let entry = self.entry(&args.model, file.as_ref())?;
+        self.backend(
+            &entry,
+            args.provider,
+            &args.base_url,
+            args.api_key_env.as_ref(),
+            exec,
+        )
+    }
+
+    fn judges(&self, args: &JudgeArgs, exec: &ExecArgs) -> anyhow::Result<Vec<Judge>> {
+        let file = self.config_file(args.judge_config.as_deref(), "config_eval_model.yaml")?;
+        let entry = self.entry(&args.judge, file.as_ref())?;
+        let model = self.backend(
+            &entry,
+            args.judge_provider,
+            &args.judge_base_url,
+            args.judge_api_key_env.as_ref(),
+            exec,
+        )?;
+        let mut modes: Vec<JudgeMode> = Vec::new();
+        for mode in &args.judge_mode {
+            if !modes.contains(mode) {
+                modes.push(*mode);
+            }
+        }
+        Ok(modes
+            .into_iter()
+            .map(|mode| Judge::new(model.clone(), mode, self.protocol.clone()))
+            .collect())
+    }
+
+    fn plan(&self, args: &GenerateArgs, model_key: &str) -> anyhow::Result<RunPlan> {
+        let items = match (self.data.limit, self.data.items.is_empty()) {
+            (Some(limit), _) => ItemSelection::First(limit),
+            (None, false) => ItemSelection::Indices(self.data.items.clone()),
+            (None, true) => ItemSelection::All,
+        };
+        Ok(RunPlan {
+            scenarios: self.data.scenario.clone(),
+            items,
+            variant: if args.adversarial {
+                PromptVariant::Adversarial
+            } else {
+                PromptVariant::Original
+            },
+            method: args.method,
+            model_key: model_key.to_string(),
+            alpha: alpha(args.exec.alpha)?,
+            item_concurrency: args.exec.concurrency.max(1) * 4,
+        })
+    }
+
+    fn runner(
+        &self,
+        plan: RunPlan,
+        generator: Option<(Model, MethodKind)>,
+        judges: Vec<Judge>,
+    ) -> Runner {
+        Runner {
+            pack: self.pack.clone(),
+            protocol: self.protocol.clone(),
+            store: self.store.clone(),
+            plan,
+            generator: generator.map(|(model, kind)| (model, method::method(kind))),
+            judges,
+            method_params: serde_json::json!({}),
+        }
+    }
+}
+
+async fn execute(runner: Runner) -> anyhow::Result<ExitStatus> {
+    let progress = Progress::new();
+    let result = runner.run(&|event| progress.handle(event)).await;
+    progress.finish();
+    let report = result.map_err(|e| match e {
+        specbench::run::RunError::Store(store) => anyhow::Error::new(store),
+        other => UsageError(other.to_string()).into(),
+    })?;
+    print_report(&report);
+    Ok(if report.problems() > 0 {
+        ExitStatus::Incomplete
+    } else {
+        ExitStatus::Success
+    })
+}
+
+fn print_report(report: &RunReport) {
+    let mut rows = Vec::new();
+    for scenario in &report.scenarios {
+        for judge in &scenario.judges {
+            rows.push((scenario.scenario.clone(), judge.stem.clone(), judge.summary));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
+    for scenario in &report.scenarios {
+        if scenario.generation_failures > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} item(s) failed to generate (see generate.json nulls; run again to retry them)",
+                scenario.scenario, scenario.generation_failures
+            );
+        }
+    }
+    if let Some(totals) = &report.generator {
+        let _ = writeln!(
+            out,
+            "generation: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
+            totals.requests,
+            totals.retries,
+            totals.failures,
+            totals.prompt_tokens,
+            totals.completion_tokens
+        );
+    }
+    for (stem, totals) in &report.judges {
+        let _ = writeln!(
+            out,
+            "judge {stem}: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
+            totals.requests,
+            totals.retries,
+            totals.failures,
+            totals.prompt_tokens,
+            totals.completion_tokens
+        );
+    }
+}
+
+/// The score table: one block per scenario and judge, a row per subset.
+fn print_table(rows: &[(String, String, Summary)]) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<22} {:<7} {:>6} {:>8} {:>10} {:>8} {:>6}",
+        "scenario", "judge", "subset", "safety", "behav.", "behav.¬NA", "SAR", "items"
+    );
+    for (scenario, stem, summary) in rows {
+        for subset in Subset::ALL {
+            let scores = summary.subset(subset);
+            let name = match subset {
+                Subset::Unsafe => "unsafe",
+                Subset::Safe => "safe",
+                Subset::Full => "full",
+            };
+            let _ = writeln!(
+                out,
+                "{:<10} {:<22} {:<7} {:>6.4} {:>8.4} {:>10.4} {:>8.4} {:>6}",
+                scenario,
+                stem,
+                name,
+                scores.safety.avg(),
+                scores.behavioral.avg(),
+                scores.behavioral_excluding_na.avg(),
+                scores.sar.avg(),
+                scores.sar.count
+            );
+        }
+        if summary.judge_errors > 0 || summary.failed > 0 {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<22} left out of the averages: {} judge error(s) (see {stem}_errors.json), {} not judged",
+                scenario, stem, summary.judge_errors, summary.failed
+            );
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The `specbench` command. A thin edge over the library: parse flags, run, print errors,
+//! choose the exit code.
+
+// Only this crate talks to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod args;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+use commands::{ExitStatus, UsageError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("specbench: error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => commands::run(args).await,
+            Command::Generate(args) => commands::generate(args).await,
+            Command::Evaluate(args) => commands::evaluate(args).await,
+            Command::Score(args) => commands::score(args),
+        }
+    });
+    match result {
+        Ok(ExitStatus::Success) => ExitCode::SUCCESS,
+        Ok(ExitStatus::Incomplete) => ExitCode::from(1),
+        Err(err) => {
+            // One line: the error and its causes, each naming what to fix.
+            eprintln!("specbench: error: {err:#}");
+            if err.downcast_ref::<UsageError>().is_none() {
+                eprintln!("specbench: finished work is kept; run the same command again to resume");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Log lines go to stderr; `SPECBENCH_LOG` sets the filter (default: warnings).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(specbench::env::Env::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,291 @@
+//! Test support: a loopback OpenAI-compatible stub server (scripted replies, recorded requests,
+//! fixed latency, faults) and a replay server for the data pack's golden requests.
+//!
+//! Only ever a dev-dependency (and the benchmark's stub process). Every server binds 127.0.0.1
+//! on a free port and runs on its own thread and runtime, so sync tests that run the binary and
+//! async tests that call the library can both use it.
+
+pub mod golden;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// What the stub answers to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A chat completion with this content.
+    Content(String),
+    /// Content with a separate `reasoning_content` (DeepSeek style).
+    Reasoning { content: String, reasoning: String },
+    /// An HTTP error status with a body and optional `Retry-After`.
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<String>,
+    },
+    /// A 200 whose body is this raw text (invalid JSON, truncated, ...).
+    RawBody(String),
+}
+
+type Handler = dyn Fn(&Value) -> Reply + Send + Sync;
+
+struct Shared {
+    handler: Box<Handler>,
+    latency: Duration,
+    requests: Mutex<Vec<Value>>,
+    record: bool,
+}
+
+/// A running stub server; stops when dropped.
+pub struct StubServer {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Options of a stub server.
+pub struct StubOptions {
+    /// Waited before every answer.
+    pub latency: Duration,
+    /// Keep every request body for [`StubServer::requests`] (off for benchmarks).
+    pub record: bool,
+    /// Worker threads of the server's runtime.
+    pub threads: usize,
+}
+
+impl Default for StubOptions {
+    fn default() -> Self {
+        StubOptions {
+            latency: Duration::ZERO,
+            record: true,
+            threads: 1,
+        }
+    }
+}
+
+impl StubServer {
+    /// Starts a server answering every `POST …/chat/completions` with `handler`.
+    pub fn start(
+        handler: impl Fn(&Value) -> Reply + Send + Sync + 'static,
+    ) -> anyhow::Result<StubServer> {
+        StubServer::start_with(StubOptions::default(), handler)
+    }
+
+    pub fn start_with(
+        options: StubOptions,
+        handler: impl Fn(&Value) -> Reply + Send + Sync + 'static,
+    ) -> anyhow::Result<StubServer> {
+        let shared = Arc::new(Shared {
+            handler: Box::new(handler),
+            latency: options.latency,
+            requests: Mutex::new(Vec::new()),
+            record: options.record,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.threads.max(1))
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = Router::new()
+            .route("/{*path}", post(answer))
+            .with_state(shared.clone());
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        Ok(StubServer {
+            addr,
+            shared,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The base URL to give specbench (`http://127.0.0.1:PORT/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request body received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Serves until the process is killed (the benchmark's stub process).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StubServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Tokens as the golden stub counted them: code points ÷ 4, rounded down.
+pub fn stub_usage(body: &Value, reply: &str) -> Value {
+    let prompt_chars: usize = body["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m["content"].as_str())
+                .map(|c| c.chars().count())
+                .sum()
+        })
+        .unwrap_or(0);
+    let prompt_tokens = prompt_chars / 4;
+    let completion_tokens = reply.chars().count() / 4;
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "request body is not JSON").into_response();
+    };
+    if shared.record
+        && let Ok(mut requests) = shared.requests.lock()
+    {
+        requests.push(request.clone());
+    }
+    if !shared.latency.is_zero() {
+        tokio::time::sleep(shared.latency).await;
+    }
+    match (shared.handler)(&request) {
+        Reply::Content(content) => completion(&request, &content, None),
+        Reply::Reasoning { content, reasoning } => completion(&request, &content, Some(&reasoning)),
+        Reply::Status {
+            status,
+            body,
+            retry_after,
+        } => {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert("retry-after", value);
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, headers, body).into_response()
+        }
+        Reply::RawBody(text) => {
+            (StatusCode::OK, [("content-type", "application/json")], text).into_response()
+        }
+    }
+}
+
+fn completion(request: &Value, content: &str, reasoning: Option<&str>) -> Response {
+    let mut message = json!({"role": "assistant", "content": content});
+    if let Some(reasoning) = reasoning {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    let body = json!({
+        "id": "stub",
+        "object": "chat.completion",
+        "model": request["model"],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": stub_usage(request, content),
+    });
+    axum::Json(body).into_response()
+}
+
+/// The user message of a request, or "".
+pub fn user_text(request: &Value) -> &str {
+    request["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+}
+
+/// A plausible answer to any SpecBench request: a joint judge prompt gets one verdict line per
+/// rule (counts read from its last line), a sequential one a single verdict, anything else a
+/// short response with a thought. Verdicts vary with the text so scores are not constant.
+pub fn synthetic_reply(request: &Value) -> String {
+    let user = user_text(request);
+    let seed = user.len();
+    let verdict = |i: usize| match (seed + i * 7) % 5 {
+        0 => "<NO>",
+        1 => "<NA>",
+        _ => "<YES>",
+    };
+    if let Some(counts) = joint_counts(user) {
+        let mut reply = String::from("<safety_specifications>\n");
+        for i in 1..=counts.0 {
+            // Keep most responses safe so that SAR is not always zero.
+            let v = if (seed + i) % 23 == 0 {
+                "<NO>"
+            } else {
+                "<YES>"
+            };
+            reply.push_str(&format!("{i}. Synthetic analysis of rule {i}.{v}\n"));
+        }
+        reply.push_str("</safety_specifications>\n<behavioral_specifications>\n");
+        for i in 1..=counts.1 {
+            reply.push_str(&format!(
+                "{i}. Synthetic analysis of rule {i}.{}\n",
+                verdict(i)
+            ));
+        }
+        reply.push_str("</behavioral_specifications>");
+        reply
+    } else if user.contains("<response_begin>") {
+        format!("Synthetic analysis of this single rule.{}", verdict(0))
+    } else {
+        format!(
+            "Thinking about the request of {seed} characters.\n</think>\n\nA synthetic response of the stub server to a request of {seed} characters."
+        )
+    }
+}
+
+/// `(safety, behavioral)` rule counts from a joint judge prompt's last line:
+/// `... safety: 1~11, behavioral: 1~9)`.
+pub fn joint_counts(user: &str) -> Option<(usize, usize)> {
+    let tail = &user[user.rfind("safety: 1~")?..];
+    let safety: usize = tail
+        .strip_prefix("safety: 1~")?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let behavioral_at = tail.find("behavioral: 1~")?;
+    let behavioral: usize = tail[behavioral_at + "behavioral: 1~".len()..]
+        .split(')')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((safety, behavioral))
+}

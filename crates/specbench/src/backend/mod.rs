@@ -1,0 +1,426 @@
+//! How text is produced: the `Backend` trait (one attempt at one request) and `Model` (a named,
+//! configured backend with retries, backoff and `Retry-After`, and usage counters).
+//!
+//! Owns: chat messages, requests, generations, token usage, and which failures are worth another
+//! attempt. Must not know scenarios, rules, methods or verdicts. Methods and the judge call
+//! `Model::generate`; only `openai` knows the wire format.
+
+pub mod openai;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use backon::BackoffBuilder;
+use serde::{Deserialize, Serialize};
+
+pub use openai::{ApiKey, ConcurrencyLimits, OpenAiBackend, OpenAiBackendBuilder, Preset};
+
+/// Who speaks a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Message {
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+
+    pub fn user(content: impl Into<String>) -> Message {
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Message {
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// One call's input. Decoding parameters belong to the model's configuration, not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub messages: Vec<Message>,
+    /// Stop strings; `Some(vec![])` is sent as an explicit empty list, as upstream does.
+    pub stop: Option<Vec<String>>,
+}
+
+impl Request {
+    pub fn chat(messages: Vec<Message>) -> Request {
+        Request {
+            messages,
+            stop: None,
+        }
+    }
+}
+
+/// Token counts as the server reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+impl std::ops::AddAssign<&Usage> for Usage {
+    fn add_assign(&mut self, other: &Usage) {
+        self.add(other);
+    }
+}
+
+/// One backend call's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// The assistant content, thought markers and all.
+    pub text: String,
+    /// A separate reasoning field (DeepSeek's `reasoning_content`), when the preset reads one.
+    pub reasoning: Option<String>,
+    pub usage: Usage,
+    pub finish_reason: Option<String>,
+}
+
+/// Why one attempt failed. Whether to try again is decided here, once.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{endpoint}: HTTP {status}: {body}")]
+    Status {
+        endpoint: String,
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{endpoint}: cannot connect: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("{endpoint}: no complete answer within {}s", after.as_secs_f64())]
+    Timeout { endpoint: String, after: Duration },
+    #[error("{endpoint}: invalid answer: {problem}")]
+    InvalidResponse { endpoint: String, problem: String },
+    #[error("{endpoint}: the answer has no content")]
+    EmptyContent { endpoint: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl BackendError {
+    /// Rate limits, server errors, lost connections and garbled answers pass; a wrong key, a
+    /// missing model or a malformed request will fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BackendError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 425 | 429) || *status >= 500
+            }
+            BackendError::Connect { .. }
+            | BackendError::Timeout { .. }
+            | BackendError::InvalidResponse { .. }
+            | BackendError::EmptyContent { .. } => true,
+            BackendError::Config(_) => false,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BackendError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// One attempt at one request. Retries, limits and accounting live in [`Model`], once.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    async fn send(&self, request: &Request) -> Result<Generation, BackendError>;
+
+    /// What the manifest records of this backend: provider, endpoints, parameters; never a key.
+    fn describe(&self) -> serde_json::Value;
+}
+
+/// How often and how patiently a model is retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// The longest `Retry-After` honoured; a server asking for more is waited on this long.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A request that could not be served within the retry policy.
+#[derive(Debug, thiserror::Error)]
+#[error("model `{model}`: gave up after {attempts} attempt(s) over {:.1}s: {last}", elapsed.as_secs_f64())]
+pub struct ModelError {
+    pub model: String,
+    pub attempts: u32,
+    pub elapsed: Duration,
+    #[source]
+    pub last: BackendError,
+}
+
+/// Counters a run reports: what was sent, what came back, what it cost.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+/// A snapshot of [`ModelStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ModelTotals {
+    pub requests: u64,
+    pub retries: u64,
+    pub failures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A named, configured model reached through a [`Backend`]: what methods and the judge call.
+#[derive(Clone)]
+pub struct Model {
+    key: String,
+    backend: Arc<dyn Backend>,
+    retry: RetryPolicy,
+    stats: Arc<ModelStats>,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// `key` is the config key (`Qwen3-14B-thinking`) that names result folders.
+    pub fn new(key: impl Into<String>, backend: Arc<dyn Backend>, retry: RetryPolicy) -> Model {
+        Model {
+            key: key.into(),
+            backend,
+            retry,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        self.backend.describe()
+    }
+
+    pub fn totals(&self) -> ModelTotals {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ModelTotals {
+            requests: get(&self.stats.requests),
+            retries: get(&self.stats.retries),
+            failures: get(&self.stats.failures),
+            prompt_tokens: get(&self.stats.prompt_tokens),
+            completion_tokens: get(&self.stats.completion_tokens),
+        }
+    }
+
+    /// Sends `request`, retrying what [`BackendError::is_retryable`] allows with exponential
+    /// backoff and full jitter, and waiting at least as long as a `Retry-After` asks.
+    pub async fn generate(&self, request: &Request) -> Result<Generation, ModelError> {
+        let started = Instant::now();
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize)
+            .with_jitter()
+            .build();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let error = match self.backend.send(request).await {
+                Ok(generation) => {
+                    self.stats
+                        .prompt_tokens
+                        .fetch_add(generation.usage.prompt_tokens, Ordering::Relaxed);
+                    self.stats
+                        .completion_tokens
+                        .fetch_add(generation.usage.completion_tokens, Ordering::Relaxed);
+                    return Ok(generation);
+                }
+                Err(error) => error,
+            };
+            let delay = if error.is_retryable() {
+                delays.next()
+            } else {
+                None
+            };
+            let Some(backoff) = delay else {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(ModelError {
+                    model: self.key.clone(),
+                    attempts,
+                    elapsed: started.elapsed(),
+                    last: error,
+                });
+            };
+            let wait = match error.retry_after() {
+                Some(asked) => asked.min(self.retry.max_retry_after).max(backoff),
+                None => backoff,
+            };
+            tracing::debug!(model = %self.key, attempt = attempts, wait_ms = wait.as_millis() as u64, %error, "retrying");
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Replays a fixed list of outcomes, then fails.
+    struct Scripted {
+        outcomes: Mutex<Vec<Result<Generation, BackendError>>>,
+    }
+
+    #[async_trait]
+    impl Backend for Scripted {
+        async fn send(&self, _request: &Request) -> Result<Generation, BackendError> {
+            let mut outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            if outcomes.is_empty() {
+                return Err(BackendError::Config("script exhausted".into()));
+            }
+            outcomes.remove(0)
+        }
+
+        fn describe(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+    }
+
+    fn generation(text: &str) -> Generation {
+        Generation {
+            text: text.into(),
+            reasoning: None,
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                total_tokens: 5,
+            },
+            finish_reason: Some("stop".into()),
+        }
+    }
+
+    fn status(status: u16) -> BackendError {
+        BackendError::Status {
+            endpoint: "e".into(),
+            status,
+            body: String::new(),
+            retry_after: None,
+        }
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_retry_after: Duration::from_millis(5),
+        }
+    }
+
+    fn model(outcomes: Vec<Result<Generation, BackendError>>) -> Model {
+        let backend = Scripted {
+            outcomes: Mutex::new(outcomes),
+        };
+        Model::new("m", Arc::new(backend), fast())
+    }
+
+    #[tokio::test]
+    async fn retries_transient_errors_then_succeeds() -> Result<(), ModelError> {
+        let model = model(vec![
+            Err(status(503)),
+            Err(status(429)),
+            Ok(generation("ok")),
+        ]);
+        let out = model.generate(&Request::chat(vec![])).await?;
+        assert_eq!(out.text, "ok");
+        let totals = model.totals();
+        assert_eq!(
+            (totals.requests, totals.retries, totals.failures),
+            (3, 2, 0)
+        );
+        assert_eq!(totals.prompt_tokens, 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_the_attempt_limit() {
+        let model = model(vec![
+            Err(status(500)),
+            Err(status(500)),
+            Err(status(500)),
+            Ok(generation("late")),
+        ]);
+        let err = model.generate(&Request::chat(vec![])).await.err();
+        assert_eq!(err.as_ref().map(|e| e.attempts), Some(3));
+        assert_eq!(model.totals().failures, 1);
+    }
+
+    #[tokio::test]
+    async fn does_not_retry_a_wrong_key() {
+        let model = model(vec![Err(status(401)), Ok(generation("never"))]);
+        let err = model.generate(&Request::chat(vec![])).await.err();
+        assert_eq!(err.as_ref().map(|e| e.attempts), Some(1));
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        for code in [429, 500, 502, 503, 504] {
+            assert!(status(code).is_retryable(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 422] {
+            assert!(!status(code).is_retryable(), "{code}");
+        }
+    }
+}

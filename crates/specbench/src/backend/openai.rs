@@ -1,0 +1,599 @@
+//! OpenAI-compatible chat completions over HTTP: OpenAI, DeepSeek, vLLM and anything alike.
+//!
+//! The request body is what upstream's client sends: `model`, `messages`, the model's configured
+//! decoding fields, then `extra_body` merged into the top level. Several base URLs spread the
+//! load round-robin; one that refuses connections is skipped for a while.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::{Backend, BackendError, Generation, Message, Request, Usage};
+
+/// What a provider needs beyond the base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// api.openai.com, key in `OPENAI_API_KEY`.
+    OpenAi,
+    /// api.deepseek.com, key in `DEEPSEEK_API_KEY`; `reasoning_content` becomes the thought.
+    DeepSeek,
+    /// One or more vLLM servers; a key only if the server was started with one.
+    Vllm,
+    /// Any other OpenAI-compatible server.
+    Compatible,
+}
+
+impl Preset {
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            Preset::OpenAi => Some("https://api.openai.com/v1"),
+            Preset::DeepSeek => Some("https://api.deepseek.com"),
+            Preset::Vllm => Some("http://localhost:8001/v1"),
+            Preset::Compatible => None,
+        }
+    }
+
+    /// The variable the key is read from unless another is named.
+    pub fn default_key_variable(self) -> Option<&'static str> {
+        match self {
+            Preset::OpenAi => Some("OPENAI_API_KEY"),
+            Preset::DeepSeek => Some("DEEPSEEK_API_KEY"),
+            Preset::Vllm | Preset::Compatible => None,
+        }
+    }
+
+    fn reads_reasoning(self) -> bool {
+        self == Preset::DeepSeek
+    }
+}
+
+/// An API key, read once from the environment; it prints as `****` everywhere.
+#[derive(Clone)]
+pub struct ApiKey(SecretString);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(****)")
+    }
+}
+
+impl ApiKey {
+    /// Reads the variable `name`; `Ok(None)` when it is unset or empty.
+    pub fn from_env(name: &str) -> Option<ApiKey> {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.is_empty())
+            .map(|value| ApiKey(SecretString::from(value)))
+    }
+}
+
+/// Caps in-flight requests per base URL, shared by every model that uses the same server.
+#[derive(Debug, Clone, Default)]
+pub struct ConcurrencyLimits {
+    per_endpoint: usize,
+    semaphores: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl ConcurrencyLimits {
+    pub fn new(per_endpoint: usize) -> ConcurrencyLimits {
+        ConcurrencyLimits {
+            per_endpoint: per_endpoint.max(1),
+            semaphores: Arc::default(),
+        }
+    }
+
+    fn for_endpoint(&self, base: &str) -> Arc<Semaphore> {
+        let mut map = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(base.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint.max(1))))
+            .clone()
+    }
+}
+
+struct Endpoint {
+    /// The base URL with any user:password removed, as logs and errors show it.
+    shown: String,
+    chat_url: Url,
+    limit: Arc<Semaphore>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl Endpoint {
+    fn is_down(&self, now: Instant) -> bool {
+        let down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        down.is_some_and(|until| until > now)
+    }
+
+    fn mark_down(&self, for_how_long: Duration) {
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        *down = Some(Instant::now() + for_how_long);
+    }
+}
+
+/// How long an endpoint that refused a connection is passed over while others are up.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// One model behind one or more OpenAI-compatible endpoints.
+pub struct OpenAiBackend {
+    client: reqwest::Client,
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    api_key: Option<ApiKey>,
+    preset: Preset,
+    model_name: String,
+    /// Decoding fields then `extra_body`, merged once: the fixed part of every body.
+    fields: Map<String, Value>,
+    timeout: Duration,
+}
+
+/// Builds an [`OpenAiBackend`]; every setter documents its default.
+pub struct OpenAiBackendBuilder {
+    preset: Preset,
+    base_urls: Vec<String>,
+    api_key_variable: Option<String>,
+    model_name: String,
+    params: Map<String, Value>,
+    extra_body: Map<String, Value>,
+    timeout: Duration,
+    limits: Option<ConcurrencyLimits>,
+}
+
+impl OpenAiBackend {
+    pub fn builder(preset: Preset, model_name: impl Into<String>) -> OpenAiBackendBuilder {
+        OpenAiBackendBuilder {
+            preset,
+            base_urls: Vec::new(),
+            api_key_variable: None,
+            model_name: model_name.into(),
+            params: Map::new(),
+            extra_body: Map::new(),
+            timeout: Duration::from_secs(600),
+            limits: None,
+        }
+    }
+}
+
+impl OpenAiBackendBuilder {
+    /// Base URLs ending before `/chat/completions`. Default: the preset's.
+    pub fn base_urls(&mut self, urls: impl IntoIterator<Item = String>) -> &mut Self {
+        self.base_urls = urls.into_iter().collect();
+        self
+    }
+
+    /// The environment variable holding the key. Default: the preset's (none for vLLM).
+    pub fn api_key_variable(&mut self, name: Option<String>) -> &mut Self {
+        self.api_key_variable = name;
+        self
+    }
+
+    /// Decoding fields sent with every request, in order (`max_tokens`, `temperature`, ...).
+    pub fn params(&mut self, params: Map<String, Value>) -> &mut Self {
+        self.params = params;
+        self
+    }
+
+    /// Merged into the top level of the body, overriding `params`, as the OpenAI client does.
+    pub fn extra_body(&mut self, extra_body: Map<String, Value>) -> &mut Self {
+        self.extra_body = extra_body;
+        self
+    }
+
+    /// Per-request timeout. Default: 600 s (long generations from reasoning models).
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Shared per-endpoint caps. Default: 8 in flight per endpoint, not shared.
+    pub fn limits(&mut self, limits: ConcurrencyLimits) -> &mut Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Checks the URLs and reads the key once.
+    pub fn build(&self) -> Result<OpenAiBackend, BackendError> {
+        let mut urls = self.base_urls.clone();
+        if urls.is_empty() {
+            match self.preset.default_base_url() {
+                Some(url) => urls.push(url.to_string()),
+                None => {
+                    return Err(BackendError::Config(
+                        "no base URL given for an OpenAI-compatible server (use --base-url)".into(),
+                    ));
+                }
+            }
+        }
+        let limits = self
+            .limits
+            .clone()
+            .unwrap_or_else(|| ConcurrencyLimits::new(8));
+        let endpoints = urls
+            .iter()
+            .map(|raw| endpoint(raw, &limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_variable = self
+            .api_key_variable
+            .clone()
+            .or_else(|| self.preset.default_key_variable().map(str::to_string));
+        let api_key = match &key_variable {
+            Some(name) => match ApiKey::from_env(name) {
+                Some(key) => Some(key),
+                None if self.preset == Preset::Vllm || self.preset == Preset::Compatible => None,
+                None => {
+                    return Err(BackendError::Config(format!(
+                        "the API key variable {name} is not set"
+                    )));
+                }
+            },
+            None => None,
+        };
+        let mut fields = self.params.clone();
+        fields.remove("model");
+        fields.remove("messages");
+        for (key, value) in &self.extra_body {
+            fields.insert(key.clone(), value.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(self.timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| BackendError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(OpenAiBackend {
+            client,
+            endpoints,
+            next: AtomicUsize::new(0),
+            api_key,
+            preset: self.preset,
+            model_name: self.model_name.clone(),
+            fields,
+            timeout: self.timeout,
+        })
+    }
+}
+
+fn endpoint(raw: &str, limits: &ConcurrencyLimits) -> Result<Endpoint, BackendError> {
+    let base = Url::parse(raw.trim_end_matches('/'))
+        .map_err(|e| BackendError::Config(format!("base URL `{raw}`: {e}")))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(BackendError::Config(format!(
+            "base URL `{raw}`: only http and https are supported"
+        )));
+    }
+    let mut shown = base.clone();
+    // Credentials in a URL are secrets too: keep them off every message.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let shown = shown.as_str().trim_end_matches('/').to_string();
+    let chat_url = Url::parse(&format!(
+        "{}/chat/completions",
+        base.as_str().trim_end_matches('/')
+    ))
+    .map_err(|e| BackendError::Config(format!("base URL `{shown}`: {e}")))?;
+    Ok(Endpoint {
+        limit: limits.for_endpoint(&shown),
+        shown,
+        chat_url,
+        down_until: Mutex::new(None),
+    })
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(flatten)]
+    fields: &'a Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    message: Option<WireMessage>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+}
+
+/// What upstream substitutes when a provider's content filter withholds the answer, so the item
+/// is judged as the refusal it effectively is.
+const FILTERED_REPLY: &str = "I'm sorry, but I can't assist with that request.";
+
+impl OpenAiBackend {
+    /// Round-robin over endpoints, passing over any that recently refused a connection.
+    fn pick(&self) -> &Endpoint {
+        let now = Instant::now();
+        let count = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..count)
+            .map(|offset| &self.endpoints[(start + offset) % count])
+            .find(|e| !e.is_down(now))
+            .unwrap_or(&self.endpoints[start % count])
+    }
+
+    fn body(&self, request: &Request) -> Result<Vec<u8>, BackendError> {
+        let body = Body {
+            model: &self.model_name,
+            messages: &request.messages,
+            stop: request.stop.as_deref(),
+            fields: &self.fields,
+        };
+        serde_json::to_vec(&body)
+            .map_err(|e| BackendError::Config(format!("cannot encode the request: {e}")))
+    }
+
+    async fn send_to(
+        &self,
+        endpoint: &Endpoint,
+        body: Vec<u8>,
+    ) -> Result<Generation, BackendError> {
+        let _slot = endpoint
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Config("the concurrency limiter was closed".into()))?;
+        let mut http = self
+            .client
+            .post(endpoint.chat_url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!(
+                "Bearer {}",
+                key.0.expose_secret()
+            ))
+            .map_err(|_| {
+                BackendError::Config("the API key holds characters a header cannot carry".into())
+            })?;
+            value.set_sensitive(true);
+            http = http.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let shown = || endpoint.shown.clone();
+        let transport = |error: reqwest::Error| {
+            if error.is_timeout() {
+                BackendError::Timeout {
+                    endpoint: shown(),
+                    after: self.timeout,
+                }
+            } else if error.is_connect() {
+                BackendError::Connect {
+                    endpoint: shown(),
+                    reason: root_cause(&error),
+                }
+            } else {
+                BackendError::InvalidResponse {
+                    endpoint: shown(),
+                    problem: format!("the connection broke: {}", root_cause(&error)),
+                }
+            }
+        };
+        let response = http.send().await.map_err(transport)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(BackendError::Status {
+                endpoint: shown(),
+                status: status.as_u16(),
+                body: text.chars().take(300).collect(),
+                retry_after,
+            });
+        }
+        self.parse(&bytes).map_err(|problem| match problem {
+            Parsed::Empty => BackendError::EmptyContent { endpoint: shown() },
+            Parsed::Invalid(problem) => BackendError::InvalidResponse {
+                endpoint: shown(),
+                problem,
+            },
+        })
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<Generation, Parsed> {
+        let wire: WireResponse = serde_json::from_slice(bytes)
+            .map_err(|e| Parsed::Invalid(format!("not a chat completion: {e}")))?;
+        let choice = wire
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| Parsed::Invalid("no choices".into()))?;
+        let finish_reason = choice.finish_reason;
+        let message = choice
+            .message
+            .ok_or_else(|| Parsed::Invalid("no message".into()))?;
+        let filtered = finish_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("content_filter"));
+        let text = match message.content {
+            Some(text) if !(filtered && text.is_empty()) => text,
+            _ if filtered => FILTERED_REPLY.to_string(),
+            _ => return Err(Parsed::Empty),
+        };
+        let reasoning = if self.preset.reads_reasoning() {
+            Some(message.reasoning_content.unwrap_or_default())
+        } else {
+            None
+        };
+        let mut usage = wire.usage.unwrap_or_default();
+        if usage.total_tokens == 0 {
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+        }
+        Ok(Generation {
+            text,
+            reasoning,
+            usage,
+            finish_reason,
+        })
+    }
+}
+
+enum Parsed {
+    Empty,
+    Invalid(String),
+}
+
+#[async_trait]
+impl Backend for OpenAiBackend {
+    async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
+        let body = self.body(request)?;
+        let mut tried = 0;
+        loop {
+            let endpoint = self.pick();
+            tried += 1;
+            match self.send_to(endpoint, body.clone()).await {
+                Err(error @ BackendError::Connect { .. }) => {
+                    endpoint.mark_down(DOWN_FOR);
+                    // Another server may be up: try it now rather than after a backoff.
+                    if tried >= self.endpoints.len() {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "endpoint unreachable; trying the next one");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn describe(&self) -> Value {
+        serde_json::json!({
+            "provider": self.preset,
+            "model_name": self.model_name,
+            "endpoints": self.endpoints.iter().map(|e| e.shown.clone()).collect::<Vec<_>>(),
+            "fields": self.fields,
+            "timeout_s": self.timeout.as_secs_f64(),
+        })
+    }
+}
+
+/// The innermost message of an error chain: "connection refused", not "error sending request".
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(preset: Preset) -> Result<OpenAiBackend, BackendError> {
+        OpenAiBackend::builder(preset, "m")
+            .base_urls(["http://user:secret@127.0.0.1:9/v1".to_string()])
+            .api_key_variable(Some("SPECBENCH_TEST_UNSET_KEY".into()))
+            .build()
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn credentials_in_urls_are_not_shown() -> Result<(), BackendError> {
+        let backend = backend(Preset::Vllm)?;
+        let described = backend.describe().to_string();
+        assert!(!described.contains("secret"), "{described}");
+        assert!(described.contains("http://127.0.0.1:9/v1"), "{described}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_openai_key_is_a_config_error() {
+        let err = backend(Preset::OpenAi).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("the API key variable SPECBENCH_TEST_UNSET_KEY is not set")
+        );
+    }
+
+    #[test]
+    fn extra_body_lands_at_the_top_level() -> Result<(), BackendError> {
+        let mut params = Map::new();
+        params.insert("max_tokens".into(), 10.into());
+        params.insert("temperature".into(), 0.7.into());
+        let mut extra = Map::new();
+        extra.insert("top_k".into(), 20.into());
+        extra.insert("temperature".into(), 0.1.into());
+        let backend = OpenAiBackend::builder(Preset::Vllm, "m")
+            .base_urls(["http://127.0.0.1:9/v1".to_string()])
+            .params(params)
+            .extra_body(extra)
+            .build()?;
+        let body = backend.body(&Request::chat(vec![Message::user("hi")]))?;
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| BackendError::Config(e.to_string()))?;
+        assert_eq!(
+            value,
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 10, "temperature": 0.1, "top_k": 20})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn content_filter_becomes_a_refusal_and_null_content_is_empty() -> Result<(), BackendError> {
+        let backend = backend(Preset::Vllm)?;
+        let filtered =
+            br#"{"choices":[{"message":{"content":null},"finish_reason":"content_filter"}]}"#;
+        assert_eq!(
+            backend.parse(filtered).ok().map(|g| g.text),
+            Some(FILTERED_REPLY.to_string())
+        );
+        let empty = br#"{"choices":[{"message":{"content":null},"finish_reason":"stop"}]}"#;
+        assert!(matches!(backend.parse(empty), Err(Parsed::Empty)));
+        let no_choices = br#"{"choices":[]}"#;
+        assert!(matches!(backend.parse(no_choices), Err(Parsed::Invalid(_))));
+        Ok(())
+    }
+}

@@ -1,0 +1,606 @@
+//! Wiring the stages per item: generate (or read stored generations), judge, record, score.
+//!
+//! Owns: which items a run covers, concurrency across items, resuming from the journal, and the
+//! progress `Event`s that the CLI renders. Knows no wire formats or protocol bytes: it calls
+//! `Method`, `Judge` and `RunDir`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::backend::{Model, ModelTotals, Usage};
+use crate::judge::{Judge, Judgement};
+use crate::method::{Method, MethodInput, MethodKind};
+use crate::pack::{Item, ItemSelection, Label, Pack, PackError, PromptVariant, Rules};
+use crate::protocol::Protocol;
+use crate::score::{Alpha, Score, Summary};
+use crate::store::{
+    GenerateEntry, GenerationRecord, Journal, JudgeOutput, JudgeRecord, RunDir, Store, StoreError,
+    judgement_key, read_json, write_json,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{}: no stored generations to judge; run `specbench generate` first", path.display())]
+    NothingToJudge { path: std::path::PathBuf },
+}
+
+/// What to run; every choice made and checked.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Scenario names; empty means every scenario of the pack.
+    pub scenarios: Vec<String>,
+    pub items: ItemSelection,
+    pub variant: PromptVariant,
+    pub method: MethodKind,
+    /// Names the result folder; the generator's key when there is a generator.
+    pub model_key: String,
+    pub alpha: Alpha,
+    /// Items in flight at once (requests are capped per endpoint by the backend).
+    pub item_concurrency: usize,
+}
+
+/// Which stage an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Generate,
+    /// A judge, by its file stem (`GPT-4.1`, `GPT-4.1-sequential`).
+    Judge(String),
+}
+
+/// How one unit ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done,
+    /// Found in the journal: not sent again.
+    Reused,
+    /// Generation or judge model could not be reached; the unit is retried on the next run.
+    Failed(String),
+    /// The judge's reply never parsed: recorded with the raw replies.
+    JudgeError,
+}
+
+/// Progress, emitted as units finish; only the CLI renders it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stage's total units for this run, before any work.
+    Planned { stage: Stage, total: usize },
+    Unit {
+        stage: Stage,
+        scenario: String,
+        index: usize,
+        outcome: Outcome,
+        /// Tokens this unit cost (every call).
+        cost: Usage,
+        /// Judged units: the item's label and score.
+        score: Option<(Label, Score)>,
+    },
+    /// Result files of a scenario were written.
+    Written {
+        scenario: String,
+        dir: std::path::PathBuf,
+    },
+}
+
+/// A judge's result for one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct JudgeReport {
+    pub stem: String,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub dir: std::path::PathBuf,
+    pub generated: usize,
+    pub generation_failures: usize,
+    pub judges: Vec<JudgeReport>,
+}
+
+/// What a run did, for the summary table and the exit code.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub scenarios: Vec<ScenarioReport>,
+    pub generator: Option<ModelTotals>,
+    pub judges: Vec<(String, ModelTotals)>,
+}
+
+impl RunReport {
+    /// Items that failed or were not judged: a run with any is not a clean success.
+    pub fn problems(&self) -> usize {
+        self.scenarios
+            .iter()
+            .map(|s| {
+                s.generation_failures
+                    + s.judges
+                        .iter()
+                        .map(|j| j.summary.judge_errors + j.summary.failed)
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+/// The stages a run has: a generator (or stored generations) and any number of judges.
+pub struct Runner {
+    pub pack: Arc<Pack>,
+    pub protocol: Arc<Protocol>,
+    pub store: Store,
+    pub plan: RunPlan,
+    pub generator: Option<(Model, Arc<dyn Method>)>,
+    pub judges: Vec<Judge>,
+    /// Describes the method's parameters in the manifest.
+    pub method_params: Value,
+}
+
+/// One scenario's state while a run is under way.
+struct ScenarioRun {
+    name: String,
+    rules: Rules,
+    dir: RunDir,
+    items: Vec<Arc<Item>>,
+    generation_journal: Option<Journal>,
+    judge_journals: Vec<Journal>,
+    generations: Mutex<BTreeMap<usize, GenerationRecord>>,
+    judgements: Vec<Mutex<HashMap<String, JudgeRecord>>>,
+    /// Judge calls that could not reach the judge model, per judge (not journaled).
+    unreachable: Vec<Mutex<usize>>,
+}
+
+type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
+
+impl Runner {
+    /// Runs every unit, then writes the result files of each scenario.
+    pub async fn run(&self, events: EventSink<'_>) -> Result<RunReport, RunError> {
+        let started = jiff::Timestamp::now();
+        let scenarios = self.prepare()?;
+        self.announce(&scenarios, events);
+
+        let units = scenarios
+            .iter()
+            .flat_map(|scenario| scenario.items.iter().map(move |item| (scenario, item)));
+        futures::stream::iter(units)
+            .for_each_concurrent(self.plan.item_concurrency.max(1), |(scenario, item)| {
+                self.process(scenario, item, events)
+            })
+            .await;
+
+        let finished = jiff::Timestamp::now();
+        let mut reports = Vec::with_capacity(scenarios.len());
+        for scenario in &scenarios {
+            let report = self.finish(scenario, started, finished)?;
+            events(Event::Written {
+                scenario: scenario.name.clone(),
+                dir: scenario.dir.dir.clone(),
+            });
+            reports.push(report);
+        }
+        Ok(RunReport {
+            scenarios: reports,
+            generator: self.generator.as_ref().map(|(model, _)| model.totals()),
+            judges: self
+                .judges
+                .iter()
+                .map(|judge| (judge.file_stem(), judge.model.totals()))
+                .collect(),
+        })
+    }
+
+    /// Selects items, opens journals and reads what earlier runs finished.
+    fn prepare(&self) -> Result<Vec<ScenarioRun>, RunError> {
+        let names: Vec<String> = if self.plan.scenarios.is_empty() {
+            self.pack.scenarios.iter().map(|s| s.name.clone()).collect()
+        } else {
+            self.plan.scenarios.clone()
+        };
+        // First every check, then the first folder: bad input must leave nothing behind.
+        let mut chosen = Vec::with_capacity(names.len());
+        for name in &names {
+            let scenario = self.pack.scenario(name)?;
+            let dir = self.store.run_dir(
+                &self.plan.model_key,
+                &scenario.name,
+                self.plan.method.name(),
+            );
+            if self.generator.is_some() {
+                let items: Vec<Arc<Item>> = self
+                    .plan
+                    .items
+                    .select(scenario)?
+                    .into_iter()
+                    .map(|item| Arc::new(item.clone()))
+                    .collect();
+                chosen.push((scenario, dir, items, BTreeMap::new()));
+            } else {
+                let path = dir.generate_json();
+                if !path.exists() {
+                    return Err(RunError::NothingToJudge { path });
+                }
+                let mut generations = BTreeMap::new();
+                let mut items = Vec::new();
+                for (item, entry) in dir.read_generations()?.into_iter().flatten() {
+                    generations.insert(
+                        item.index,
+                        GenerationRecord::Done {
+                            index: item.index,
+                            entry,
+                            cost: Usage::default(),
+                            calls: 0,
+                            finish_reason: None,
+                        },
+                    );
+                    items.push(Arc::new(item));
+                }
+                chosen.push((scenario, dir, items, generations));
+            }
+        }
+        let mut runs = Vec::with_capacity(chosen.len());
+        for (scenario, dir, items, mut generations) in chosen {
+            let generation_journal = if self.generator.is_some() {
+                let (journal, records) =
+                    Journal::open::<GenerationRecord>(&dir.generation_journal())?;
+                for record in records {
+                    generations.insert(record.index(), record);
+                }
+                Some(journal)
+            } else {
+                None
+            };
+            let mut judge_journals = Vec::with_capacity(self.judges.len());
+            let mut judgements = Vec::with_capacity(self.judges.len());
+            for judge in &self.judges {
+                let (journal, records) =
+                    Journal::open::<JudgeRecord>(&dir.judge_journal(&judge.file_stem()))?;
+                judge_journals.push(journal);
+                judgements.push(Mutex::new(
+                    records
+                        .into_iter()
+                        .map(|r| (r.key().to_string(), r))
+                        .collect(),
+                ));
+            }
+            runs.push(ScenarioRun {
+                name: scenario.name.clone(),
+                rules: scenario.rules.clone(),
+                dir,
+                items,
+                generation_journal,
+                judge_journals,
+                generations: Mutex::new(generations),
+                judgements,
+                unreachable: self.judges.iter().map(|_| Mutex::new(0)).collect(),
+            });
+        }
+        Ok(runs)
+    }
+
+    fn announce(&self, scenarios: &[ScenarioRun], events: EventSink<'_>) {
+        let total: usize = scenarios.iter().map(|s| s.items.len()).sum();
+        if self.generator.is_some() {
+            events(Event::Planned {
+                stage: Stage::Generate,
+                total,
+            });
+        }
+        for judge in &self.judges {
+            events(Event::Planned {
+                stage: Stage::Judge(judge.file_stem()),
+                total,
+            });
+        }
+    }
+
+    async fn process(&self, scenario: &ScenarioRun, item: &Arc<Item>, events: EventSink<'_>) {
+        let Some(entry) = self.response_for(scenario, item, events).await else {
+            return;
+        };
+        for (position, judge) in self.judges.iter().enumerate() {
+            self.judge_one(scenario, item, &entry, position, judge, events)
+                .await;
+        }
+    }
+
+    /// The item's generation: from the journal when an earlier run finished it, else produced now.
+    async fn response_for(
+        &self,
+        scenario: &ScenarioRun,
+        item: &Arc<Item>,
+        events: EventSink<'_>,
+    ) -> Option<GenerateEntry> {
+        let existing = lock(&scenario.generations).get(&item.index).cloned();
+        let unit = |outcome, cost| Event::Unit {
+            stage: Stage::Generate,
+            scenario: scenario.name.clone(),
+            index: item.index,
+            outcome,
+            cost,
+            score: None,
+        };
+        if let Some(GenerationRecord::Done { entry, .. }) = existing {
+            if self.generator.is_some() {
+                events(unit(Outcome::Reused, Usage::default()));
+            }
+            return Some(entry);
+        }
+        let (model, method) = self.generator.as_ref()?;
+        let prompt = item.generation_prompt(self.plan.variant);
+        let input = MethodInput {
+            prompt,
+            rules: &scenario.rules,
+            protocol: &self.protocol,
+        };
+        let (record, event) = match method.respond(&input, model).await {
+            Ok(response) => {
+                let entry = GenerateEntry {
+                    data: item.raw.clone(),
+                    prompt: prompt.to_string(),
+                    response: response.text,
+                    thought: response.thought,
+                    usage: response.usage,
+                };
+                (
+                    GenerationRecord::Done {
+                        index: item.index,
+                        entry,
+                        cost: response.cost,
+                        calls: response.calls,
+                        finish_reason: response.finish_reason,
+                    },
+                    unit(Outcome::Done, response.cost),
+                )
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::warn!(scenario = %scenario.name, item = item.index, %message, "generation failed");
+                (
+                    GenerationRecord::Failed {
+                        index: item.index,
+                        error: message.clone(),
+                    },
+                    unit(Outcome::Failed(message), Usage::default()),
+                )
+            }
+        };
+        if let Some(journal) = &scenario.generation_journal
+            && let Err(error) = journal.append(&record)
+        {
+            tracing::error!(%error, "cannot append to the journal");
+        }
+        let entry = match &record {
+            GenerationRecord::Done { entry, .. } => Some(entry.clone()),
+            GenerationRecord::Failed { .. } => None,
+        };
+        lock(&scenario.generations).insert(item.index, record);
+        events(event);
+        entry
+    }
+
+    async fn judge_one(
+        &self,
+        scenario: &ScenarioRun,
+        item: &Arc<Item>,
+        entry: &GenerateEntry,
+        position: usize,
+        judge: &Judge,
+        events: EventSink<'_>,
+    ) {
+        let key = judgement_key(item, &entry.response);
+        let stage = Stage::Judge(judge.file_stem());
+        let unit = |outcome, cost, score| Event::Unit {
+            stage: stage.clone(),
+            scenario: scenario.name.clone(),
+            index: item.index,
+            outcome,
+            cost,
+            score,
+        };
+        let Some(judgements) = scenario.judgements.get(position) else {
+            return;
+        };
+        let existing = lock(judgements).get(&key).cloned();
+        if let Some(record) = existing {
+            let score = match &record {
+                JudgeRecord::Judged { verdicts, .. } => {
+                    Some((item.label, Score::of(verdicts, self.plan.alpha)))
+                }
+                JudgeRecord::Failed { .. } => None,
+            };
+            events(unit(Outcome::Reused, Usage::default(), score));
+            return;
+        }
+        let (record, event) = match judge.judge(item, &scenario.rules, &entry.response).await {
+            Ok(Judgement::Judged(judged)) => {
+                let score = Score::of(&judged.verdicts, self.plan.alpha);
+                (
+                    JudgeRecord::Judged {
+                        key: key.clone(),
+                        index: item.index,
+                        verdicts: judged.verdicts,
+                        reply: judged.reply,
+                        usage: judged.usage,
+                        cost: judged.cost,
+                        calls: judged.calls,
+                    },
+                    unit(Outcome::Done, judged.cost, Some((item.label, score))),
+                )
+            }
+            Ok(Judgement::Failed(failure)) => {
+                let cost = failure.cost;
+                (
+                    JudgeRecord::Failed {
+                        key: key.clone(),
+                        index: item.index,
+                        failure,
+                    },
+                    unit(Outcome::JudgeError, cost, None),
+                )
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::warn!(scenario = %scenario.name, item = item.index, %message, "judging failed");
+                if let Some(counter) = scenario.unreachable.get(position) {
+                    *lock(counter) += 1;
+                }
+                events(unit(Outcome::Failed(message), Usage::default(), None));
+                return;
+            }
+        };
+        if let Some(journal) = scenario.judge_journals.get(position)
+            && let Err(error) = journal.append(&record)
+        {
+            tracing::error!(%error, "cannot append to the journal");
+        }
+        lock(judgements).insert(key, record);
+        events(event);
+    }
+
+    /// Writes a scenario's result files from everything finished, this run and earlier ones.
+    fn finish(
+        &self,
+        scenario: &ScenarioRun,
+        started: jiff::Timestamp,
+        finished: jiff::Timestamp,
+    ) -> Result<ScenarioReport, RunError> {
+        let generations = lock(&scenario.generations);
+        let generated = generations
+            .values()
+            .filter(|r| matches!(r, GenerationRecord::Done { .. }))
+            .count();
+        let generation_failures = generations.len() - generated;
+        let mut manifest = self.manifest(scenario)?;
+        if let Some((model, _)) = &self.generator {
+            let usage = scenario.dir.write_generations(&generations)?;
+            let mut cost = Usage::default();
+            for record in generations.values() {
+                if let GenerationRecord::Done { cost: c, .. } = record {
+                    cost += c;
+                }
+            }
+            manifest["generation"] = json!({
+                "model": {"key": model.key(), "backend": model.describe()},
+                "method": {"name": self.plan.method.name(), "params": self.method_params},
+                "prompt_variant": self.plan.variant,
+                "started": started.to_string(),
+                "finished": finished.to_string(),
+                "items": {"done": generated, "failed": generation_failures},
+                "usage": usage,
+                "cost": cost,
+            });
+        }
+
+        let mut by_index: HashMap<usize, &Item> = HashMap::new();
+        if self.generator.is_some()
+            && let Ok(packed) = self.pack.scenario(&scenario.name)
+        {
+            // Items finished by earlier runs with another selection are part of the results too.
+            by_index.extend(packed.items.iter().map(|i| (i.index, i)));
+        }
+        by_index.extend(scenario.items.iter().map(|i| (i.index, i.as_ref())));
+        let mut judge_reports = Vec::with_capacity(self.judges.len());
+        for (position, judge) in self.judges.iter().enumerate() {
+            let stem = judge.file_stem();
+            let judgements = scenario.judgements.get(position).map(lock);
+            let mut rows = Vec::new();
+            let mut missing = 0;
+            for record in generations.values() {
+                let GenerationRecord::Done { index, entry, .. } = record else {
+                    continue;
+                };
+                let Some(item) = by_index.get(index) else {
+                    continue;
+                };
+                let key = judgement_key(item, &entry.response);
+                match judgements.as_ref().and_then(|j| j.get(&key)) {
+                    Some(judged) => rows.push((*item, entry, judged)),
+                    None => missing += 1,
+                }
+            }
+            let joint_prompt =
+                |item: &Item, response: &str| judge.joint_prompt(item, &scenario.rules, response);
+            let output = JudgeOutput {
+                stem: &stem,
+                mode: judge.mode,
+                alpha: self.plan.alpha,
+                rows,
+                joint_prompt: &joint_prompt,
+            };
+            let mut summary = scenario.dir.write_judgements(&output)?;
+            summary.failed = missing + generation_failures;
+            let mut usage = Usage::default();
+            let mut cost = Usage::default();
+            for (_, _, record) in &output.rows {
+                match record {
+                    JudgeRecord::Judged {
+                        usage: u, cost: c, ..
+                    } => {
+                        usage += u;
+                        cost += c;
+                    }
+                    JudgeRecord::Failed { failure, .. } => cost += &failure.cost,
+                }
+            }
+            manifest["judges"][&stem] = json!({
+                "model": {"key": judge.model.key(), "backend": judge.model.describe()},
+                "mode": judge.mode,
+                "alpha": self.plan.alpha.get(),
+                "started": started.to_string(),
+                "finished": finished.to_string(),
+                "items": {
+                    "judged": summary.full_dataset.sar.count,
+                    "judge_errors": summary.judge_errors,
+                    "not_judged": summary.failed,
+                    "unreachable_this_run": scenario.unreachable.get(position).map(|c| *lock(c)).unwrap_or(0),
+                },
+                "usage": usage,
+                "cost": cost,
+            });
+            judge_reports.push(JudgeReport { stem, summary });
+        }
+        write_json(&scenario.dir.manifest_json(), &manifest)?;
+        Ok(ScenarioReport {
+            scenario: scenario.name.clone(),
+            dir: scenario.dir.dir.clone(),
+            generated,
+            generation_failures,
+            judges: judge_reports,
+        })
+    }
+
+    /// The manifest so far (earlier judges kept), with this run's pack and protocol facts.
+    fn manifest(&self, scenario: &ScenarioRun) -> Result<Value, RunError> {
+        let path = scenario.dir.manifest_json();
+        let mut manifest: Value = if path.exists() {
+            read_json(&path)?
+        } else {
+            json!({})
+        };
+        if !manifest.is_object() {
+            manifest = json!({});
+        }
+        manifest["tool"] = json!({"name": "specbench", "version": env!("CARGO_PKG_VERSION")});
+        manifest["scenario"] = json!(scenario.name);
+        manifest["model_key"] = json!(self.plan.model_key);
+        manifest["protocol"] = json!({"source": self.protocol.source, "hash": self.protocol.hash});
+        manifest["data"] = json!({"root": self.pack.root, "hash": self.pack.data_hash});
+        if !manifest["judges"].is_object() {
+            manifest["judges"] = json!({});
+        }
+        Ok(manifest)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a plain-text progress reporter waits between lines.
+pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);

@@ -1,0 +1,659 @@
+//! The only writer of results: upstream's layout and JSON shapes, a manifest, and an
+//! append-only journal so that no finished unit is lost.
+//!
+//! Layout (upstream's): `<results>/<model>/<scenario>/<method>/generate.json`,
+//! `generate_usage.json`, `<judge>_evaluate.json`, `<judge>_score.json`; beside them our
+//! `manifest.json`, `<judge>_errors.json` (judge replies that never parsed) and `.journal/`.
+//! Every finished generation or judgement is appended to the journal the moment it completes;
+//! the JSON files are rebuilt from it and written atomically (temporary file, then rename).
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::backend::Usage;
+use crate::judge::{JudgeFailure, JudgeMode, bracketed};
+use crate::pack::Item;
+use crate::score::{Alpha, Score, Subset, Summary, Verdicts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: cannot write", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot read", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: entry {index}: {problem}", path.display())]
+    Entry {
+        path: PathBuf,
+        index: usize,
+        problem: String,
+    },
+}
+
+/// The last path segment of a model key (`Qwen/Qwen3-14B` → `Qwen3-14B`), as upstream names
+/// result folders and files.
+pub fn short_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// One entry of upstream `generate.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateEntry {
+    pub data: Arc<Map<String, Value>>,
+    /// The prompt generated from, without rules.
+    pub prompt: String,
+    pub response: String,
+    pub thought: String,
+    pub usage: Usage,
+}
+
+/// A generation as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum GenerationRecord {
+    Done {
+        index: usize,
+        entry: GenerateEntry,
+        cost: Usage,
+        calls: u32,
+        finish_reason: Option<String>,
+    },
+    Failed {
+        index: usize,
+        error: String,
+    },
+}
+
+impl GenerationRecord {
+    pub fn index(&self) -> usize {
+        match self {
+            GenerationRecord::Done { index, .. } | GenerationRecord::Failed { index, .. } => *index,
+        }
+    }
+}
+
+/// A judgement as the journal keeps it, keyed by what was judged (item prompt and response).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum JudgeRecord {
+    Judged {
+        key: String,
+        index: usize,
+        verdicts: Verdicts,
+        /// Joint mode: the parsed reply (`eval_response`). The prompt is not kept: it is
+        /// rebuilt from the item and response when the files are written.
+        reply: Option<String>,
+        usage: Usage,
+        cost: Usage,
+        calls: u32,
+    },
+    Failed {
+        key: String,
+        index: usize,
+        failure: JudgeFailure,
+    },
+}
+
+impl JudgeRecord {
+    pub fn key(&self) -> &str {
+        match self {
+            JudgeRecord::Judged { key, .. } | JudgeRecord::Failed { key, .. } => key,
+        }
+    }
+}
+
+/// What a judgement is keyed by: a changed response is judged again, an unchanged one never.
+pub fn judgement_key(item: &Item, response: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update((item.prompt.len() as u64).to_le_bytes());
+    hasher.update(item.prompt.as_bytes());
+    hasher.update(response.as_bytes());
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// Appends one JSON line per finished unit and flushes it, so a killed run keeps all of them.
+pub struct Journal {
+    path: PathBuf,
+    writer: Mutex<BufWriter<fs_err::File>>,
+}
+
+impl Journal {
+    /// Opens (creating) `path` for appending and returns the records already in it. A line cut
+    /// short by a crash is skipped with a warning.
+    pub fn open<T: for<'de> Deserialize<'de>>(
+        path: &Path,
+    ) -> Result<(Journal, Vec<T>), StoreError> {
+        let mut records = Vec::new();
+        let mut torn = false;
+        if path.exists() {
+            let bytes = fs_err::read(path).map_err(|source| StoreError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            torn = bytes.last().is_some_and(|b| *b != b'\n');
+            for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match serde_json::from_slice(line) {
+                    Ok(record) => records.push(record),
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), line = number + 1, %error, "skipping an unreadable journal line");
+                    }
+                }
+            }
+        }
+        if let Some(dir) = path.parent() {
+            fs_err::create_dir_all(dir).map_err(|source| StoreError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut file = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| StoreError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // A line torn by a crash must not swallow the next record: start on a fresh line.
+        if torn {
+            file.write_all(b"\n").map_err(|source| StoreError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let journal = Journal {
+            path: path.to_path_buf(),
+            writer: Mutex::new(BufWriter::new(file)),
+        };
+        Ok((journal, records))
+    }
+
+    pub fn append<T: Serialize>(&self, record: &T) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Json {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer
+            .write_all(&line)
+            .and_then(|()| writer.flush())
+            .map_err(|source| StoreError::Write {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// Writes `path` through a temporary file in the same folder and a rename: readers see the old
+/// file or the new one, never half of one.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), StoreError> {
+    let error = |source| StoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs_err::create_dir_all(dir).map_err(error)?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
+    {
+        let mut writer = BufWriter::new(temp.as_file_mut());
+        write(&mut writer).map_err(error)?;
+        writer.flush().map_err(error)?;
+    }
+    temp.persist(path).map_err(|e| error(e.error))?;
+    Ok(())
+}
+
+/// Python's `json.dump(indent=4, ensure_ascii=False)` layout.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StoreError> {
+    write_atomic(path, |writer| {
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut serializer = serde_json::Serializer::with_formatter(writer, formatter);
+        value
+            .serialize(&mut serializer)
+            .map_err(std::io::Error::other)
+    })
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreError> {
+    let bytes = fs_err::read(path).map_err(|source| StoreError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Where all runs live (`result/` by default, as upstream).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    pub fn run_dir(&self, model_key: &str, scenario: &str, method: &str) -> RunDir {
+        RunDir {
+            dir: self
+                .root
+                .join(short_name(model_key))
+                .join(scenario)
+                .join(method),
+        }
+    }
+}
+
+/// The folder of one model × scenario × method.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub dir: PathBuf,
+}
+
+impl RunDir {
+    pub fn generate_json(&self) -> PathBuf {
+        self.dir.join("generate.json")
+    }
+
+    pub fn generate_usage_json(&self) -> PathBuf {
+        self.dir.join("generate_usage.json")
+    }
+
+    pub fn evaluate_json(&self, judge_stem: &str) -> PathBuf {
+        self.dir.join(format!("{judge_stem}_evaluate.json"))
+    }
+
+    pub fn score_json(&self, judge_stem: &str) -> PathBuf {
+        self.dir.join(format!("{judge_stem}_score.json"))
+    }
+
+    pub fn errors_json(&self, judge_stem: &str) -> PathBuf {
+        self.dir.join(format!("{judge_stem}_errors.json"))
+    }
+
+    pub fn manifest_json(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+
+    pub fn generation_journal(&self) -> PathBuf {
+        self.dir.join(".journal").join("generate.jsonl")
+    }
+
+    pub fn judge_journal(&self, judge_stem: &str) -> PathBuf {
+        self.dir
+            .join(".journal")
+            .join(format!("{judge_stem}.jsonl"))
+    }
+
+    /// Writes `generate.json` (a `null` where an item failed, as upstream leaves it) and
+    /// `generate_usage.json` from the generations in index order.
+    pub fn write_generations(
+        &self,
+        generations: &BTreeMap<usize, GenerationRecord>,
+    ) -> Result<Usage, StoreError> {
+        let mut usage = Usage::default();
+        for record in generations.values() {
+            if let GenerationRecord::Done { entry, .. } = record {
+                usage += &entry.usage;
+            }
+        }
+        struct Entries<'a>(&'a BTreeMap<usize, GenerationRecord>);
+        impl Serialize for Entries<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.values().map(|record| match record {
+                    GenerationRecord::Done { entry, .. } => Some(entry),
+                    GenerationRecord::Failed { .. } => None,
+                }))
+            }
+        }
+        write_json(&self.generate_json(), &Entries(generations))?;
+        write_json(&self.generate_usage_json(), &usage)?;
+        Ok(usage)
+    }
+
+    /// Reads a `generate.json` (ours or upstream's) as items and entries; `None` where the
+    /// entry is `null` (a failed generation).
+    pub fn read_generations(&self) -> Result<Vec<Option<(Item, GenerateEntry)>>, StoreError> {
+        let path = self.generate_json();
+        let entries: Vec<Option<GenerateEntry>> = read_json(&path)?;
+        entries
+            .into_iter()
+            .enumerate()
+            .map(|(position, entry)| {
+                entry
+                    .map(|entry| {
+                        let data = Value::Object((*entry.data).clone());
+                        let item = Item::from_json(&data, &path, position).map_err(|e| {
+                            StoreError::Entry {
+                                path: path.clone(),
+                                index: position,
+                                problem: format!("field `data`: {e}"),
+                            }
+                        })?;
+                        Ok((item, entry))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+}
+
+/// One judged response, in upstream's `<judge>_evaluate.json` shape.
+#[derive(Serialize)]
+struct EvaluateEntry<'a> {
+    data: &'a Map<String, Value>,
+    prompt: &'a str,
+    response: &'a str,
+    thought: &'a str,
+    eval: EvalBlock<'a>,
+}
+
+#[derive(Serialize)]
+struct EvalBlock<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_prompt: Option<String>,
+    result: EvalResult<'a>,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EvalResult<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_response: Option<&'a str>,
+    safety: VerdictList<'a>,
+    behavioral: VerdictList<'a>,
+    score: ScoreBlock,
+}
+
+/// Joint files number verdicts in a map (`{"1": "YES"}`); sequential ones list `"<YES>"`.
+struct VerdictList<'a> {
+    verdicts: &'a [crate::score::Verdict],
+    mode: JudgeMode,
+}
+
+impl Serialize for VerdictList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.mode {
+            JudgeMode::Joint => serializer.collect_map(
+                self.verdicts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| ((i + 1).to_string(), v.as_str())),
+            ),
+            JudgeMode::Sequential => {
+                serializer.collect_seq(self.verdicts.iter().map(|v| bracketed(*v)))
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ScoreBlock {
+    safety: u8,
+    behavioral: f64,
+    total: f64,
+    alpha: f64,
+}
+
+/// Everything needed to write one judge's files for one run folder.
+pub struct JudgeOutput<'a> {
+    pub stem: &'a str,
+    pub mode: JudgeMode,
+    pub alpha: Alpha,
+    /// Judged responses in item order: the item, its generation and the judge's record.
+    pub rows: Vec<(&'a Item, &'a GenerateEntry, &'a JudgeRecord)>,
+    /// Rebuilds the joint prompt of a row (kept out of memory during the run).
+    pub joint_prompt: &'a dyn Fn(&Item, &str) -> String,
+}
+
+impl RunDir {
+    /// Writes `<judge>_evaluate.json`, `<judge>_score.json` and, when any reply never parsed,
+    /// `<judge>_errors.json`; returns the summary that the score file holds.
+    pub fn write_judgements(&self, output: &JudgeOutput<'_>) -> Result<Summary, StoreError> {
+        let mut summary = Summary::default();
+        for (item, _, record) in &output.rows {
+            match record {
+                JudgeRecord::Judged { verdicts, .. } => {
+                    summary.add(item.label, &Score::of(verdicts, output.alpha));
+                }
+                JudgeRecord::Failed { .. } => summary.judge_errors += 1,
+            }
+        }
+
+        struct Judged<'a, 'b>(&'b JudgeOutput<'a>);
+        impl Serialize for Judged<'_, '_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let output = self.0;
+                serializer.collect_seq(output.rows.iter().filter_map(|(item, entry, record)| {
+                    let JudgeRecord::Judged {
+                        verdicts,
+                        reply,
+                        usage,
+                        ..
+                    } = record
+                    else {
+                        return None;
+                    };
+                    let score = Score::of(verdicts, output.alpha);
+                    let joint = output.mode == JudgeMode::Joint;
+                    Some(EvaluateEntry {
+                        data: &entry.data,
+                        prompt: &entry.prompt,
+                        response: &entry.response,
+                        thought: &entry.thought,
+                        eval: EvalBlock {
+                            eval_prompt: joint.then(|| {
+                                (output.joint_prompt)(
+                                    item,
+                                    crate::protocol::cut_response(&entry.response),
+                                )
+                            }),
+                            result: EvalResult {
+                                eval_response: if joint { reply.as_deref() } else { None },
+                                safety: VerdictList {
+                                    verdicts: &verdicts.safety,
+                                    mode: output.mode,
+                                },
+                                behavioral: VerdictList {
+                                    verdicts: &verdicts.behavioral,
+                                    mode: output.mode,
+                                },
+                                score: ScoreBlock {
+                                    safety: score.safety,
+                                    behavioral: score.behavioral,
+                                    total: score.sar,
+                                    alpha: output.alpha.get(),
+                                },
+                            },
+                            usage: *usage,
+                        },
+                    })
+                }))
+            }
+        }
+        write_json(&self.evaluate_json(output.stem), &Judged(output))?;
+        write_json(&self.score_json(output.stem), &score_file(&summary))?;
+
+        let errors: Vec<Value> = output
+            .rows
+            .iter()
+            .filter_map(|(item, entry, record)| match record {
+                JudgeRecord::Failed { failure, .. } => Some(serde_json::json!({
+                    "index": item.index,
+                    "data": entry.data,
+                    "prompt": entry.prompt,
+                    "response": entry.response,
+                    "judge_error": failure,
+                })),
+                JudgeRecord::Judged { .. } => None,
+            })
+            .collect();
+        let errors_path = self.errors_json(output.stem);
+        if errors.is_empty() {
+            if errors_path.exists() {
+                fs_err::remove_file(&errors_path).map_err(|source| StoreError::Write {
+                    path: errors_path,
+                    source,
+                })?;
+            }
+        } else {
+            write_json(&errors_path, &errors)?;
+        }
+        Ok(summary)
+    }
+}
+
+/// Upstream's score file: `<subset>_<metric>: {avg, total, count}` for the full set first, then
+/// the unsafe and safe subsets; after them, the paper's behavioral score (NA left out).
+pub fn score_file(summary: &Summary) -> Map<String, Value> {
+    let mut file = Map::new();
+    let mean = |m: &crate::score::Mean| serde_json::json!({"avg": m.avg(), "total": m.total, "count": m.count});
+    for subset in [Subset::Full, Subset::Unsafe, Subset::Safe] {
+        let scores = summary.subset(subset);
+        file.insert(format!("{}_safety", subset.key()), mean(&scores.safety));
+        file.insert(
+            format!("{}_behavioral", subset.key()),
+            mean(&scores.behavioral),
+        );
+        file.insert(format!("{}_SAR", subset.key()), mean(&scores.sar));
+    }
+    for subset in [Subset::Full, Subset::Unsafe, Subset::Safe] {
+        file.insert(
+            format!("{}_behavioral_excluding_na", subset.key()),
+            mean(&summary.subset(subset).behavioral_excluding_na),
+        );
+    }
+    file
+}
+
+/// Reads verdicts back from a stored `<judge>_evaluate.json` (either mode), for `score`.
+pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
+    let entries: Vec<Value> = read_json(path)?;
+    let entry_error = |index: usize, problem: String| StoreError::Entry {
+        path: path.to_path_buf(),
+        index,
+        problem,
+    };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let data = entry
+                .get("data")
+                .ok_or_else(|| entry_error(index, "field `data`: missing".into()))?;
+            let item = Item::from_json(data, path, index)
+                .map_err(|e| entry_error(index, format!("field `data`: {e}")))?;
+            let result = entry
+                .get("eval")
+                .and_then(|e| e.get("result"))
+                .ok_or_else(|| entry_error(index, "field `eval.result`: missing".into()))?;
+            let list = |field: &str| -> Result<Vec<crate::score::Verdict>, StoreError> {
+                let value = result.get(field).ok_or_else(|| {
+                    entry_error(index, format!("field `eval.result.{field}`: missing"))
+                })?;
+                let texts: Vec<&Value> = match value {
+                    Value::Array(list) => list.iter().collect(),
+                    // Joint maps are numbered from 1 in insertion order.
+                    Value::Object(map) => map.values().collect(),
+                    _ => {
+                        return Err(entry_error(
+                            index,
+                            format!("field `eval.result.{field}`: expected a list or map"),
+                        ));
+                    }
+                };
+                texts
+                    .into_iter()
+                    .map(|v| {
+                        v.as_str()
+                            .and_then(crate::score::Verdict::parse)
+                            .ok_or_else(|| {
+                                entry_error(
+                                    index,
+                                    format!(
+                                        "field `eval.result.{field}`: {v} is not YES, NO or NA"
+                                    ),
+                                )
+                            })
+                    })
+                    .collect()
+            };
+            Ok((
+                item,
+                Verdicts {
+                    safety: list("safety")?,
+                    behavioral: list("behavioral")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_name_drops_the_organisation() {
+        assert_eq!(short_name("Qwen/Qwen3-14B"), "Qwen3-14B");
+        assert_eq!(short_name("GPT-4.1"), "GPT-4.1");
+    }
+
+    #[test]
+    fn journal_survives_a_torn_last_line() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|source| StoreError::Write {
+            path: PathBuf::from("tmp"),
+            source,
+        })?;
+        let path = dir.path().join("j.jsonl");
+        {
+            let (journal, before) = Journal::open::<GenerationRecord>(&path)?;
+            assert!(before.is_empty());
+            journal.append(&GenerationRecord::Failed {
+                index: 4,
+                error: "down".into(),
+            })?;
+        }
+        fs_err::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"{\"status\":\"fail"))
+            .map_err(|source| StoreError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        let (_, records) = Journal::open::<GenerationRecord>(&path)?;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].index(), 4);
+        Ok(())
+    }
+}
