@@ -95,7 +95,9 @@ impl StubServer {
             .worker_threads(options.threads.max(1))
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        // Bound with std so that this works from inside another runtime too.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
@@ -103,6 +105,9 @@ impl StubServer {
             .with_state(shared.clone());
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stopped.await;

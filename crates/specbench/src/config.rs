@@ -116,7 +116,7 @@ impl ModelFile {
                 ));
             }
         };
-        let model_name = match fields.remove("model_name") {
+        let model_name = match fields.shift_remove("model_name") {
             None => key.to_string(),
             Some(Value::String(name)) if !name.is_empty() => name,
             Some(other) => {
@@ -126,7 +126,7 @@ impl ModelFile {
                 ));
             }
         };
-        let extra_body = match fields.remove("extra_body") {
+        let extra_body = match fields.shift_remove("extra_body") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => map,
             Some(other) => {

@@ -237,8 +237,8 @@ impl OpenAiBackendBuilder {
             None => None,
         };
         let mut fields = self.params.clone();
-        fields.remove("model");
-        fields.remove("messages");
+        fields.shift_remove("model");
+        fields.shift_remove("messages");
         for (key, value) in &self.extra_body {
             fields.insert(key.clone(), value.clone());
         }

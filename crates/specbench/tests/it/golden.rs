@@ -1,0 +1,196 @@
+//! Protocol parity: every request specbench sends equals a request the upstream harness sent
+//! (`golden/requests.jsonl`, key order aside), and what specbench records of the replies —
+//! responses, thoughts, usage, verdicts, scores, judge prompts — equals `golden/results.jsonl`.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use specbench::backend::ConcurrencyLimits;
+use specbench::judge::{Judge, JudgeMode};
+use specbench::method::{self, MethodKind};
+use specbench::pack::{self, ItemSelection, PromptVariant};
+use specbench::protocol::Protocol;
+use specbench::run::{RunPlan, Runner};
+use specbench::score::Alpha;
+use specbench::store::Store;
+use specbench_test::golden::{self, ReplayServer, first_difference};
+
+use crate::support::model;
+
+const ITEMS: [usize; 4] = [0, 1, 200, 201];
+
+struct Case {
+    model_key: &'static str,
+    method: MethodKind,
+    /// (judge key, mode) pairs the golden files hold for this case.
+    judges: &'static [(&'static str, JudgeMode)],
+}
+
+const JUDGES: &[(&str, JudgeMode)] = &[
+    ("GPT-4.1", JudgeMode::Joint),
+    ("GPT-4.1", JudgeMode::Sequential),
+    ("Qwen3-32B-thinking", JudgeMode::Joint),
+];
+
+const CASES: &[Case] = &[
+    Case {
+        model_key: "Qwen3-14B",
+        method: MethodKind::Raw,
+        judges: &[],
+    },
+    Case {
+        model_key: "Qwen3-14B",
+        method: MethodKind::Vanilla,
+        judges: JUDGES,
+    },
+    Case {
+        model_key: "Qwen3-14B-thinking",
+        method: MethodKind::Vanilla,
+        judges: JUDGES,
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyhow::Result<()> {
+    let pack_dir = golden::pack_dir()?;
+    let requests = golden::requests(&pack_dir)?;
+    let expected = golden::results(&pack_dir)?;
+    let replay = ReplayServer::start(&requests)?;
+    let pack = Arc::new(pack::load(&pack_dir)?);
+    let protocol = Arc::new(Protocol::for_pack(pack.protocol_dir.as_deref())?);
+    let config = pack
+        .config_dir
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the pack has no config/"))?;
+    let results = tempfile::tempdir()?;
+    let limits = ConcurrencyLimits::new(16);
+    let base_url = replay.server.base_url();
+
+    let mut compared = 0;
+    for case in CASES {
+        let generator = model(
+            &config.join("config_model.yaml"),
+            case.model_key,
+            &base_url,
+            &limits,
+        )?;
+        let judges = case
+            .judges
+            .iter()
+            .map(|(key, mode)| {
+                let judge_model = model(
+                    &config.join("config_eval_model.yaml"),
+                    key,
+                    &base_url,
+                    &limits,
+                )?;
+                Ok(Judge::new(judge_model, *mode, protocol.clone()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let runner = Runner {
+            pack: pack.clone(),
+            protocol: protocol.clone(),
+            store: Store::new(results.path()),
+            plan: RunPlan {
+                scenarios: Vec::new(),
+                items: ItemSelection::Indices(ITEMS.to_vec()),
+                variant: PromptVariant::Adversarial,
+                method: case.method,
+                model_key: case.model_key.to_string(),
+                alpha: Alpha::DEFAULT,
+                item_concurrency: 8,
+            },
+            generator: Some((generator, method::method(case.method))),
+            judges,
+            method_params: Value::Null,
+        };
+        let report = runner.run(&|_| {}).await?;
+        let unmatched = replay.unmatched();
+        if let Some(request) = unmatched.first() {
+            // The nearest golden request: the longest common prefix of the canonical forms.
+            let actual = golden::canonical(request);
+            let common = |g: &&golden::GoldenRequest| {
+                let wanted = golden::canonical(&g.request);
+                wanted
+                    .bytes()
+                    .zip(actual.bytes())
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            };
+            let tag_hint = requests
+                .iter()
+                .max_by_key(common)
+                .map(|g| (first_difference(&g.request, request), g.tag.clone()));
+            let (difference, tag) = tag_hint.unwrap_or_default();
+            anyhow::bail!(
+                "{} request(s) not in golden/requests.jsonl; nearest golden request {tag}: {}",
+                unmatched.len(),
+                difference.unwrap_or_default()
+            );
+        }
+        assert_eq!(
+            report.problems(),
+            0,
+            "{}/{}: some items failed: {report:?}",
+            case.model_key,
+            case.method
+        );
+
+        for scenario in &pack.scenarios {
+            let dir = Store::new(results.path()).run_dir(
+                case.model_key,
+                &scenario.name,
+                case.method.name(),
+            );
+            let generated: Vec<Value> = read(&dir.generate_json())?;
+            assert_eq!(generated.len(), ITEMS.len());
+            for (position, index) in ITEMS.iter().enumerate() {
+                let tag = format!(
+                    "{}/{index}/generate/{}/{}",
+                    scenario.name, case.model_key, case.method
+                );
+                let want = expected
+                    .get(&(tag.clone(), "generation".to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("{tag}: not in golden/results.jsonl"))?;
+                let got = &generated[position];
+                for field in ["response", "thought", "usage"] {
+                    if let Some(difference) = first_difference(&want[field], &got[field]) {
+                        anyhow::bail!("{tag}: {field}{difference}");
+                    }
+                }
+                assert_eq!(
+                    got["data"],
+                    Value::Object((*scenario.items[*index].raw).clone()),
+                    "{tag}: data"
+                );
+                compared += 1;
+
+                for (judge_key, mode) in case.judges {
+                    let stem = match mode {
+                        JudgeMode::Joint => judge_key.to_string(),
+                        JudgeMode::Sequential => format!("{judge_key}-sequential"),
+                    };
+                    let evaluated: Vec<Value> = read(&dir.evaluate_json(&stem))?;
+                    let judge_tag = format!("{tag}/judge/{judge_key}/{mode}");
+                    let want = expected
+                        .get(&(judge_tag.clone(), "judge".to_string()))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{judge_tag}: not in golden/results.jsonl")
+                        })?;
+                    if let Some(difference) = first_difference(want, &evaluated[position]["eval"]) {
+                        anyhow::bail!("{judge_tag}: eval{difference}");
+                    }
+                    compared += 1;
+                }
+            }
+        }
+    }
+    // 5 scenarios × 4 items × (raw + 2 × vanilla with 3 judges each).
+    assert_eq!(compared, 5 * 4 * (1 + 2 * 4));
+    Ok(())
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
