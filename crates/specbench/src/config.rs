@@ -70,7 +70,14 @@ impl ModelFile {
     pub fn parse(text: &str, file: &Path) -> Result<ModelFile, ConfigError> {
         let value: Option<Value> = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
             file: file.to_path_buf(),
-            message: e.to_string(),
+            // The parser adds a source snippet on further lines; errors here are one line.
+            message: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_string(),
         })?;
         let entries = match value {
             None | Some(Value::Null) => Map::new(),

@@ -1,0 +1,186 @@
+//! Bad input: one error line naming file, item and field; exit code 2; nothing written.
+
+use crate::support::TestContext;
+
+/// Runs `specbench run` against an unreachable server: every case must fail before any request.
+fn run_expecting_error(ctx: &TestContext, extra: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec![
+        "run",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--judge",
+        "j",
+        "--judge-base-url",
+        "http://127.0.0.1:9/v1",
+    ];
+    args.extend_from_slice(extra);
+    let finished = ctx.run(&args)?;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert!(!ctx.results.exists(), "nothing may be written on bad input");
+    let lines: Vec<&str> = finished.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one error line, got: {}", finished.stderr);
+    Ok(lines[0].to_string())
+}
+
+fn edit(ctx: &TestContext, file: &str, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
+    let path = ctx.pack.join(file);
+    let text = std::fs::read_to_string(&path)?;
+    std::fs::write(&path, edit(text))?;
+    Ok(())
+}
+
+#[test]
+fn a_bad_label_names_file_item_and_field() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    edit(&ctx, "Museum/prompts.json", |t| {
+        t.replacen("\"label\": \"safe\"", "\"label\": \"maybe\"", 1)
+    })?;
+    let line = run_expecting_error(&ctx, &[])?;
+    assert!(
+        line.ends_with("Museum/prompts.json: item 1: field `label`: expected \"safe\" or \"unsafe\", found \"maybe\""),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_field_is_named() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    edit(&ctx, "Garden/prompts.json", |t| {
+        t.replacen(
+            "\"prompt\": \"When should I plant garlic in a temperate climate?\",",
+            "",
+            1,
+        )
+    })?;
+    let line = run_expecting_error(&ctx, &[])?;
+    assert!(
+        line.ends_with("Garden/prompts.json: item 1: field `prompt`: missing"),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_file_is_named() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    std::fs::remove_file(ctx.pack.join("Garden/specifications.json"))?;
+    std::fs::write(ctx.pack.join("Garden/.keep"), "")?;
+    let line = run_expecting_error(&ctx, &[])?;
+    assert!(
+        line.ends_with("Garden/specifications.json: file is missing"),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn invalid_json_is_named() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    edit(&ctx, "Museum/prompts.json", |t| t.replacen('[', "[[", 1))?;
+    let line = run_expecting_error(&ctx, &[])?;
+    assert!(line.contains("Museum/prompts.json: invalid JSON"), "{line}");
+    Ok(())
+}
+
+#[test]
+fn an_empty_rule_list_is_rejected() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    std::fs::write(
+        ctx.pack.join("Garden/specifications.json"),
+        r#"{"safety_specifications": ["x"], "behavioral_specifications": []}"#,
+    )?;
+    let line = run_expecting_error(&ctx, &[])?;
+    assert!(
+        line.ends_with(
+            "Garden/specifications.json: field `behavioral_specifications`: the rule list is empty"
+        ),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unknown_scenario_lists_the_known_ones() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let line = run_expecting_error(&ctx, &["--scenario", "Garden,Zoo"])?;
+    assert!(
+        line.ends_with("unknown scenario `Zoo`; the pack has: Garden, Museum"),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_item_out_of_range_is_named() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let line = run_expecting_error(&ctx, &["--items", "0,7"])?;
+    assert!(
+        line.ends_with("prompts.json: item 7 does not exist (the scenario has 3 items)"),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_bad_yaml_config_is_named() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let config = ctx.dir.path().join("models.yaml");
+    std::fs::write(&config, "m:\n  model_name: x\n  temperature: [hot\n")?;
+    let line = run_expecting_error(
+        &ctx,
+        &["--model-config", config.to_str().unwrap_or_default()],
+    )?;
+    assert!(
+        line.ends_with("models.yaml: invalid YAML: line 3 column 16: unclosed bracket '['"),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_bad_field_in_a_yaml_config_is_named() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let config = ctx.dir.path().join("models.yaml");
+    std::fs::write(&config, "m:\n  model_name: x\n  max_tokens: lots\n")?;
+    let line = run_expecting_error(
+        &ctx,
+        &["--model-config", config.to_str().unwrap_or_default()],
+    )?;
+    assert!(
+        line.ends_with(
+            "models.yaml: model `m`: field `max_tokens`: expected a number, found \"lots\""
+        ),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_api_key_is_reported_before_any_work() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let finished = ctx.run(&["run", "--model", "gpt-4.1-mini"])?;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("the API key variable OPENAI_API_KEY is not set"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!ctx.results.exists());
+    Ok(())
+}
+
+#[test]
+fn alpha_out_of_range_is_rejected() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let line = run_expecting_error(&ctx, &["--alpha", "1.5"])?;
+    assert!(
+        line.ends_with("--alpha 1.5: must lie between 0 and 1"),
+        "{line}"
+    );
+    Ok(())
+}
