@@ -314,8 +314,11 @@ impl Session {
 }
 
 async fn execute(runner: Runner) -> anyhow::Result<ExitStatus> {
-    let progress = Progress::new();
-    let result = runner.run(&|event| progress.handle(event)).await;
+    let progress = Arc::new(Progress::new());
+    let sink = progress.clone();
+    let result = Arc::new(runner)
+        .run(Arc::new(move |event| sink.handle(event)))
+        .await;
     progress.finish();
     let report = result.map_err(|e| match e {
         specbench::run::RunError::Store(store) => anyhow::Error::new(store),

@@ -178,6 +178,8 @@ pub fn stub_usage(body: &Value, reply: &str) -> Value {
 }
 
 async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    // The latency is counted from arrival: the stub's own work happens inside it.
+    let answer_at = tokio::time::Instant::now() + shared.latency;
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "request body is not JSON").into_response();
     };
@@ -186,10 +188,11 @@ async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     {
         requests.push(request.clone());
     }
+    let reply = (shared.handler)(&request);
     if !shared.latency.is_zero() {
-        tokio::time::sleep(shared.latency).await;
+        tokio::time::sleep_until(answer_at).await;
     }
-    match (shared.handler)(&request) {
+    match reply {
         Reply::Content(content) => completion(&request, &content, None),
         Reply::Reasoning { content, reasoning } => completion(&request, &content, Some(&reasoning)),
         Reply::Status {

@@ -8,15 +8,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::backend::{Model, ModelTotals, Usage};
 use crate::judge::{Judge, Judgement};
 use crate::method::{Method, MethodInput, MethodKind};
-use crate::pack::{Item, ItemSelection, Label, Pack, PackError, PromptVariant, Rules};
-use crate::protocol::Protocol;
+use crate::pack::{Item, ItemSelection, Label, Pack, PackError, PromptVariant};
+use crate::protocol::{Protocol, RuleLists};
 use crate::score::{Alpha, Score, Summary};
 use crate::store::{
     GenerateEntry, GenerationRecord, Journal, JudgeOutput, JudgeRecord, RunDir, Store, StoreError,
@@ -31,6 +30,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("{}: no stored generations to judge; run `specbench generate` first", path.display())]
     NothingToJudge { path: std::path::PathBuf },
+    #[error("internal error in a worker task: {0}")]
+    Worker(String),
 }
 
 /// What to run; every choice made and checked.
@@ -145,7 +146,7 @@ pub struct Runner {
 /// One scenario's state while a run is under way.
 struct ScenarioRun {
     name: String,
-    rules: Rules,
+    rules: RuleLists,
     dir: RunDir,
     items: Vec<Arc<Item>>,
     generation_journal: Option<Journal>,
@@ -154,36 +155,79 @@ struct ScenarioRun {
     judgements: Vec<Mutex<HashMap<String, JudgeRecord>>>,
     /// Judge calls that could not reach the judge model, per judge (not journaled).
     unreachable: Vec<Mutex<usize>>,
+    /// Items of this run not yet processed; the one that brings it to 0 writes the files.
+    remaining: std::sync::atomic::AtomicUsize,
 }
 
-type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
+/// Where progress events go; the CLI renders them.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 impl Runner {
-    /// Runs every unit, then writes the result files of each scenario.
-    pub async fn run(&self, events: EventSink<'_>) -> Result<RunReport, RunError> {
+    /// Runs every unit; each scenario's result files are written as soon as its last item is
+    /// done, while other scenarios are still in flight.
+    ///
+    /// Items run as tasks of their own so that request building and reply parsing use every
+    /// core; at most `item_concurrency` are alive at once, which bounds memory.
+    pub async fn run(self: Arc<Self>, events: EventSink) -> Result<RunReport, RunError> {
         let started = jiff::Timestamp::now();
-        let scenarios = self.prepare()?;
-        self.announce(&scenarios, events);
+        let scenarios: Vec<Arc<ScenarioRun>> = self.prepare()?.into_iter().map(Arc::new).collect();
+        self.announce(&scenarios, events.as_ref());
 
-        let units = scenarios
-            .iter()
-            .flat_map(|scenario| scenario.items.iter().map(move |item| (scenario, item)));
-        futures::stream::iter(units)
-            .for_each_concurrent(self.plan.item_concurrency.max(1), |(scenario, item)| {
-                self.process(scenario, item, events)
-            })
-            .await;
-
-        let finished = jiff::Timestamp::now();
-        let mut reports = Vec::with_capacity(scenarios.len());
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.plan.item_concurrency.max(1),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut written = Vec::new();
         for scenario in &scenarios {
-            let report = self.finish(scenario, started, finished)?;
-            events(Event::Written {
-                scenario: scenario.name.clone(),
-                dir: scenario.dir.dir.clone(),
-            });
-            reports.push(report);
+            if scenario.items.is_empty() {
+                written.push(
+                    self.clone()
+                        .write_when_done(scenario.clone(), started, events.clone())
+                        .await,
+                );
+            }
+            for item in &scenario.items {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (runner, scenario, item, events) =
+                    (self.clone(), scenario.clone(), item.clone(), events.clone());
+                tasks.spawn(async move {
+                    runner.process(&scenario, &item, events.as_ref()).await;
+                    drop(slot);
+                    // The scenario's last item writes its files; other scenarios keep running.
+                    let done = scenario
+                        .remaining
+                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                        == 1;
+                    if done {
+                        Some(runner.write_when_done(scenario, started, events).await)
+                    } else {
+                        None
+                    }
+                });
+                while let Some(finished) = tasks.try_join_next() {
+                    match finished {
+                        Ok(Some(report)) => written.push(report),
+                        Ok(None) => {}
+                        Err(join) => written.push(Err(RunError::Worker(join.to_string()))),
+                    }
+                }
+            }
         }
+        while let Some(finished) = tasks.join_next().await {
+            match finished {
+                Ok(Some(report)) => written.push(report),
+                Ok(None) => {}
+                Err(join) => written.push(Err(RunError::Worker(join.to_string()))),
+            }
+        }
+        let mut reports = Vec::with_capacity(written.len());
+        for report in written {
+            reports.push(report?);
+        }
+        // Report in the order scenarios were asked for, whatever order they finished in.
+        reports.sort_by_key(|r| scenarios.iter().position(|s| s.name == r.scenario));
         Ok(RunReport {
             scenarios: reports,
             generator: self.generator.as_ref().map(|(model, _)| model.totals()),
@@ -193,6 +237,26 @@ impl Runner {
                 .map(|judge| (judge.file_stem(), judge.model.totals()))
                 .collect(),
         })
+    }
+
+    /// Writes a finished scenario's files on a blocking thread, so async work goes on meanwhile.
+    async fn write_when_done(
+        self: Arc<Self>,
+        scenario: Arc<ScenarioRun>,
+        started: jiff::Timestamp,
+        events: EventSink,
+    ) -> Result<ScenarioReport, RunError> {
+        let writer = tokio::task::spawn_blocking(move || {
+            let report = self.finish(&scenario, started, jiff::Timestamp::now())?;
+            events(Event::Written {
+                scenario: scenario.name.clone(),
+                dir: scenario.dir.dir.clone(),
+            });
+            Ok(report)
+        });
+        writer
+            .await
+            .unwrap_or_else(|join| Err(RunError::Worker(join.to_string())))
     }
 
     /// Selects items, opens journals and reads what earlier runs finished.
@@ -212,13 +276,7 @@ impl Runner {
                 self.plan.method.name(),
             );
             if self.generator.is_some() {
-                let items: Vec<Arc<Item>> = self
-                    .plan
-                    .items
-                    .select(scenario)?
-                    .into_iter()
-                    .map(|item| Arc::new(item.clone()))
-                    .collect();
+                let items = self.plan.items.select(scenario)?;
                 chosen.push((scenario, dir, items, BTreeMap::new()));
             } else {
                 let path = dir.generate_json();
@@ -268,9 +326,10 @@ impl Runner {
                         .collect(),
                 ));
             }
+            let items_len = items.len();
             runs.push(ScenarioRun {
                 name: scenario.name.clone(),
-                rules: scenario.rules.clone(),
+                rules: RuleLists::new(&scenario.rules),
                 dir,
                 items,
                 generation_journal,
@@ -278,12 +337,13 @@ impl Runner {
                 generations: Mutex::new(generations),
                 judgements,
                 unreachable: self.judges.iter().map(|_| Mutex::new(0)).collect(),
+                remaining: std::sync::atomic::AtomicUsize::new(items_len),
             });
         }
         Ok(runs)
     }
 
-    fn announce(&self, scenarios: &[ScenarioRun], events: EventSink<'_>) {
+    fn announce(&self, scenarios: &[Arc<ScenarioRun>], events: &(dyn Fn(Event) + Send + Sync)) {
         let total: usize = scenarios.iter().map(|s| s.items.len()).sum();
         if self.generator.is_some() {
             events(Event::Planned {
@@ -299,7 +359,12 @@ impl Runner {
         }
     }
 
-    async fn process(&self, scenario: &ScenarioRun, item: &Arc<Item>, events: EventSink<'_>) {
+    async fn process(
+        &self,
+        scenario: &ScenarioRun,
+        item: &Arc<Item>,
+        events: &(dyn Fn(Event) + Send + Sync),
+    ) {
         let Some(entry) = self.response_for(scenario, item, events).await else {
             return;
         };
@@ -314,7 +379,7 @@ impl Runner {
         &self,
         scenario: &ScenarioRun,
         item: &Arc<Item>,
-        events: EventSink<'_>,
+        events: &(dyn Fn(Event) + Send + Sync),
     ) -> Option<GenerateEntry> {
         let existing = lock(&scenario.generations).get(&item.index).cloned();
         let unit = |outcome, cost| Event::Unit {
@@ -391,7 +456,7 @@ impl Runner {
         entry: &GenerateEntry,
         position: usize,
         judge: &Judge,
-        events: EventSink<'_>,
+        events: &(dyn Fn(Event) + Send + Sync),
     ) {
         let key = judgement_key(item, &entry.response);
         let stage = Stage::Judge(judge.file_stem());
@@ -502,7 +567,7 @@ impl Runner {
             && let Ok(packed) = self.pack.scenario(&scenario.name)
         {
             // Items finished by earlier runs with another selection are part of the results too.
-            by_index.extend(packed.items.iter().map(|i| (i.index, i)));
+            by_index.extend(packed.items.iter().map(|i| (i.index, i.as_ref())));
         }
         by_index.extend(scenario.items.iter().map(|i| (i.index, i.as_ref())));
         let mut judge_reports = Vec::with_capacity(self.judges.len());

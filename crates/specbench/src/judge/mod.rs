@@ -19,8 +19,8 @@ pub use parse::{JointReply, ParseError, parse_joint, parse_sequential};
 
 use crate::backend::{Message, Model, ModelError, Request, Usage};
 use crate::method::thought_and_response;
-use crate::pack::{Item, Rules};
-use crate::protocol::{self, Protocol, Template};
+use crate::pack::Item;
+use crate::protocol::{self, Protocol, RuleLists, Template};
 use crate::score::{Verdict, Verdicts};
 
 /// Upstream's limit on attempts at one judge call whose reply does not parse.
@@ -135,15 +135,14 @@ impl Judge {
     }
 
     /// The joint judge's user prompt for `item`'s `response` (already cut).
-    pub fn joint_prompt(&self, item: &Item, rules: &Rules, response: &str) -> String {
-        let rule_list = protocol::joint_judge_rule_list(rules);
-        let safety_count = rules.safety.len().to_string();
-        let behavioral_count = rules.behavioral.len().to_string();
+    pub fn joint_prompt(&self, item: &Item, lists: &RuleLists, response: &str) -> String {
+        let safety_count = lists.rules.safety.len().to_string();
+        let behavioral_count = lists.rules.behavioral.len().to_string();
         let comment = protocol::joint_prompt_comment(item);
         self.protocol.render(
             Template::JudgeJointUser,
             &[
-                ("specification_string", &rule_list),
+                ("specification_string", &lists.joint_judge),
                 ("query", &item.prompt),
                 ("response", response),
                 ("safety_specifications_count", &safety_count),
@@ -177,34 +176,38 @@ impl Judge {
         )
     }
 
-    /// Judges `response` to `item` under `rules`. `Err` only when the judge model could not be
+    /// Judges `response` to `item` under the scenario's rules. `Err` only when the judge model could not be
     /// reached within its retry policy; an unparseable reply is `Ok(Judgement::Failed)`.
     pub async fn judge(
         &self,
         item: &Item,
-        rules: &Rules,
+        lists: &RuleLists,
         response: &str,
     ) -> Result<Judgement, ModelError> {
         let response = protocol::cut_response(response);
         match self.mode {
-            JudgeMode::Joint => self.judge_joint(item, rules, response).await,
-            JudgeMode::Sequential => self.judge_sequential(item, rules, response).await,
+            JudgeMode::Joint => self.judge_joint(item, lists, response).await,
+            JudgeMode::Sequential => self.judge_sequential(item, lists, response).await,
         }
     }
 
     async fn judge_joint(
         &self,
         item: &Item,
-        rules: &Rules,
+        lists: &RuleLists,
         response: &str,
     ) -> Result<Judgement, ModelError> {
-        let prompt = self.joint_prompt(item, rules, response);
+        let prompt = self.joint_prompt(item, lists, response);
         let system = self.protocol.text(Template::JudgeJointSystem);
         let mut cost = Usage::default();
         let mut calls = 0;
         let outcome = self
             .ask(system, &prompt, &mut cost, &mut calls, |reply| {
-                parse_joint(reply, rules.safety.len(), rules.behavioral.len())
+                parse_joint(
+                    reply,
+                    lists.rules.safety.len(),
+                    lists.rules.behavioral.len(),
+                )
             })
             .await?;
         Ok(match outcome {
@@ -229,10 +232,15 @@ impl Judge {
     async fn judge_sequential(
         &self,
         item: &Item,
-        rules: &Rules,
+        lists: &RuleLists,
         response: &str,
     ) -> Result<Judgement, ModelError> {
-        let all_rules: Vec<&String> = rules.safety.iter().chain(&rules.behavioral).collect();
+        let all_rules: Vec<&String> = lists
+            .rules
+            .safety
+            .iter()
+            .chain(&lists.rules.behavioral)
+            .collect();
         let last = all_rules.len().saturating_sub(1);
         let system = self.protocol.text(Template::JudgeSequentialSystem);
         // Rules are independent calls; sending them together shortens an item's latency while
@@ -281,7 +289,7 @@ impl Judge {
                 cost,
             }));
         }
-        let behavioral = verdicts.split_off(rules.safety.len());
+        let behavioral = verdicts.split_off(lists.rules.safety.len());
         Ok(Judgement::Judged(Judged {
             verdicts: Verdicts {
                 safety: verdicts,

@@ -28,7 +28,13 @@ pub struct JointReply {
 }
 
 fn normalize_na(text: &str) -> String {
-    text.replace("N/A", "NA").replace("N / A", "NA")
+    let mut text = text.to_string();
+    for (from, to) in [("N/A", "NA"), ("N / A", "NA")] {
+        if text.contains(from) {
+            text = text.replace(from, to);
+        }
+    }
+    text
 }
 
 /// The text between the first `<tag>` and the first `</tag>` after it (a non-greedy regex).
@@ -72,11 +78,12 @@ pub fn parse_joint(
     safety_rules: usize,
     behavioral_rules: usize,
 ) -> Result<JointReply, ParseError> {
-    let normalized = normalize_na(
-        &reply
+    let mut normalized = normalize_na(reply);
+    if normalized.contains("behavior_specifications>") {
+        normalized = normalized
             .replace("<behavior_specifications>", "<behavioral_specifications>")
-            .replace("</behavior_specifications>", "</behavioral_specifications>"),
-    );
+            .replace("</behavior_specifications>", "</behavioral_specifications>");
+    }
     let safety = section_verdicts(section(&normalized, "safety_specifications"));
     if safety.len() != safety_rules {
         return Err(ParseError::Count {

@@ -13,8 +13,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::backend::{Generation, Message, Model, ModelError, Request, Usage};
-use crate::pack::Rules;
-use crate::protocol::{self, Protocol, Template};
+use crate::protocol::{self, Protocol, RuleLists, Template};
 
 /// The methods specbench knows, by their upstream names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -62,7 +61,7 @@ impl FromStr for MethodKind {
 pub struct MethodInput<'a> {
     /// The text generated from (the adversarial or the original prompt).
     pub prompt: &'a str,
-    pub rules: &'a Rules,
+    pub rules: &'a RuleLists,
     pub protocol: &'a Protocol,
 }
 
@@ -120,12 +119,11 @@ pub fn thought_and_response(generation: &Generation) -> (String, String) {
 /// The system and user messages of a plain generation; `with_rules` adds the scenario's rules.
 pub fn generation_messages(input: &MethodInput<'_>, with_rules: bool) -> Vec<Message> {
     let user = if with_rules {
-        let rule_list = protocol::generation_rule_list(input.rules);
         input.protocol.render(
             Template::Augment,
             &[
                 ("prompt", input.prompt),
-                ("specification_string", &rule_list),
+                ("specification_string", &input.rules.generation),
             ],
         )
     } else {
@@ -191,10 +189,10 @@ mod tests {
     #[test]
     fn vanilla_wraps_the_prompt_with_rules_and_raw_does_not() {
         let protocol = Protocol::builtin();
-        let rules = Rules {
+        let rules = RuleLists::new(&Rules {
             safety: vec!["no harm".into()],
             behavioral: vec!["be brief".into()],
-        };
+        });
         let input = MethodInput {
             prompt: "Tell me a story {response}",
             rules: &rules,

@@ -194,7 +194,8 @@ pub struct Scenario {
     pub title: String,
     pub description: String,
     pub rules: Rules,
-    pub items: Vec<Item>,
+    /// Shared, so that a run holds items without copying them.
+    pub items: Vec<Arc<Item>>,
     pub dir: PathBuf,
 }
 
@@ -382,7 +383,7 @@ fn load_scenario(dir: &Path, hasher: &mut Sha256) -> Result<Scenario, PackError>
     let items = entries
         .iter()
         .enumerate()
-        .map(|(index, value)| Item::from_json(value, &items_file, index))
+        .map(|(index, value)| Item::from_json(value, &items_file, index).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Scenario {
@@ -419,16 +420,17 @@ pub enum ItemSelection {
 }
 
 impl ItemSelection {
-    pub fn select<'a>(&self, scenario: &'a Scenario) -> Result<Vec<&'a Item>, PackError> {
+    pub fn select(&self, scenario: &Scenario) -> Result<Vec<Arc<Item>>, PackError> {
         match self {
-            ItemSelection::All => Ok(scenario.items.iter().collect()),
-            ItemSelection::First(n) => Ok(scenario.items.iter().take(*n).collect()),
+            ItemSelection::All => Ok(scenario.items.clone()),
+            ItemSelection::First(n) => Ok(scenario.items.iter().take(*n).cloned().collect()),
             ItemSelection::Indices(indices) => indices
                 .iter()
                 .map(|&index| {
                     scenario
                         .items
                         .get(index)
+                        .cloned()
                         .ok_or_else(|| PackError::UnknownItem {
                             file: scenario.dir.join(ITEMS_FILE),
                             index,

@@ -332,7 +332,7 @@ pub fn substitute(template: &str, values: &[(&str, &str)]) -> String {
 
 /// `- rule\n` per rule: Align3's lists and the parts of the generation rule list.
 pub fn bullet_list(rules: &[String]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(rules.iter().map(|r| r.len() + 3).sum());
     for rule in rules {
         out.push_str("- ");
         out.push_str(rule);
@@ -343,27 +343,64 @@ pub fn bullet_list(rules: &[String]) -> String {
 
 /// The rule list of spec-aware generation and Self-Refine (`specification_string`).
 pub fn generation_rule_list(rules: &Rules) -> String {
-    format!(
-        "**safety**\n{}**behavioral**\n{}",
-        bullet_list(&rules.safety),
-        bullet_list(&rules.behavioral)
-    )
+    let mut out = String::from("**safety**\n");
+    out.push_str(&bullet_list(&rules.safety));
+    out.push_str("**behavioral**\n");
+    out.push_str(&bullet_list(&rules.behavioral));
+    out
 }
 
 /// The rule list of the joint judge: numbered `<i>` blocks under two headings.
 pub fn joint_judge_rule_list(rules: &Rules) -> String {
-    let numbered = |list: &[String]| {
-        let mut out = String::new();
+    fn numbered(out: &mut String, list: &[String]) {
         for (i, rule) in list.iter().enumerate() {
-            out.push_str(&format!("<{}>\n{}\n", i + 1, rule));
+            out.push('<');
+            out.push_str(&(i + 1).to_string());
+            out.push_str(">\n");
+            out.push_str(rule);
+            out.push('\n');
         }
-        out
-    };
-    format!(
-        "## Safety Specifications\n\n{}\n\n## Behavioral Specifications\n\n{}\n",
-        numbered(&rules.safety),
-        numbered(&rules.behavioral)
-    )
+    }
+    let mut out = String::with_capacity(
+        rules
+            .safety
+            .iter()
+            .chain(&rules.behavioral)
+            .map(|r| r.len() + 8)
+            .sum::<usize>()
+            + 64,
+    );
+    out.push_str("## Safety Specifications\n\n");
+    numbered(&mut out, &rules.safety);
+    out.push_str("\n\n## Behavioral Specifications\n\n");
+    numbered(&mut out, &rules.behavioral);
+    out.push('\n');
+    out
+}
+
+/// A scenario's rules with every list the protocol shows them in, formatted once per run
+/// rather than once per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleLists {
+    pub rules: Rules,
+    /// `specification_string` of generation prompts and Self-Refine.
+    pub generation: String,
+    /// `specification_string` of the joint judge.
+    pub joint_judge: String,
+    pub safety_bullets: String,
+    pub behavioral_bullets: String,
+}
+
+impl RuleLists {
+    pub fn new(rules: &Rules) -> RuleLists {
+        RuleLists {
+            generation: generation_rule_list(rules),
+            joint_judge: joint_judge_rule_list(rules),
+            safety_bullets: bullet_list(&rules.safety),
+            behavioral_bullets: bullet_list(&rules.behavioral),
+            rules: rules.clone(),
+        }
+    }
 }
 
 /// The joint judge's `prompt_comment`.

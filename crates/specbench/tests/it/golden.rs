@@ -104,7 +104,7 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
             judges,
             method_params: Value::Null,
         };
-        let report = runner.run(&|_| {}).await?;
+        let report = Arc::new(runner).run(Arc::new(|_| {})).await?;
         let unmatched = replay.unmatched();
         if let Some(request) = unmatched.first() {
             // The nearest golden request: the longest common prefix of the canonical forms.
