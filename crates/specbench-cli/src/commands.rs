@@ -363,10 +363,10 @@ fn print_report(report: &RunReport) {
             totals.completion_tokens
         );
     }
-    for (stem, totals) in &report.judges {
+    for (key, totals) in &report.judges {
         let _ = writeln!(
             out,
-            "judge {stem}: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
+            "judge {key}: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
             totals.requests,
             totals.retries,
             totals.failures,
@@ -381,8 +381,8 @@ fn print_table(rows: &[(String, String, Summary)]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:<10} {:<22} {:<7} {:>6} {:>8} {:>10} {:>8} {:>6}",
-        "scenario", "judge", "subset", "safety", "behav.", "behav.¬NA", "SAR", "items"
+        "{:<10} {:<22} {:<7} {:>7} {:>8} {:>10} {:>7} {:>6}",
+        "scenario", "judge", "subset", "safety", "behav.", "behav.exNA", "SAR", "items"
     );
     for (scenario, stem, summary) in rows {
         for subset in Subset::ALL {
@@ -392,16 +392,24 @@ fn print_table(rows: &[(String, String, Summary)]) {
                 Subset::Safe => "safe",
                 Subset::Full => "full",
             };
+            // An empty subset has no average: print a dash, not a misleading 0.
+            let cell = |mean: &specbench::score::Mean| {
+                if mean.count == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.4}", mean.avg())
+                }
+            };
             let _ = writeln!(
                 out,
-                "{:<10} {:<22} {:<7} {:>6.4} {:>8.4} {:>10.4} {:>8.4} {:>6}",
+                "{:<10} {:<22} {:<7} {:>7} {:>8} {:>10} {:>7} {:>6}",
                 scenario,
                 stem,
                 name,
-                scores.safety.avg(),
-                scores.behavioral.avg(),
-                scores.behavioral_excluding_na.avg(),
-                scores.sar.avg(),
+                cell(&scores.safety),
+                cell(&scores.behavioral),
+                cell(&scores.behavioral_excluding_na),
+                cell(&scores.sar),
                 scores.sar.count
             );
         }

@@ -112,6 +112,7 @@ pub struct ScenarioReport {
 pub struct RunReport {
     pub scenarios: Vec<ScenarioReport>,
     pub generator: Option<ModelTotals>,
+    /// By judge model key (both modes of one model count together).
     pub judges: Vec<(String, ModelTotals)>,
 }
 
@@ -231,12 +232,20 @@ impl Runner {
         Ok(RunReport {
             scenarios: reports,
             generator: self.generator.as_ref().map(|(model, _)| model.totals()),
-            judges: self
-                .judges
-                .iter()
-                .map(|judge| (judge.file_stem(), judge.model.totals()))
-                .collect(),
+            judges: self.judge_totals(),
         })
+    }
+
+    /// Request and token totals per judge model: modes of one model share its counters.
+    fn judge_totals(&self) -> Vec<(String, ModelTotals)> {
+        let mut totals: Vec<(String, ModelTotals)> = Vec::new();
+        for judge in &self.judges {
+            let key = judge.model.key().to_string();
+            if !totals.iter().any(|(seen, _)| *seen == key) {
+                totals.push((key, judge.model.totals()));
+            }
+        }
+        totals
     }
 
     /// Writes a finished scenario's files on a blocking thread, so async work goes on meanwhile.
