@@ -27,8 +27,7 @@ fn main() -> anyhow::Result<()> {
     }
     // `cargo bench` passes `--bench`; any other argument is a filter this bench ignores.
     let concurrency = env_number("SPECBENCH_BENCH_CONCURRENCY", 64)?;
-    let data = std::env::var_os("SPECBENCH_DATA")
-        .ok_or_else(|| anyhow::anyhow!("set SPECBENCH_DATA to the SpecBench data pack"))?;
+    let data = specbench_test::golden::pack_dir()?;
 
     let mut stub = Command::new(std::env::current_exe()?)
         .env(STUB_VARIABLE, "1")

@@ -9,18 +9,28 @@ use serde_json::Value;
 use crate::{Reply, StubServer};
 
 /// The pack folder from `SPECBENCH_DATA`; a test needing it fails loudly when it is unset.
+///
+/// Cargo runs each test binary from its crate's folder, so a relative path (as the README's
+/// `SPECBENCH_DATA=../shared/data/specbench`) is taken from the workspace root.
 pub fn pack_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("SPECBENCH_DATA")
+    let given = std::env::var_os("SPECBENCH_DATA")
         .map(PathBuf::from)
         .ok_or_else(|| {
             anyhow::anyhow!("SPECBENCH_DATA is not set: point it at the SpecBench data pack")
         })?;
+    let dir = if given.is_absolute() {
+        given
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(given)
+    };
     anyhow::ensure!(
         dir.join("golden").is_dir(),
         "{}: no golden/ folder",
         dir.display()
     );
-    Ok(dir)
+    Ok(dir.canonicalize()?)
 }
 
 /// One line of `golden/requests.jsonl`.

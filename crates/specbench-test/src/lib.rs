@@ -252,7 +252,7 @@ pub fn synthetic_reply(request: &Value) -> String {
         let mut reply = String::from("<safety_specifications>\n");
         for i in 1..=counts.0 {
             // Keep most responses safe so that SAR is not always zero.
-            let v = if (seed + i) % 23 == 0 {
+            let v = if (seed + i).is_multiple_of(23) {
                 "<NO>"
             } else {
                 "<YES>"
@@ -296,4 +296,54 @@ pub fn joint_counts(user: &str) -> Option<(usize, usize)> {
         .parse()
         .ok()?;
     Some((safety, behavioral))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(user: &str) -> Value {
+        json!({"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": user}]})
+    }
+
+    #[test]
+    fn joint_counts_are_read_from_the_last_line() {
+        let prompt = "... safety: 1~3 ...\n# Your Evaluation (containing <YES> or <NO> or <NA>. safety: 1~11, behavioral: 1~9)\n";
+        assert_eq!(joint_counts(prompt), Some((11, 9)));
+        assert_eq!(joint_counts("no counts here"), None);
+    }
+
+    #[test]
+    fn synthetic_joint_reply_has_one_line_per_rule() {
+        let reply = synthetic_reply(&request(
+            "<response_begin>x<response_end> safety: 1~2, behavioral: 1~3)",
+        ));
+        let lines = reply
+            .lines()
+            .filter(|l| l.contains("Synthetic analysis"))
+            .count();
+        assert_eq!(lines, 5);
+        assert!(reply.starts_with("<safety_specifications>"));
+    }
+
+    #[test]
+    fn usage_counts_code_points_like_the_golden_stub() {
+        let usage = stub_usage(&request("ééééé"), "abcdefgh");
+        // "sys" + "ééééé" = 8 code points → 2; "abcdefgh" → 2.
+        assert_eq!(
+            usage,
+            json!({"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4})
+        );
+    }
+
+    #[test]
+    fn canonical_ignores_key_order_only() {
+        let a = json!({"b": 1, "a": [1, {"y": 2, "x": 1}]});
+        let b = json!({"a": [1, {"x": 1, "y": 2}], "b": 1});
+        assert_eq!(golden::canonical(&a), golden::canonical(&b));
+        assert_ne!(
+            golden::canonical(&a),
+            golden::canonical(&json!({"a": [1], "b": 1}))
+        );
+    }
 }
