@@ -419,3 +419,93 @@ fn generate_then_evaluate_then_rescore() -> anyhow::Result<()> {
     assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
     Ok(())
 }
+
+#[test]
+fn a_single_scenario_folder_is_a_pack() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let garden = ctx.pack.join("Garden");
+    let finished = crate::support::finish(
+        ctx.specbench()
+            .args(["generate", "--model", "m", "--base-url", &url, "--data"])
+            .arg(&garden),
+    )?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(server.requests().len(), 3);
+    assert!(ctx.results.join("m/Garden/vanilla/generate.json").is_file());
+    Ok(())
+}
+
+#[test]
+fn deepseek_reasoning_content_becomes_the_thought() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|_| Reply::Reasoning {
+        content: "The answer, with a </think> tag left in it.".into(),
+        reasoning: "Weighing the rules first.".into(),
+    })?;
+    let url = server.base_url();
+    let finished = crate::support::finish(ctx.specbench().env("SPECBENCH_DS_KEY", "k").args([
+        "generate",
+        "--model",
+        "deepseek-reasoner",
+        "--provider",
+        "deepseek",
+        "--base-url",
+        &url,
+        "--api-key-env",
+        "SPECBENCH_DS_KEY",
+        "--scenario",
+        "Museum",
+        "--limit",
+        "1",
+    ]))?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let generated = ctx.read_json("deepseek-reasoner/Museum/vanilla/generate.json")?;
+    assert_eq!(generated[0]["thought"], "Weighing the rules first.");
+    // As upstream: with a reasoning field the content is the response as it is, unsplit.
+    assert_eq!(
+        generated[0]["response"],
+        "The answer, with a </think> tag left in it."
+    );
+    Ok(())
+}
+
+#[test]
+fn a_request_past_the_timeout_is_abandoned_and_the_item_fails() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let options = specbench_test::StubOptions {
+        latency: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    let server =
+        StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let finished = ctx.run(&[
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        &url,
+        "--scenario",
+        "Garden",
+        "--limit",
+        "1",
+        "--timeout",
+        "0.3",
+        "--max-attempts",
+        "2",
+    ])?;
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "each attempt gave up at the timeout"
+    );
+    assert!(
+        finished.stderr.contains("no complete answer within 0.3s"),
+        "{}",
+        finished.stderr
+    );
+    Ok(())
+}
