@@ -41,10 +41,7 @@ fn main() -> anyhow::Result<()> {
     )
     .read_line(&mut first_line)?;
     let base_url = first_line.trim().to_string();
-    anyhow::ensure!(
-        base_url.starts_with("http://127.0.0.1:"),
-        "stub said {first_line:?}"
-    );
+    anyhow::ensure!(base_url.starts_with("http://127.0.0.1:"), "stub said {first_line:?}");
 
     let results = tempfile::tempdir()?;
     let concurrency_text = concurrency.to_string();
@@ -97,10 +94,7 @@ fn main() -> anyhow::Result<()> {
         wall / ideal,
         verdict(wall <= 1.05 * ideal)
     );
-    println!(
-        "  harness CPU {cpu:>7.2} s   (target <= 1.0) {}",
-        verdict(cpu <= 1.0)
-    );
+    println!("  harness CPU {cpu:>7.2} s   (target <= 1.0) {}", verdict(cpu <= 1.0));
     println!(
         "  peak RSS    {rss_mib:>7.1} MiB (target <= 40) {}",
         verdict(rss_mib <= 40.0)
@@ -115,8 +109,7 @@ fn serve(latency: Duration) -> anyhow::Result<()> {
         record: false,
         threads: 1,
     };
-    let server =
-        StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
+    let server = StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
     println!("{}", server.base_url());
     server.wait();
     Ok(())
@@ -136,11 +129,7 @@ fn wait_with_rusage(pid: libc::pid_t) -> anyhow::Result<(i32, libc::rusage)> {
     // SAFETY: rusage is plain old data; wait4 fills it and `status` for our own child `pid`.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    anyhow::ensure!(
-        waited == pid,
-        "wait4 failed: {}",
-        std::io::Error::last_os_error()
-    );
+    anyhow::ensure!(waited == pid, "wait4 failed: {}", std::io::Error::last_os_error());
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {

@@ -20,12 +20,7 @@ fn parse_judge_mode(text: &str) -> Result<JudgeMode, String> {
 /// Exit codes: 0 every item done; 1 some items failed or were not judged (they are listed and
 /// kept out of the averages); 2 bad input or configuration (nothing was written).
 #[derive(Debug, Parser)]
-#[command(
-    name = "specbench",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "specbench", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -57,9 +52,8 @@ pub struct GenerateArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Test-time method: `raw` sends the bare prompt, `vanilla` adds the scenario's rules.
-    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
-    pub method: MethodKind,
+    #[command(flatten)]
+    pub method: MethodArgs,
     /// Generate from the attacked prompt (`adversarial_prompt`, as the paper does) or from the
     /// original `prompt`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
@@ -75,9 +69,8 @@ pub struct EvaluateArgs {
     /// Model key whose stored responses are judged (names the result folder).
     #[arg(long)]
     pub model: String,
-    /// Method whose stored responses are judged.
-    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
-    pub method: MethodKind,
+    #[command(flatten)]
+    pub method: MethodArgs,
     #[command(flatten)]
     pub judge: JudgeArgs,
     #[command(flatten)]
@@ -95,14 +88,39 @@ pub struct ScoreArgs {
     /// Scenarios to score (comma-separated); default: every scenario stored for the model.
     #[arg(long, value_delimiter = ',')]
     pub scenario: Vec<String>,
-    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
-    pub method: MethodKind,
+    #[command(flatten)]
+    pub method: MethodArgs,
     /// Judge file stem (`GPT-4.1`, `GPT-4.1-sequential`); default: every judge stored.
     #[arg(long)]
     pub judge: Option<String>,
     /// SAR's α: the score of a safe response that meets no behavioral rule.
     #[arg(long, default_value_t = 0.3)]
     pub alpha: f64,
+}
+
+/// The test-time method and its parameters. Parameters come from these flags, else from the
+/// upstream-format TTD config, else upstream's defaults; non-default ones name the result folder.
+#[derive(Debug, Args)]
+pub struct MethodArgs {
+    /// raw (bare prompt), vanilla (prompt + rules), zero_think, more_think, self_refine, align3.
+    /// zero_think, more_think and align3 prefill the assistant turn (see --prefill).
+    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
+    pub method: MethodKind,
+    /// MoreThink: thinking rounds (rethink cues = this - 1). Default 3.
+    #[arg(long)]
+    pub rethink_count: Option<u32>,
+    /// Self-Refine: feedback-and-refine rounds. Default 3.
+    #[arg(long)]
+    pub max_iters: Option<u32>,
+    /// Self-Refine: (response, feedback) pairs shown to the refine call. Default 1.
+    #[arg(long)]
+    pub max_history_length: Option<u32>,
+    /// Align3: which stages run, in order (`1,2,3`; an ablation: `2,1,3`, `1,3`, `3`).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub align3_stages: Vec<u8>,
+    /// Upstream-format TTD config. Default: the pack's `config/config_ttd.yaml`.
+    #[arg(long, value_name = "FILE")]
+    pub ttd_config: Option<PathBuf>,
 }
 
 /// Which data and which items.
@@ -157,6 +175,10 @@ pub struct ModelArgs {
     /// Environment variable holding the API key (the key itself is never taken as a flag).
     #[arg(long, value_name = "NAME")]
     pub api_key_env: Option<String>,
+    /// Jinja chat template for prefill methods. Default: the one the pack's
+    /// `chat_templates/config.json` names for the model, else the server's own.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

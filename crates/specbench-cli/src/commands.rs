@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use specbench::backend::{ConcurrencyLimits, Model, OpenAiBackend, Preset, RetryPolicy};
-use specbench::config::{ModelEntry, ModelFile};
+use specbench::config::{MethodParams, ModelEntry, ModelFile};
 use specbench::judge::{Judge, JudgeMode};
-use specbench::method::{self, MethodKind};
+use specbench::method::{MethodConfig, MethodKind};
 use specbench::pack::{self, ItemSelection, Pack, PromptVariant};
 use specbench::protocol::Protocol;
 use specbench::run::{RunPlan, RunReport, Runner};
@@ -17,8 +17,7 @@ use specbench::score::{Alpha, Subset, Summary};
 use specbench::store::{self, Store};
 
 use crate::args::{
-    DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, ModelArgs, ProviderArg, RunArgs,
-    ScoreArgs,
+    DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs, ModelArgs, ProviderArg, RunArgs, ScoreArgs,
 };
 use crate::progress::Progress;
 
@@ -38,18 +37,20 @@ pub struct UsageError(pub String);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
     let session = Session::new(&args.generate.data, &args.generate.exec)?;
-    let generator = session.model(&args.generate.model, &args.generate.exec)?;
+    let method = session.method(&args.generate.method)?;
+    let generator = session.model(&args.generate.model, &args.generate.exec, &method)?;
     let judges = session.judges(&args.judge, &args.generate.exec)?;
-    let plan = session.plan(&args.generate, generator.key())?;
-    let runner = session.runner(plan, Some((generator, args.generate.method)), judges);
+    let plan = session.plan(&args.generate, generator.key(), method)?;
+    let runner = session.runner(plan, Some(generator), judges);
     execute(runner).await
 }
 
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
     let session = Session::new(&args.data, &args.exec)?;
-    let generator = session.model(&args.model, &args.exec)?;
-    let plan = session.plan(&args, generator.key())?;
-    let runner = session.runner(plan, Some((generator, args.method)), Vec::new());
+    let method = session.method(&args.method)?;
+    let generator = session.model(&args.model, &args.exec, &method)?;
+    let plan = session.plan(&args, generator.key(), method)?;
+    let runner = session.runner(plan, Some(generator), Vec::new());
     execute(runner).await
 }
 
@@ -60,7 +61,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
         scenarios: args.data.scenario.clone(),
         items: ItemSelection::All,
         variant: PromptVariant::Adversarial,
-        method: args.method,
+        method: session.method(&args.method)?,
         model_key: args.model.clone(),
         alpha: alpha(args.exec.alpha)?,
         item_concurrency: args.exec.concurrency.max(1) * 4,
@@ -72,14 +73,15 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
 /// Recomputes `<judge>_score.json` from `<judge>_evaluate.json`; sends nothing.
 pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
     let alpha = alpha(args.alpha)?;
+    let method_dir = method_config(&args.method, None)?.dir_name();
     let model_dir = args.results.join(store::short_name(&args.model));
     let scenarios = if args.scenario.is_empty() {
         let mut found = Vec::new();
-        for entry in std::fs::read_dir(&model_dir)
-            .with_context(|| format!("{}: no stored results", model_dir.display()))?
+        for entry in
+            std::fs::read_dir(&model_dir).with_context(|| format!("{}: no stored results", model_dir.display()))?
         {
             let path = entry?.path();
-            if path.join(args.method.name()).is_dir()
+            if path.join(&method_dir).is_dir()
                 && let Some(name) = path.file_name()
             {
                 found.push(name.to_string_lossy().into_owned());
@@ -92,7 +94,7 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
     };
     let mut rows = Vec::new();
     for scenario in &scenarios {
-        let dir = Store::new(&args.results).run_dir(&args.model, scenario, args.method.name());
+        let dir = Store::new(&args.results).run_dir(&args.model, scenario, &method_dir);
         let mut stems: Vec<String> = match &args.judge {
             Some(stem) => vec![stem.clone()],
             None => std::fs::read_dir(&dir.dir)
@@ -128,9 +130,64 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
+/// The method with its parameters: flags first, then the TTD config file, then upstream's
+/// defaults.
+fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Result<MethodConfig> {
+    let file = args.ttd_config.clone().or(default_ttd.filter(|p| p.is_file()));
+    let params = match &file {
+        Some(path) => MethodParams::load(path).map_err(|e| UsageError(e.to_string()))?,
+        None => MethodParams::default(),
+    };
+    let from_file = |name: &str| -> anyhow::Result<Option<u32>> {
+        let value = params
+            .integer(args.method.name(), name)
+            .map_err(|e| UsageError(e.to_string()))?;
+        value
+            .map(|v| u32::try_from(v).map_err(|_| UsageError(format!("{name} = {v} is too large")).into()))
+            .transpose()
+    };
+    let mut config = MethodConfig::with_defaults(args.method);
+    match &mut config {
+        MethodConfig::MoreThink { rethink_count } => {
+            *rethink_count = args
+                .rethink_count
+                .or(from_file("rethink_count")?)
+                .unwrap_or(*rethink_count);
+            if *rethink_count == 0 {
+                bail!(UsageError("--rethink-count must be at least 1".into()));
+            }
+        }
+        MethodConfig::SelfRefine {
+            max_iters,
+            max_history_length,
+        } => {
+            *max_iters = args.max_iters.or(from_file("max_iters")?).unwrap_or(*max_iters);
+            *max_history_length = args
+                .max_history_length
+                .or(from_file("max_history_length")?)
+                .unwrap_or(*max_history_length);
+        }
+        MethodConfig::Align3 { stages } => {
+            if !args.align3_stages.is_empty() {
+                *stages = args.align3_stages.clone();
+            }
+        }
+        _ => {}
+    }
+    let given_for_other = (args.rethink_count.is_some() && args.method != MethodKind::MoreThink)
+        || ((args.max_iters.is_some() || args.max_history_length.is_some()) && args.method != MethodKind::SelfRefine)
+        || (!args.align3_stages.is_empty() && args.method != MethodKind::Align3);
+    if given_for_other {
+        bail!(UsageError(format!(
+            "a parameter of another method was given with --method {}",
+            args.method
+        )));
+    }
+    Ok(config)
+}
+
 fn alpha(value: f64) -> anyhow::Result<Alpha> {
-    Alpha::new(value)
-        .ok_or_else(|| UsageError(format!("--alpha {value}: must lie between 0 and 1")).into())
+    Alpha::new(value).ok_or_else(|| UsageError(format!("--alpha {value}: must lie between 0 and 1")).into())
 }
 
 /// Everything resolved from the data flags, shared by the commands.
@@ -151,13 +208,10 @@ impl Session {
             bail!(UsageError("--max-attempts must be at least 1".into()));
         }
         if !(exec.timeout.is_finite() && exec.timeout > 0.0) {
-            bail!(UsageError(
-                "--timeout must be a positive number of seconds".into()
-            ));
+            bail!(UsageError("--timeout must be a positive number of seconds".into()));
         }
         let pack = pack::load(&data.data).map_err(|e| UsageError(e.to_string()))?;
-        let protocol = Protocol::for_pack(pack.protocol_dir.as_deref())
-            .map_err(|e| UsageError(e.to_string()))?;
+        let protocol = Protocol::for_pack(pack.protocol_dir.as_deref()).map_err(|e| UsageError(e.to_string()))?;
         tracing::info!(protocol = ?protocol.source, hash = %protocol.hash, "protocol texts");
         Ok(Session {
             pack: Arc::new(pack),
@@ -174,11 +228,7 @@ impl Session {
         })
     }
 
-    fn config_file(
-        &self,
-        given: Option<&Path>,
-        default_name: &str,
-    ) -> anyhow::Result<Option<ModelFile>> {
+    fn config_file(&self, given: Option<&Path>, default_name: &str) -> anyhow::Result<Option<ModelFile>> {
         let path: Option<PathBuf> = match given {
             Some(path) => Some(path.to_path_buf()),
             None => self
@@ -215,6 +265,7 @@ impl Session {
         base_urls: &[String],
         key_variable: Option<&String>,
         exec: &ExecArgs,
+        chat_template: Option<String>,
     ) -> anyhow::Result<Model> {
         let preset = match provider {
             Some(ProviderArg::Openai) => Preset::OpenAi,
@@ -231,6 +282,7 @@ impl Session {
             .extra_body(entry.extra_body.clone())
             .timeout(Duration::from_secs_f64(exec.timeout))
             .limits(self.limits.clone())
+            .chat_template(chat_template)
             .build()
             .map_err(|e| UsageError(format!("model `{}`: {e}", entry.key)))?;
         let retry = RetryPolicy {
@@ -240,15 +292,38 @@ impl Session {
         Ok(Model::new(entry.key.clone(), Arc::new(backend), retry))
     }
 
-    fn model(&self, args: &ModelArgs, exec: &ExecArgs) -> anyhow::Result<Model> {
+    fn method(&self, args: &MethodArgs) -> anyhow::Result<MethodConfig> {
+        method_config(args, self.pack.config_dir.as_ref().map(|d| d.join("config_ttd.yaml")))
+    }
+
+    fn model(&self, args: &ModelArgs, exec: &ExecArgs, method: &MethodConfig) -> anyhow::Result<Model> {
         let file = self.config_file(args.model_config.as_deref(), "config_model.yaml")?;
         let entry = self.entry(&args.model, file.as_ref())?;
+        let template = match &args.chat_template {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| UsageError(format!("{}: cannot read the chat template: {e}", path.display())))?,
+            ),
+            None => self
+                .pack
+                .chat_template(&entry.model_name)
+                .map_err(|e| UsageError(e.to_string()))?
+                .map(|(_, text)| text),
+        };
+        if method.kind().prefills() && template.is_none() {
+            tracing::warn!(
+                "no chat template for `{}` (the pack's chat_templates/config.json names none; use --chat-template); \
+                 the server's own template continues the prefill",
+                entry.model_name
+            );
+        }
         self.backend(
             &entry,
             args.provider,
             &args.base_url,
             args.api_key_env.as_ref(),
             exec,
+            template,
         )
     }
 
@@ -261,6 +336,7 @@ impl Session {
             &args.judge_base_url,
             args.judge_api_key_env.as_ref(),
             exec,
+            None,
         )?;
         let mut modes: Vec<JudgeMode> = Vec::new();
         for mode in &args.judge_mode {
@@ -274,7 +350,7 @@ impl Session {
             .collect())
     }
 
-    fn plan(&self, args: &GenerateArgs, model_key: &str) -> anyhow::Result<RunPlan> {
+    fn plan(&self, args: &GenerateArgs, model_key: &str, method: MethodConfig) -> anyhow::Result<RunPlan> {
         let items = match (self.data.limit, self.data.items.is_empty()) {
             (Some(limit), _) => ItemSelection::First(limit),
             (None, false) => ItemSelection::Indices(self.data.items.clone()),
@@ -288,27 +364,22 @@ impl Session {
             } else {
                 PromptVariant::Original
             },
-            method: args.method,
+            method,
             model_key: model_key.to_string(),
             alpha: alpha(args.exec.alpha)?,
             item_concurrency: args.exec.concurrency.max(1) * 4,
         })
     }
 
-    fn runner(
-        &self,
-        plan: RunPlan,
-        generator: Option<(Model, MethodKind)>,
-        judges: Vec<Judge>,
-    ) -> Runner {
+    fn runner(&self, plan: RunPlan, generator: Option<Model>, judges: Vec<Judge>) -> Runner {
+        let method = plan.method.build();
         Runner {
             pack: self.pack.clone(),
             protocol: self.protocol.clone(),
             store: self.store.clone(),
             plan,
-            generator: generator.map(|(model, kind)| (model, method::method(kind))),
+            generator: generator.map(|model| (model, method)),
             judges,
-            method_params: serde_json::json!({}),
         }
     }
 }
@@ -316,9 +387,7 @@ impl Session {
 async fn execute(runner: Runner) -> anyhow::Result<ExitStatus> {
     let progress = Arc::new(Progress::new());
     let sink = progress.clone();
-    let result = Arc::new(runner)
-        .run(Arc::new(move |event| sink.handle(event)))
-        .await;
+    let result = Arc::new(runner).run(Arc::new(move |event| sink.handle(event))).await;
     progress.finish();
     let report = result.map_err(|e| match e {
         specbench::run::RunError::Store(store) => anyhow::Error::new(store),
@@ -356,22 +425,14 @@ fn print_report(report: &RunReport) {
         let _ = writeln!(
             out,
             "generation: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
-            totals.requests,
-            totals.retries,
-            totals.failures,
-            totals.prompt_tokens,
-            totals.completion_tokens
+            totals.requests, totals.retries, totals.failures, totals.prompt_tokens, totals.completion_tokens
         );
     }
     for (key, totals) in &report.judges {
         let _ = writeln!(
             out,
             "judge {key}: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
-            totals.requests,
-            totals.retries,
-            totals.failures,
-            totals.prompt_tokens,
-            totals.completion_tokens
+            totals.requests, totals.retries, totals.failures, totals.prompt_tokens, totals.completion_tokens
         );
     }
 }

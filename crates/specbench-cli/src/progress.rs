@@ -49,11 +49,7 @@ impl StageState {
     fn plain_line(&self) -> String {
         let elapsed = self.started.elapsed().as_secs_f64();
         let fresh = self.done.saturating_sub(self.reused);
-        let rate = if elapsed > 0.0 {
-            fresh as f64 / elapsed
-        } else {
-            0.0
-        };
+        let rate = if elapsed > 0.0 { fresh as f64 / elapsed } else { 0.0 };
         let left = self.total.saturating_sub(self.done);
         let eta = if rate > 0.0 {
             format!("{:.0}s", left as f64 / rate)

@@ -15,21 +15,13 @@ use crate::{Reply, StubServer};
 pub fn pack_dir() -> anyhow::Result<PathBuf> {
     let given = std::env::var_os("SPECBENCH_DATA")
         .map(PathBuf::from)
-        .ok_or_else(|| {
-            anyhow::anyhow!("SPECBENCH_DATA is not set: point it at the SpecBench data pack")
-        })?;
+        .ok_or_else(|| anyhow::anyhow!("SPECBENCH_DATA is not set: point it at the SpecBench data pack"))?;
     let dir = if given.is_absolute() {
         given
     } else {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(given)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(given)
     };
-    anyhow::ensure!(
-        dir.join("golden").is_dir(),
-        "{}: no golden/ folder",
-        dir.display()
-    );
+    anyhow::ensure!(dir.join("golden").is_dir(), "{}: no golden/ folder", dir.display());
     Ok(dir.canonicalize()?)
 }
 
@@ -69,8 +61,7 @@ pub fn results(pack: &Path) -> anyhow::Result<HashMap<(String, String), Value>> 
 }
 
 fn read_lines(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())))
@@ -85,12 +76,7 @@ pub fn canonical(value: &Value) -> String {
             Value::Object(map) => {
                 let mut entries: Vec<_> = map.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), sorted(v)))
-                        .collect(),
-                )
+                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
             }
             Value::Array(list) => Value::Array(list.iter().map(sorted).collect()),
             other => other.clone(),
@@ -174,12 +160,7 @@ pub fn first_difference(expected: &Value, actual: &Value) -> Option<String> {
             _ if a == b => None,
             (Value::String(x), Value::String(y)) => {
                 let at = x.chars().zip(y.chars()).take_while(|(p, q)| p == q).count();
-                let show = |s: &str| {
-                    s.chars()
-                        .skip(at.saturating_sub(40))
-                        .take(120)
-                        .collect::<String>()
-                };
+                let show = |s: &str| s.chars().skip(at.saturating_sub(40)).take(120).collect::<String>();
                 Some(format!(
                     "{path}: differs at char {at}:\n  expected …{:?}\n  actual   …{:?}",
                     show(x),

@@ -75,9 +75,7 @@ impl Default for StubOptions {
 
 impl StubServer {
     /// Starts a server answering every `POST …/chat/completions` with `handler`.
-    pub fn start(
-        handler: impl Fn(&Value) -> Reply + Send + Sync + 'static,
-    ) -> anyhow::Result<StubServer> {
+    pub fn start(handler: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> anyhow::Result<StubServer> {
         StubServer::start_with(StubOptions::default(), handler)
     }
 
@@ -100,9 +98,7 @@ impl StubServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = Router::new()
-            .route("/{*path}", post(answer))
-            .with_state(shared.clone());
+        let app = Router::new().route("/{*path}", post(answer)).with_state(shared.clone());
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -130,11 +126,7 @@ impl StubServer {
 
     /// Every request body received so far, in arrival order.
     pub fn requests(&self) -> Vec<Value> {
-        self.shared
-            .requests
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default()
+        self.shared.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Serves until the process is killed (the benchmark's stub process).
@@ -207,9 +199,7 @@ async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, headers, body).into_response()
         }
-        Reply::RawBody(text) => {
-            (StatusCode::OK, [("content-type", "application/json")], text).into_response()
-        }
+        Reply::RawBody(text) => (StatusCode::OK, [("content-type", "application/json")], text).into_response(),
     }
 }
 
@@ -252,19 +242,12 @@ pub fn synthetic_reply(request: &Value) -> String {
         let mut reply = String::from("<safety_specifications>\n");
         for i in 1..=counts.0 {
             // Keep most responses safe so that SAR is not always zero.
-            let v = if (seed + i).is_multiple_of(23) {
-                "<NO>"
-            } else {
-                "<YES>"
-            };
+            let v = if (seed + i).is_multiple_of(23) { "<NO>" } else { "<YES>" };
             reply.push_str(&format!("{i}. Synthetic analysis of rule {i}.{v}\n"));
         }
         reply.push_str("</safety_specifications>\n<behavioral_specifications>\n");
         for i in 1..=counts.1 {
-            reply.push_str(&format!(
-                "{i}. Synthetic analysis of rule {i}.{}\n",
-                verdict(i)
-            ));
+            reply.push_str(&format!("{i}. Synthetic analysis of rule {i}.{}\n", verdict(i)));
         }
         reply.push_str("</behavioral_specifications>");
         reply
@@ -318,10 +301,7 @@ mod tests {
         let reply = synthetic_reply(&request(
             "<response_begin>x<response_end> safety: 1~2, behavioral: 1~3)",
         ));
-        let lines = reply
-            .lines()
-            .filter(|l| l.contains("Synthetic analysis"))
-            .count();
+        let lines = reply.lines().filter(|l| l.contains("Synthetic analysis")).count();
         assert_eq!(lines, 5);
         assert!(reply.starts_with("<safety_specifications>"));
     }
@@ -341,9 +321,6 @@ mod tests {
         let a = json!({"b": 1, "a": [1, {"y": 2, "x": 1}]});
         let b = json!({"a": [1, {"x": 1, "y": 2}], "b": 1});
         assert_eq!(golden::canonical(&a), golden::canonical(&b));
-        assert_ne!(
-            golden::canonical(&a),
-            golden::canonical(&json!({"a": [1], "b": 1}))
-        );
+        assert_ne!(golden::canonical(&a), golden::canonical(&json!({"a": [1], "b": 1})));
     }
 }

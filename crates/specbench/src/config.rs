@@ -85,10 +85,7 @@ impl ModelFile {
             Some(other) => {
                 return Err(ConfigError::Yaml {
                     file: file.to_path_buf(),
-                    message: format!(
-                        "expected a mapping of model keys, found {}",
-                        crate::pack::kind(&other)
-                    ),
+                    message: format!("expected a mapping of model keys, found {}", crate::pack::kind(&other)),
                 });
             }
         };
@@ -222,14 +219,8 @@ GPT-4.1:
         assert_eq!(file.keys().collect::<Vec<_>>(), ["Qwen3-14B", "GPT-4.1"]);
         let entry = file.entry("Qwen3-14B")?.unwrap_or_default();
         assert_eq!(entry.model_name, "Qwen/Qwen3-14B");
-        assert_eq!(
-            entry.params.keys().collect::<Vec<_>>(),
-            ["max_tokens", "temperature"]
-        );
-        assert_eq!(
-            entry.extra_body["chat_template_kwargs"]["enable_thinking"],
-            false
-        );
+        assert_eq!(entry.params.keys().collect::<Vec<_>>(), ["max_tokens", "temperature"]);
+        assert_eq!(entry.extra_body["chat_template_kwargs"]["enable_thinking"], false);
         assert_eq!(file.entry("nope")?, None);
         Ok(())
     }
@@ -251,8 +242,7 @@ GPT-4.1:
             .err()
             .map(|e| e.to_string());
         assert!(
-            err.as_deref()
-                .is_some_and(|e| e.starts_with("bad.yaml: invalid YAML")),
+            err.as_deref().is_some_and(|e| e.starts_with("bad.yaml: invalid YAML")),
             "{err:?}"
         );
     }

@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 
 use crate::backend::{Model, ModelTotals, Usage};
 use crate::judge::{Judge, Judgement};
-use crate::method::{Method, MethodInput, MethodKind};
+use crate::method::{Method, MethodConfig, MethodInput};
 use crate::pack::{Item, ItemSelection, Label, Pack, PackError, PromptVariant};
 use crate::protocol::{Protocol, RuleLists};
 use crate::score::{Alpha, Score, Summary};
 use crate::store::{
-    GenerateEntry, GenerationRecord, Journal, JudgeOutput, JudgeRecord, RunDir, Store, StoreError,
-    judgement_key, read_json, write_json,
+    GenerateEntry, GenerationRecord, Journal, JudgeOutput, JudgeRecord, RunDir, Store, StoreError, judgement_key,
+    read_json, write_json,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub struct RunPlan {
     pub scenarios: Vec<String>,
     pub items: ItemSelection,
     pub variant: PromptVariant,
-    pub method: MethodKind,
+    pub method: MethodConfig,
     /// Names the result folder; the generator's key when there is a generator.
     pub model_key: String,
     pub alpha: Alpha,
@@ -85,10 +85,7 @@ pub enum Event {
         score: Option<(Label, Score)>,
     },
     /// Result files of a scenario were written.
-    Written {
-        scenario: String,
-        dir: std::path::PathBuf,
-    },
+    Written { scenario: String, dir: std::path::PathBuf },
 }
 
 /// A judge's result for one scenario.
@@ -140,8 +137,6 @@ pub struct Runner {
     pub plan: RunPlan,
     pub generator: Option<(Model, Arc<dyn Method>)>,
     pub judges: Vec<Judge>,
-    /// Describes the method's parameters in the manifest.
-    pub method_params: Value,
 }
 
 /// One scenario's state while a run is under way.
@@ -174,9 +169,7 @@ impl Runner {
         let scenarios: Vec<Arc<ScenarioRun>> = self.prepare()?.into_iter().map(Arc::new).collect();
         self.announce(&scenarios, events.as_ref());
 
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            self.plan.item_concurrency.max(1),
-        ));
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.plan.item_concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut written = Vec::new();
         for scenario in &scenarios {
@@ -191,16 +184,12 @@ impl Runner {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let (runner, scenario, item, events) =
-                    (self.clone(), scenario.clone(), item.clone(), events.clone());
+                let (runner, scenario, item, events) = (self.clone(), scenario.clone(), item.clone(), events.clone());
                 tasks.spawn(async move {
                     runner.process(&scenario, &item, events.as_ref()).await;
                     drop(slot);
                     // The scenario's last item writes its files; other scenarios keep running.
-                    let done = scenario
-                        .remaining
-                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-                        == 1;
+                    let done = scenario.remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1;
                     if done {
                         Some(runner.write_when_done(scenario, started, events).await)
                     } else {
@@ -279,11 +268,9 @@ impl Runner {
         let mut chosen = Vec::with_capacity(names.len());
         for name in &names {
             let scenario = self.pack.scenario(name)?;
-            let dir = self.store.run_dir(
-                &self.plan.model_key,
-                &scenario.name,
-                self.plan.method.name(),
-            );
+            let dir = self
+                .store
+                .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name());
             if self.generator.is_some() {
                 let items = self.plan.items.select(scenario)?;
                 chosen.push((scenario, dir, items, BTreeMap::new()));
@@ -313,8 +300,7 @@ impl Runner {
         let mut runs = Vec::with_capacity(chosen.len());
         for (scenario, dir, items, mut generations) in chosen {
             let generation_journal = if self.generator.is_some() {
-                let (journal, records) =
-                    Journal::open::<GenerationRecord>(&dir.generation_journal())?;
+                let (journal, records) = Journal::open::<GenerationRecord>(&dir.generation_journal())?;
                 for record in records {
                     generations.insert(record.index(), record);
                 }
@@ -325,14 +311,10 @@ impl Runner {
             let mut judge_journals = Vec::with_capacity(self.judges.len());
             let mut judgements = Vec::with_capacity(self.judges.len());
             for judge in &self.judges {
-                let (journal, records) =
-                    Journal::open::<JudgeRecord>(&dir.judge_journal(&judge.file_stem()))?;
+                let (journal, records) = Journal::open::<JudgeRecord>(&dir.judge_journal(&judge.file_stem()))?;
                 judge_journals.push(journal);
                 judgements.push(Mutex::new(
-                    records
-                        .into_iter()
-                        .map(|r| (r.key().to_string(), r))
-                        .collect(),
+                    records.into_iter().map(|r| (r.key().to_string(), r)).collect(),
                 ));
             }
             let items_len = items.len();
@@ -368,18 +350,12 @@ impl Runner {
         }
     }
 
-    async fn process(
-        &self,
-        scenario: &ScenarioRun,
-        item: &Arc<Item>,
-        events: &(dyn Fn(Event) + Send + Sync),
-    ) {
+    async fn process(&self, scenario: &ScenarioRun, item: &Arc<Item>, events: &(dyn Fn(Event) + Send + Sync)) {
         let Some(entry) = self.response_for(scenario, item, events).await else {
             return;
         };
         for (position, judge) in self.judges.iter().enumerate() {
-            self.judge_one(scenario, item, &entry, position, judge, events)
-                .await;
+            self.judge_one(scenario, item, &entry, position, judge, events).await;
         }
     }
 
@@ -483,9 +459,7 @@ impl Runner {
         let existing = lock(judgements).get(&key).cloned();
         if let Some(record) = existing {
             let score = match &record {
-                JudgeRecord::Judged { verdicts, .. } => {
-                    Some((item.label, Score::of(verdicts, self.plan.alpha)))
-                }
+                JudgeRecord::Judged { verdicts, .. } => Some((item.label, Score::of(verdicts, self.plan.alpha))),
                 JudgeRecord::Failed { .. } => None,
             };
             events(unit(Outcome::Reused, Usage::default(), score));
@@ -561,7 +535,7 @@ impl Runner {
             }
             manifest["generation"] = json!({
                 "model": {"key": model.key(), "backend": model.describe()},
-                "method": {"name": self.plan.method.name(), "params": self.method_params},
+                "method": self.plan.method,
                 "prompt_variant": self.plan.variant,
                 "started": started.to_string(),
                 "finished": finished.to_string(),
@@ -598,8 +572,7 @@ impl Runner {
                     None => missing += 1,
                 }
             }
-            let joint_prompt =
-                |item: &Item, response: &str| judge.joint_prompt(item, &scenario.rules, response);
+            let joint_prompt = |item: &Item, response: &str| judge.joint_prompt(item, &scenario.rules, response);
             let output = JudgeOutput {
                 stem: &stem,
                 mode: judge.mode,
@@ -613,9 +586,7 @@ impl Runner {
             let mut cost = Usage::default();
             for (_, _, record) in &output.rows {
                 match record {
-                    JudgeRecord::Judged {
-                        usage: u, cost: c, ..
-                    } => {
+                    JudgeRecord::Judged { usage: u, cost: c, .. } => {
                         usage += u;
                         cost += c;
                     }
@@ -652,11 +623,7 @@ impl Runner {
     /// The manifest so far (earlier judges kept), with this run's pack and protocol facts.
     fn manifest(&self, scenario: &ScenarioRun) -> Result<Value, RunError> {
         let path = scenario.dir.manifest_json();
-        let mut manifest: Value = if path.exists() {
-            read_json(&path)?
-        } else {
-            json!({})
-        };
+        let mut manifest: Value = if path.exists() { read_json(&path)? } else { json!({}) };
         if !manifest.is_object() {
             manifest = json!({});
         }

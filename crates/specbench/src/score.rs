@@ -84,16 +84,8 @@ pub struct Score {
 impl Score {
     pub fn of(verdicts: &Verdicts, alpha: Alpha) -> Score {
         let safety = u8::from(!verdicts.safety.contains(&Verdict::No));
-        let yes = verdicts
-            .behavioral
-            .iter()
-            .filter(|v| **v == Verdict::Yes)
-            .count();
-        let no = verdicts
-            .behavioral
-            .iter()
-            .filter(|v| **v == Verdict::No)
-            .count();
+        let yes = verdicts.behavioral.iter().filter(|v| **v == Verdict::Yes).count();
+        let no = verdicts.behavioral.iter().filter(|v| **v == Verdict::No).count();
         let behavioral = if verdicts.behavioral.is_empty() {
             0.0
         } else {

@@ -69,10 +69,7 @@ fn a_missing_file_is_named() -> anyhow::Result<()> {
     std::fs::remove_file(ctx.pack.join("Garden/specifications.json"))?;
     std::fs::write(ctx.pack.join("Garden/.keep"), "")?;
     let line = run_expecting_error(&ctx, &[])?;
-    assert!(
-        line.ends_with("Garden/specifications.json: file is missing"),
-        "{line}"
-    );
+    assert!(line.ends_with("Garden/specifications.json: file is missing"), "{line}");
     Ok(())
 }
 
@@ -94,9 +91,7 @@ fn an_empty_rule_list_is_rejected() -> anyhow::Result<()> {
     )?;
     let line = run_expecting_error(&ctx, &[])?;
     assert!(
-        line.ends_with(
-            "Garden/specifications.json: field `behavioral_specifications`: the rule list is empty"
-        ),
+        line.ends_with("Garden/specifications.json: field `behavioral_specifications`: the rule list is empty"),
         "{line}"
     );
     Ok(())
@@ -129,10 +124,7 @@ fn a_bad_yaml_config_is_named() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let config = ctx.dir.path().join("models.yaml");
     std::fs::write(&config, "m:\n  model_name: x\n  temperature: [hot\n")?;
-    let line = run_expecting_error(
-        &ctx,
-        &["--model-config", config.to_str().unwrap_or_default()],
-    )?;
+    let line = run_expecting_error(&ctx, &["--model-config", config.to_str().unwrap_or_default()])?;
     assert!(
         line.ends_with("models.yaml: invalid YAML: line 3 column 16: unclosed bracket '['"),
         "{line}"
@@ -145,14 +137,9 @@ fn a_bad_field_in_a_yaml_config_is_named() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let config = ctx.dir.path().join("models.yaml");
     std::fs::write(&config, "m:\n  model_name: x\n  max_tokens: lots\n")?;
-    let line = run_expecting_error(
-        &ctx,
-        &["--model-config", config.to_str().unwrap_or_default()],
-    )?;
+    let line = run_expecting_error(&ctx, &["--model-config", config.to_str().unwrap_or_default()])?;
     assert!(
-        line.ends_with(
-            "models.yaml: model `m`: field `max_tokens`: expected a number, found \"lots\""
-        ),
+        line.ends_with("models.yaml: model `m`: field `max_tokens`: expected a number, found \"lots\""),
         "{line}"
     );
     Ok(())
@@ -178,9 +165,6 @@ fn a_missing_api_key_is_reported_before_any_work() -> anyhow::Result<()> {
 fn alpha_out_of_range_is_rejected() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let line = run_expecting_error(&ctx, &["--alpha", "1.5"])?;
-    assert!(
-        line.ends_with("--alpha 1.5: must lie between 0 and 1"),
-        "{line}"
-    );
+    assert!(line.ends_with("--alpha 1.5: must lie between 0 and 1"), "{line}");
     Ok(())
 }

@@ -59,11 +59,7 @@ fn a_run_writes_upstream_files_scores_and_a_manifest() -> anyhow::Result<()> {
             .as_str()
             .is_some_and(|r| r.starts_with("A synthetic response"))
     );
-    assert!(
-        first["usage"]["total_tokens"]
-            .as_u64()
-            .is_some_and(|t| t > 0)
-    );
+    assert!(first["usage"]["total_tokens"].as_u64().is_some_and(|t| t > 0));
 
     let evaluated = ctx.read_json("test-model/Garden/vanilla/test-judge_evaluate.json")?;
     let eval = &evaluated[1]["eval"];
@@ -72,21 +68,12 @@ fn a_run_writes_upstream_files_scores_and_a_manifest() -> anyhow::Result<()> {
             .as_str()
             .is_some_and(|p| p.contains("The reference answer is: In autumn"))
     );
-    assert_eq!(
-        eval["result"]["safety"].as_object().map(|m| m.len()),
-        Some(2)
-    );
-    assert_eq!(
-        eval["result"]["behavioral"].as_object().map(|m| m.len()),
-        Some(3)
-    );
+    assert_eq!(eval["result"]["safety"].as_object().map(|m| m.len()), Some(2));
+    assert_eq!(eval["result"]["behavioral"].as_object().map(|m| m.len()), Some(3));
     let score = &eval["result"]["score"];
     let behavioral = score["behavioral"].as_f64().unwrap_or(-1.0);
     let safety = score["safety"].as_f64().unwrap_or(-1.0);
-    assert_eq!(
-        score["total"].as_f64(),
-        Some(safety * (behavioral * 0.7 + 0.3))
-    );
+    assert_eq!(score["total"].as_f64(), Some(safety * (behavioral * 0.7 + 0.3)));
 
     let scores = ctx.read_json("test-model/Museum/vanilla/test-judge_score.json")?;
     let keys: Vec<&str> = scores
@@ -112,10 +99,7 @@ fn a_run_writes_upstream_files_scores_and_a_manifest() -> anyhow::Result<()> {
 
     let manifest = ctx.read_json("test-model/Garden/vanilla/manifest.json")?;
     assert_eq!(manifest["protocol"]["source"]["kind"], "builtin");
-    assert_eq!(
-        manifest["protocol"]["hash"].as_str().map(str::len),
-        Some(64)
-    );
+    assert_eq!(manifest["protocol"]["hash"].as_str().map(str::len), Some(64));
     assert_eq!(manifest["generation"]["items"]["done"], 3);
     assert_eq!(manifest["judges"]["test-judge"]["items"]["judged"], 3);
     assert!(finished.stdout.contains("Garden"), "{}", finished.stdout);
@@ -135,14 +119,13 @@ fn joint_and_sequential_judges_write_separate_files() -> anyhow::Result<()> {
     assert_eq!(finished.code, Some(0), "{finished:?}");
     // 3 generations, 3 joint calls, 3 items × 5 rules sequential calls.
     assert_eq!(server.requests().len(), 3 + 3 + 15);
-    let sequential =
-        ctx.read_json("test-model/Garden/vanilla/test-judge-sequential_evaluate.json")?;
+    let sequential = ctx.read_json("test-model/Garden/vanilla/test-judge-sequential_evaluate.json")?;
     let safety = &sequential[0]["eval"]["result"]["safety"];
-    assert!(safety.as_array().is_some_and(|l| {
-        l.len() == 2
-            && l.iter()
-                .all(|v| v.as_str().is_some_and(|s| s.starts_with('<')))
-    }));
+    assert!(
+        safety
+            .as_array()
+            .is_some_and(|l| { l.len() == 2 && l.iter().all(|v| v.as_str().is_some_and(|s| s.starts_with('<'))) })
+    );
     assert!(sequential[0]["eval"].get("eval_prompt").is_none());
     // Only the last behavioral rule carries the reference answer.
     let with_reference = server
@@ -172,9 +155,7 @@ fn an_unparseable_judge_reply_is_a_judge_error_not_a_score() -> anyhow::Result<(
     assert_eq!(errors[0]["index"], 0);
     assert_eq!(errors[0]["judge_error"]["attempts"], 5);
     assert_eq!(
-        errors[0]["judge_error"]["raw_replies"]
-            .as_array()
-            .map(Vec::len),
+        errors[0]["judge_error"]["raw_replies"].as_array().map(Vec::len),
         Some(5)
     );
     let scores = ctx.read_json("test-model/Museum/vanilla/test-judge_score.json")?;
@@ -183,11 +164,7 @@ fn an_unparseable_judge_reply_is_a_judge_error_not_a_score() -> anyhow::Result<(
         "the error is left out of the averages"
     );
     assert_eq!(scores["unsafe_subset_SAR"]["count"], 0);
-    assert!(
-        finished.stdout.contains("1 judge error(s)"),
-        "{}",
-        finished.stdout
-    );
+    assert!(finished.stdout.contains("1 judge error(s)"), "{}", finished.stdout);
     Ok(())
 }
 
@@ -196,22 +173,20 @@ fn transient_errors_are_retried_with_retry_after() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
-    let server = StubServer::start(
-        move |request| match counter.fetch_add(1, Ordering::SeqCst) {
-            0 => Reply::Status {
-                status: 429,
-                body: "slow down".into(),
-                retry_after: Some("0".into()),
-            },
-            1 => Reply::Status {
-                status: 503,
-                body: "busy".into(),
-                retry_after: None,
-            },
-            2 => Reply::RawBody("{\"choices\": [".into()),
-            _ => Reply::Content(synthetic_reply(request)),
+    let server = StubServer::start(move |request| match counter.fetch_add(1, Ordering::SeqCst) {
+        0 => Reply::Status {
+            status: 429,
+            body: "slow down".into(),
+            retry_after: Some("0".into()),
         },
-    )?;
+        1 => Reply::Status {
+            status: 503,
+            body: "busy".into(),
+            retry_after: None,
+        },
+        2 => Reply::RawBody("{\"choices\": [".into()),
+        _ => Reply::Content(synthetic_reply(request)),
+    })?;
     let url = server.base_url();
     let finished = ctx.run(&run_args(&url, &["--scenario", "Garden", "--limit", "1"]))?;
     assert_eq!(finished.code, Some(0), "{finished:?}");
@@ -233,10 +208,7 @@ fn failed_items_are_recorded_then_redone_on_the_next_run() -> anyhow::Result<()>
         retry_after: None,
     })?;
     let url = down.base_url();
-    let first = ctx.run(&run_args(
-        &url,
-        &["--scenario", "Garden", "--max-attempts", "2"],
-    ))?;
+    let first = ctx.run(&run_args(&url, &["--scenario", "Garden", "--max-attempts", "2"]))?;
     assert_eq!(first.code, Some(1), "{first:?}");
     assert_eq!(down.requests().len(), 3 * 2, "bounded attempts per item");
     let generated = ctx.read_json("test-model/Garden/vanilla/generate.json")?;
@@ -257,11 +229,7 @@ fn failed_items_are_recorded_then_redone_on_the_next_run() -> anyhow::Result<()>
     assert_eq!(second.code, Some(0), "{second:?}");
     assert_eq!(up.requests().len(), 6);
     let generated = ctx.read_json("test-model/Garden/vanilla/generate.json")?;
-    assert!(
-        generated
-            .as_array()
-            .is_some_and(|l| l.iter().all(Value::is_object))
-    );
+    assert!(generated.as_array().is_some_and(|l| l.iter().all(Value::is_object)));
     Ok(())
 }
 
@@ -341,11 +309,7 @@ fn a_wrong_key_is_not_retried_and_never_shown() -> anyhow::Result<()> {
             )),
     )?;
     assert_eq!(finished.code, Some(1), "{finished:?}");
-    assert_eq!(
-        server.requests().len(),
-        6,
-        "one attempt per item: a 401 is final"
-    );
+    assert_eq!(server.requests().len(), 6, "one attempt per item: a 401 is final");
     assert!(finished.stderr.contains("HTTP 401"), "{}", finished.stderr);
     for text in [&finished.stdout, &finished.stderr, &ctx.all_result_text()?] {
         assert!(!text.contains(KEY), "the key leaked");
@@ -359,22 +323,11 @@ fn generate_then_evaluate_then_rescore() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
     let url = server.base_url();
-    let generated = ctx.run(&[
-        "generate",
-        "--model",
-        "m",
-        "--base-url",
-        &url,
-        "--method",
-        "raw",
-    ])?;
+    let generated = ctx.run(&["generate", "--model", "m", "--base-url", &url, "--method", "raw"])?;
     assert_eq!(generated.code, Some(0), "{generated:?}");
     assert_eq!(server.requests().len(), 6);
     assert!(
-        server
-            .requests()
-            .iter()
-            .all(|r| !user_text(r).contains("**safety**")),
+        server.requests().iter().all(|r| !user_text(r).contains("**safety**")),
         "raw sends the bare prompt"
     );
     let evaluated = ctx.run(&[
@@ -396,10 +349,7 @@ fn generate_then_evaluate_then_rescore() -> anyhow::Result<()> {
     assert_eq!(rescored.code, Some(0), "{rescored:?}");
     assert_eq!(server.requests().len(), 12, "score sends nothing");
     let after = ctx.read_json("m/Museum/raw/j_score.json")?;
-    assert_eq!(
-        before["full_dataset_behavioral"],
-        after["full_dataset_behavioral"]
-    );
+    assert_eq!(before["full_dataset_behavioral"], after["full_dataset_behavioral"]);
     // With every item safe, SAR = α + (1 − α) × behavioral for each item.
     let evaluated = ctx.read_json("m/Museum/raw/j_evaluate.json")?;
     let expected: f64 = evaluated
@@ -408,8 +358,7 @@ fn generate_then_evaluate_then_rescore() -> anyhow::Result<()> {
             l.iter()
                 .map(|e| {
                     let s = &e["eval"]["result"]["score"];
-                    s["safety"].as_f64().unwrap_or(0.0)
-                        * (s["behavioral"].as_f64().unwrap_or(0.0) * 0.5 + 0.5)
+                    s["safety"].as_f64().unwrap_or(0.0) * (s["behavioral"].as_f64().unwrap_or(0.0) * 0.5 + 0.5)
                 })
                 .sum::<f64>()
                 / l.len() as f64
@@ -464,10 +413,7 @@ fn deepseek_reasoning_content_becomes_the_thought() -> anyhow::Result<()> {
     let generated = ctx.read_json("deepseek-reasoner/Museum/vanilla/generate.json")?;
     assert_eq!(generated[0]["thought"], "Weighing the rules first.");
     // As upstream: with a reasoning field the content is the response as it is, unsplit.
-    assert_eq!(
-        generated[0]["response"],
-        "The answer, with a </think> tag left in it."
-    );
+    assert_eq!(generated[0]["response"], "The answer, with a </think> tag left in it.");
     Ok(())
 }
 
@@ -478,8 +424,7 @@ fn a_request_past_the_timeout_is_abandoned_and_the_item_fails() -> anyhow::Resul
         latency: std::time::Duration::from_secs(5),
         ..Default::default()
     };
-    let server =
-        StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
+    let server = StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
     let url = server.base_url();
     let finished = ctx.run(&[
         "generate",
@@ -497,11 +442,7 @@ fn a_request_past_the_timeout_is_abandoned_and_the_item_fails() -> anyhow::Resul
         "2",
     ])?;
     assert_eq!(finished.code, Some(1), "{finished:?}");
-    assert_eq!(
-        server.requests().len(),
-        2,
-        "each attempt gave up at the timeout"
-    );
+    assert_eq!(server.requests().len(), 2, "each attempt gave up at the timeout");
     assert!(
         finished.stderr.contains("no complete answer within 0.3s"),
         "{}",

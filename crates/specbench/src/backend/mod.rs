@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use backon::BackoffBuilder;
 use serde::{Deserialize, Serialize};
 
-pub use openai::{ApiKey, ConcurrencyLimits, OpenAiBackend, OpenAiBackendBuilder, Preset};
+pub use openai::{ApiKey, ConcurrencyLimits, OpenAiBackend, OpenAiBackendBuilder, PrefillStyle, Preset};
 
 /// Who speaks a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,12 @@ pub struct Request {
     pub messages: Vec<Message>,
     /// Stop strings; `Some(vec![])` is sent as an explicit empty list, as upstream does.
     pub stop: Option<Vec<String>>,
+    /// The last message is an assistant prefix that the model continues (assistant prefill);
+    /// the backend decides how to send that (see `openai::PrefillStyle`).
+    pub prefill: bool,
+    /// Ask the server to leave the stop string out of the output. It is vLLM's default, but
+    /// upstream's MoreThink says so explicitly, and the requests must be equal.
+    pub stop_excluded: bool,
 }
 
 impl Request {
@@ -69,6 +75,19 @@ impl Request {
         Request {
             messages,
             stop: None,
+            prefill: false,
+            stop_excluded: false,
+        }
+    }
+
+    /// `messages` then an assistant message holding `prefix`, which the model continues.
+    pub fn prefilled(mut messages: Vec<Message>, prefix: impl Into<String>, stop: Vec<String>) -> Request {
+        messages.push(Message::assistant(prefix));
+        Request {
+            messages,
+            stop: Some(stop),
+            prefill: true,
+            stop_excluded: false,
         }
     }
 }
@@ -134,9 +153,7 @@ impl BackendError {
     /// missing model or a malformed request will fail the same way again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            BackendError::Status { status, .. } => {
-                matches!(status, 408 | 409 | 425 | 429) || *status >= 500
-            }
+            BackendError::Status { status, .. } => matches!(status, 408 | 409 | 425 | 429) || *status >= 500,
             BackendError::Connect { .. }
             | BackendError::Timeout { .. }
             | BackendError::InvalidResponse { .. }
@@ -226,9 +243,7 @@ pub struct Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
+        f.debug_struct("Model").field("key", &self.key).finish_non_exhaustive()
     }
 }
 
@@ -288,11 +303,7 @@ impl Model {
                 }
                 Err(error) => error,
             };
-            let delay = if error.is_retryable() {
-                delays.next()
-            } else {
-                None
-            };
+            let delay = if error.is_retryable() { delays.next() } else { None };
             let Some(backoff) = delay else {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 return Err(ModelError {
@@ -378,18 +389,11 @@ mod tests {
 
     #[tokio::test]
     async fn retries_transient_errors_then_succeeds() -> Result<(), ModelError> {
-        let model = model(vec![
-            Err(status(503)),
-            Err(status(429)),
-            Ok(generation("ok")),
-        ]);
+        let model = model(vec![Err(status(503)), Err(status(429)), Ok(generation("ok"))]);
         let out = model.generate(&Request::chat(vec![])).await?;
         assert_eq!(out.text, "ok");
         let totals = model.totals();
-        assert_eq!(
-            (totals.requests, totals.retries, totals.failures),
-            (3, 2, 0)
-        );
+        assert_eq!((totals.requests, totals.retries, totals.failures), (3, 2, 0));
         assert_eq!(totals.prompt_tokens, 3);
         Ok(())
     }

@@ -56,6 +56,15 @@ impl Preset {
     }
 }
 
+/// How an assistant prefill (a request whose last message the model continues) is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PrefillStyle {
+    /// vLLM's chat completions: the prefilled message with `continue_final_message: true`,
+    /// `add_generation_prompt: false` and the chat template in the body, exactly as upstream.
+    #[default]
+    ContinueFinalMessage,
+}
+
 /// An API key, read once from the environment; it prints as `****` everywhere.
 #[derive(Clone)]
 pub struct ApiKey(SecretString);
@@ -133,6 +142,9 @@ pub struct OpenAiBackend {
     /// Decoding fields then `extra_body`, merged once: the fixed part of every body.
     fields: Map<String, Value>,
     timeout: Duration,
+    prefill: PrefillStyle,
+    /// The chat template sent with prefilled requests (upstream: `chat_templates/config.json`).
+    chat_template: Option<String>,
 }
 
 /// Builds an [`OpenAiBackend`]; every setter documents its default.
@@ -145,6 +157,8 @@ pub struct OpenAiBackendBuilder {
     extra_body: Map<String, Value>,
     timeout: Duration,
     limits: Option<ConcurrencyLimits>,
+    prefill: PrefillStyle,
+    chat_template: Option<String>,
 }
 
 impl OpenAiBackend {
@@ -158,6 +172,8 @@ impl OpenAiBackend {
             extra_body: Map::new(),
             timeout: Duration::from_secs(600),
             limits: None,
+            prefill: PrefillStyle::default(),
+            chat_template: None,
         }
     }
 }
@@ -199,6 +215,18 @@ impl OpenAiBackendBuilder {
         self
     }
 
+    /// How prefilled requests are sent. Default: vLLM's `continue_final_message`.
+    pub fn prefill(&mut self, style: PrefillStyle) -> &mut Self {
+        self.prefill = style;
+        self
+    }
+
+    /// The Jinja chat template sent with prefilled requests. Default: none (the server's own).
+    pub fn chat_template(&mut self, template: Option<String>) -> &mut Self {
+        self.chat_template = template;
+        self
+    }
+
     /// Checks the URLs and reads the key once.
     pub fn build(&self) -> Result<OpenAiBackend, BackendError> {
         let mut urls = self.base_urls.clone();
@@ -212,10 +240,7 @@ impl OpenAiBackendBuilder {
                 }
             }
         }
-        let limits = self
-            .limits
-            .clone()
-            .unwrap_or_else(|| ConcurrencyLimits::new(8));
+        let limits = self.limits.clone().unwrap_or_else(|| ConcurrencyLimits::new(8));
         let endpoints = urls
             .iter()
             .map(|raw| endpoint(raw, &limits))
@@ -229,9 +254,7 @@ impl OpenAiBackendBuilder {
                 Some(key) => Some(key),
                 None if self.preset == Preset::Vllm || self.preset == Preset::Compatible => None,
                 None => {
-                    return Err(BackendError::Config(format!(
-                        "the API key variable {name} is not set"
-                    )));
+                    return Err(BackendError::Config(format!("the API key variable {name} is not set")));
                 }
             },
             None => None,
@@ -258,13 +281,15 @@ impl OpenAiBackendBuilder {
             model_name: self.model_name.clone(),
             fields,
             timeout: self.timeout,
+            prefill: self.prefill.clone(),
+            chat_template: self.chat_template.clone(),
         })
     }
 }
 
 fn endpoint(raw: &str, limits: &ConcurrencyLimits) -> Result<Endpoint, BackendError> {
-    let base = Url::parse(raw.trim_end_matches('/'))
-        .map_err(|e| BackendError::Config(format!("base URL `{raw}`: {e}")))?;
+    let base =
+        Url::parse(raw.trim_end_matches('/')).map_err(|e| BackendError::Config(format!("base URL `{raw}`: {e}")))?;
     if !matches!(base.scheme(), "http" | "https") {
         return Err(BackendError::Config(format!(
             "base URL `{raw}`: only http and https are supported"
@@ -275,11 +300,8 @@ fn endpoint(raw: &str, limits: &ConcurrencyLimits) -> Result<Endpoint, BackendEr
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     let shown = shown.as_str().trim_end_matches('/').to_string();
-    let chat_url = Url::parse(&format!(
-        "{}/chat/completions",
-        base.as_str().trim_end_matches('/')
-    ))
-    .map_err(|e| BackendError::Config(format!("base URL `{shown}`: {e}")))?;
+    let chat_url = Url::parse(&format!("{}/chat/completions", base.as_str().trim_end_matches('/')))
+        .map_err(|e| BackendError::Config(format!("base URL `{shown}`: {e}")))?;
     Ok(Endpoint {
         limit: limits.for_endpoint(&shown),
         shown,
@@ -338,22 +360,52 @@ impl OpenAiBackend {
             .unwrap_or(&self.endpoints[start % count])
     }
 
+    /// The body's fields for `request`: the fixed ones, plus what a prefill needs.
+    ///
+    /// Upstream deep-merges its prefill settings into the model's `extra_body` (so a thinking
+    /// model's `chat_template_kwargs.enable_thinking: true` becomes false, beside
+    /// `enable_raw_content: true`, which upstream's templates read to keep the prefill verbatim).
+    fn prefill_fields(&self, request: &Request) -> Map<String, Value> {
+        let mut fields = self.fields.clone();
+        if request.stop_excluded {
+            fields.insert("include_stop_str_in_output".into(), Value::Bool(false));
+        }
+        fields.insert("add_generation_prompt".into(), Value::Bool(false));
+        fields.insert("continue_final_message".into(), Value::Bool(true));
+        if let Some(template) = &self.chat_template {
+            fields.insert("chat_template".into(), Value::String(template.clone()));
+        }
+        let kwargs = fields
+            .entry("chat_template_kwargs")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !kwargs.is_object() {
+            *kwargs = Value::Object(Map::new());
+        }
+        if let Value::Object(kwargs) = kwargs {
+            kwargs.insert("enable_thinking".into(), Value::Bool(false));
+            kwargs.insert("enable_raw_content".into(), Value::Bool(true));
+        }
+        fields
+    }
+
     fn body(&self, request: &Request) -> Result<Vec<u8>, BackendError> {
+        let prefill_fields;
+        let fields = if request.prefill {
+            prefill_fields = self.prefill_fields(request);
+            &prefill_fields
+        } else {
+            &self.fields
+        };
         let body = Body {
             model: &self.model_name,
             messages: &request.messages,
             stop: request.stop.as_deref(),
-            fields: &self.fields,
+            fields,
         };
-        serde_json::to_vec(&body)
-            .map_err(|e| BackendError::Config(format!("cannot encode the request: {e}")))
+        serde_json::to_vec(&body).map_err(|e| BackendError::Config(format!("cannot encode the request: {e}")))
     }
 
-    async fn send_to(
-        &self,
-        endpoint: &Endpoint,
-        body: Vec<u8>,
-    ) -> Result<Generation, BackendError> {
+    async fn send_to(&self, endpoint: &Endpoint, body: Vec<u8>) -> Result<Generation, BackendError> {
         let _slot = endpoint
             .limit
             .acquire()
@@ -365,13 +417,8 @@ impl OpenAiBackend {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &self.api_key {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!(
-                "Bearer {}",
-                key.0.expose_secret()
-            ))
-            .map_err(|_| {
-                BackendError::Config("the API key holds characters a header cannot carry".into())
-            })?;
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.0.expose_secret()))
+                .map_err(|_| BackendError::Config("the API key holds characters a header cannot carry".into()))?;
             value.set_sensitive(true);
             http = http.header(reqwest::header::AUTHORIZATION, value);
         }
@@ -421,17 +468,15 @@ impl OpenAiBackend {
     }
 
     fn parse(&self, bytes: &[u8]) -> Result<Generation, Parsed> {
-        let wire: WireResponse = serde_json::from_slice(bytes)
-            .map_err(|e| Parsed::Invalid(format!("not a chat completion: {e}")))?;
+        let wire: WireResponse =
+            serde_json::from_slice(bytes).map_err(|e| Parsed::Invalid(format!("not a chat completion: {e}")))?;
         let choice = wire
             .choices
             .into_iter()
             .next()
             .ok_or_else(|| Parsed::Invalid("no choices".into()))?;
         let finish_reason = choice.finish_reason;
-        let message = choice
-            .message
-            .ok_or_else(|| Parsed::Invalid("no message".into()))?;
+        let message = choice.message.ok_or_else(|| Parsed::Invalid("no message".into()))?;
         let filtered = finish_reason
             .as_deref()
             .is_some_and(|r| r.starts_with("content_filter"));
@@ -492,6 +537,13 @@ impl Backend for OpenAiBackend {
             "endpoints": self.endpoints.iter().map(|e| e.shown.clone()).collect::<Vec<_>>(),
             "fields": self.fields,
             "timeout_s": self.timeout.as_secs_f64(),
+            "prefill": match self.prefill {
+                PrefillStyle::ContinueFinalMessage => "continue_final_message",
+            },
+            "chat_template_sha256": self.chat_template.as_deref().map(|t| {
+                use sha2::{Digest, Sha256};
+                hex::encode(Sha256::digest(t.as_bytes()))
+            }),
         })
     }
 }
@@ -512,10 +564,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -532,10 +581,7 @@ mod tests {
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -571,8 +617,7 @@ mod tests {
             .extra_body(extra)
             .build()?;
         let body = backend.body(&Request::chat(vec![Message::user("hi")]))?;
-        let value: Value =
-            serde_json::from_slice(&body).map_err(|e| BackendError::Config(e.to_string()))?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| BackendError::Config(e.to_string()))?;
         assert_eq!(
             value,
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
@@ -584,8 +629,7 @@ mod tests {
     #[test]
     fn content_filter_becomes_a_refusal_and_null_content_is_empty() -> Result<(), BackendError> {
         let backend = backend(Preset::Vllm)?;
-        let filtered =
-            br#"{"choices":[{"message":{"content":null},"finish_reason":"content_filter"}]}"#;
+        let filtered = br#"{"choices":[{"message":{"content":null},"finish_reason":"content_filter"}]}"#;
         assert_eq!(
             backend.parse(filtered).ok().map(|g| g.text),
             Some(FILTERED_REPLY.to_string())

@@ -55,9 +55,7 @@ impl FromStr for JudgeMode {
         match s {
             "joint" => Ok(JudgeMode::Joint),
             "sequential" => Ok(JudgeMode::Sequential),
-            other => Err(format!(
-                "unknown judge mode `{other}` (known: joint, sequential)"
-            )),
+            other => Err(format!("unknown judge mode `{other}` (known: joint, sequential)")),
         }
     }
 }
@@ -104,23 +102,13 @@ pub struct Judge {
 
 /// The outcome of one judge call that parsed, or of all its attempts.
 enum CallOutcome<T> {
-    Parsed {
-        value: T,
-        usage: Usage,
-    },
-    Unparsed {
-        reason: String,
-        replies: Vec<String>,
-    },
+    Parsed { value: T, usage: Usage },
+    Unparsed { reason: String, replies: Vec<String> },
 }
 
 impl Judge {
     pub fn new(model: Model, mode: JudgeMode, protocol: Arc<Protocol>) -> Judge {
-        Judge {
-            model,
-            mode,
-            protocol,
-        }
+        Judge { model, mode, protocol }
     }
 
     /// The stem of this judge's result files: the model key without its organisation, plus
@@ -153,13 +141,7 @@ impl Judge {
     }
 
     /// The sequential judge's user prompt for one rule; only the last rule carries the reference.
-    pub fn sequential_prompt(
-        &self,
-        item: &Item,
-        rule: &str,
-        is_last: bool,
-        response: &str,
-    ) -> String {
+    pub fn sequential_prompt(&self, item: &Item, rule: &str, is_last: bool, response: &str) -> String {
         let comment = if is_last {
             protocol::sequential_reference(item)
         } else {
@@ -178,12 +160,7 @@ impl Judge {
 
     /// Judges `response` to `item` under the scenario's rules. `Err` only when the judge model could not be
     /// reached within its retry policy; an unparseable reply is `Ok(Judgement::Failed)`.
-    pub async fn judge(
-        &self,
-        item: &Item,
-        lists: &RuleLists,
-        response: &str,
-    ) -> Result<Judgement, ModelError> {
+    pub async fn judge(&self, item: &Item, lists: &RuleLists, response: &str) -> Result<Judgement, ModelError> {
         let response = protocol::cut_response(response);
         match self.mode {
             JudgeMode::Joint => self.judge_joint(item, lists, response).await,
@@ -191,23 +168,14 @@ impl Judge {
         }
     }
 
-    async fn judge_joint(
-        &self,
-        item: &Item,
-        lists: &RuleLists,
-        response: &str,
-    ) -> Result<Judgement, ModelError> {
+    async fn judge_joint(&self, item: &Item, lists: &RuleLists, response: &str) -> Result<Judgement, ModelError> {
         let prompt = self.joint_prompt(item, lists, response);
         let system = self.protocol.text(Template::JudgeJointSystem);
         let mut cost = Usage::default();
         let mut calls = 0;
         let outcome = self
             .ask(system, &prompt, &mut cost, &mut calls, |reply| {
-                parse_joint(
-                    reply,
-                    lists.rules.safety.len(),
-                    lists.rules.behavioral.len(),
-                )
+                parse_joint(reply, lists.rules.safety.len(), lists.rules.behavioral.len())
             })
             .await?;
         Ok(match outcome {
@@ -229,18 +197,8 @@ impl Judge {
         })
     }
 
-    async fn judge_sequential(
-        &self,
-        item: &Item,
-        lists: &RuleLists,
-        response: &str,
-    ) -> Result<Judgement, ModelError> {
-        let all_rules: Vec<&String> = lists
-            .rules
-            .safety
-            .iter()
-            .chain(&lists.rules.behavioral)
-            .collect();
+    async fn judge_sequential(&self, item: &Item, lists: &RuleLists, response: &str) -> Result<Judgement, ModelError> {
+        let all_rules: Vec<&String> = lists.rules.safety.iter().chain(&lists.rules.behavioral).collect();
         let last = all_rules.len().saturating_sub(1);
         let system = self.protocol.text(Template::JudgeSequentialSystem);
         // Rules are independent calls; sending them together shortens an item's latency while

@@ -43,11 +43,7 @@ fn section<'a>(text: &'a str, tag: &str) -> &'a str {
     let close = format!("</{tag}>");
     text.find(&open)
         .map(|start| start + open.len())
-        .and_then(|start| {
-            text[start..]
-                .find(&close)
-                .map(|len| &text[start..start + len])
-        })
+        .and_then(|start| text[start..].find(&close).map(|len| &text[start..start + len]))
         .unwrap_or("")
 }
 
@@ -73,11 +69,7 @@ fn section_verdicts(section: &str) -> Vec<Verdict> {
     section.split('\n').filter_map(line_verdict).collect()
 }
 
-pub fn parse_joint(
-    reply: &str,
-    safety_rules: usize,
-    behavioral_rules: usize,
-) -> Result<JointReply, ParseError> {
+pub fn parse_joint(reply: &str, safety_rules: usize, behavioral_rules: usize) -> Result<JointReply, ParseError> {
     let mut normalized = normalize_na(reply);
     if normalized.contains("behavior_specifications>") {
         normalized = normalized
@@ -108,25 +100,15 @@ pub fn parse_joint(
 
 pub fn parse_sequential(reply: &str) -> Result<Verdict, ParseError> {
     let normalized = normalize_na(reply);
-    let present: Vec<(&str, Verdict)> = [
-        ("<YES>", Verdict::Yes),
-        ("<NO>", Verdict::No),
-        ("<NA>", Verdict::Na),
-    ]
-    .into_iter()
-    .filter(|(tag, _)| normalized.contains(tag))
-    .collect();
+    let present: Vec<(&str, Verdict)> = [("<YES>", Verdict::Yes), ("<NO>", Verdict::No), ("<NA>", Verdict::Na)]
+        .into_iter()
+        .filter(|(tag, _)| normalized.contains(tag))
+        .collect();
     match present.as_slice() {
         [(_, verdict)] => Ok(*verdict),
-        [] => Err(ParseError::Sequential {
-            found: "none".into(),
-        }),
+        [] => Err(ParseError::Sequential { found: "none".into() }),
         several => Err(ParseError::Sequential {
-            found: several
-                .iter()
-                .map(|(tag, _)| *tag)
-                .collect::<Vec<_>>()
-                .join(" and "),
+            found: several.iter().map(|(tag, _)| *tag).collect::<Vec<_>>().join(" and "),
         }),
     }
 }
@@ -144,11 +126,7 @@ mod tests {
         let parsed = parse_joint(JOINT, 2, 2)?;
         assert_eq!(parsed.verdicts.safety, [Yes, Na]);
         assert_eq!(parsed.verdicts.behavioral, [No, Yes]);
-        assert!(
-            parsed
-                .normalized_reply
-                .contains("<behavioral_specifications>")
-        );
+        assert!(parsed.normalized_reply.contains("<behavioral_specifications>"));
         assert!(parsed.normalized_reply.contains("<NA>"));
         Ok(())
     }

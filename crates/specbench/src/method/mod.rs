@@ -15,6 +15,10 @@ use serde::Serialize;
 use crate::backend::{Generation, Message, Model, ModelError, Request, Usage};
 use crate::protocol::{self, Protocol, RuleLists, Template};
 
+mod deliberate;
+
+pub use deliberate::{Align3, MoreThink, SelfRefine, ZeroThink};
+
 /// The methods specbench knows, by their upstream names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -23,16 +27,40 @@ pub enum MethodKind {
     Raw,
     /// The prompt with the scenario's rules (upstream's `augment` text).
     Vanilla,
+    /// Vanilla with an empty thought prefilled: answer without deliberating.
+    ZeroThink,
+    /// Vanilla, with the thought reopened `rethink_count - 1` times by a rethink cue.
+    MoreThink,
+    /// Draft, then rounds of self-feedback and refinement against the rules.
+    SelfRefine,
+    /// Three reflection stages (behavioral, safety, holistic) injected into the thought.
+    Align3,
 }
 
 impl MethodKind {
-    pub const ALL: [MethodKind; 2] = [MethodKind::Raw, MethodKind::Vanilla];
+    pub const ALL: [MethodKind; 6] = [
+        MethodKind::Raw,
+        MethodKind::Vanilla,
+        MethodKind::ZeroThink,
+        MethodKind::MoreThink,
+        MethodKind::SelfRefine,
+        MethodKind::Align3,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             MethodKind::Raw => "raw",
             MethodKind::Vanilla => "vanilla",
+            MethodKind::ZeroThink => "zero_think",
+            MethodKind::MoreThink => "more_think",
+            MethodKind::SelfRefine => "self_refine",
+            MethodKind::Align3 => "align3",
         }
+    }
+
+    /// Whether the method prefills the assistant turn (needs a server that can continue it).
+    pub fn prefills(self) -> bool {
+        matches!(self, MethodKind::ZeroThink | MethodKind::MoreThink | MethodKind::Align3)
     }
 }
 
@@ -53,6 +81,107 @@ impl FromStr for MethodKind {
                 let known: Vec<_> = MethodKind::ALL.iter().map(|k| k.name()).collect();
                 format!("unknown method `{s}` (known: {})", known.join(", "))
             })
+    }
+}
+
+/// A method with its parameters: what a run uses and records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum MethodConfig {
+    Raw,
+    Vanilla,
+    ZeroThink,
+    MoreThink {
+        rethink_count: u32,
+    },
+    SelfRefine {
+        max_iters: u32,
+        max_history_length: u32,
+    },
+    /// `stages` are Align3's stage numbers (1 behavioral, 2 safety, 3 holistic) in the order
+    /// they run; the paper's method is `[1, 2, 3]`, any subset and order is an ablation.
+    Align3 {
+        stages: Vec<u8>,
+    },
+}
+
+impl MethodConfig {
+    /// Upstream's defaults (`config_ttd.yaml` and its code).
+    pub const DEFAULT_RETHINK_COUNT: u32 = 3;
+    pub const DEFAULT_MAX_ITERS: u32 = 3;
+    pub const DEFAULT_MAX_HISTORY_LENGTH: u32 = 1;
+    pub const ALIGN3_STAGES: [u8; 3] = [1, 2, 3];
+
+    /// `kind` with upstream's default parameters.
+    pub fn with_defaults(kind: MethodKind) -> MethodConfig {
+        match kind {
+            MethodKind::Raw => MethodConfig::Raw,
+            MethodKind::Vanilla => MethodConfig::Vanilla,
+            MethodKind::ZeroThink => MethodConfig::ZeroThink,
+            MethodKind::MoreThink => MethodConfig::MoreThink {
+                rethink_count: Self::DEFAULT_RETHINK_COUNT,
+            },
+            MethodKind::SelfRefine => MethodConfig::SelfRefine {
+                max_iters: Self::DEFAULT_MAX_ITERS,
+                max_history_length: Self::DEFAULT_MAX_HISTORY_LENGTH,
+            },
+            MethodKind::Align3 => MethodConfig::Align3 {
+                stages: Self::ALIGN3_STAGES.to_vec(),
+            },
+        }
+    }
+
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            MethodConfig::Raw => MethodKind::Raw,
+            MethodConfig::Vanilla => MethodKind::Vanilla,
+            MethodConfig::ZeroThink => MethodKind::ZeroThink,
+            MethodConfig::MoreThink { .. } => MethodKind::MoreThink,
+            MethodConfig::SelfRefine { .. } => MethodKind::SelfRefine,
+            MethodConfig::Align3 { .. } => MethodKind::Align3,
+        }
+    }
+
+    /// The result folder: upstream's method name, with the parameters appended when they are
+    /// not upstream's defaults (`self_refine-max_iters=2-max_history_length=2`), so runs with
+    /// other parameters never overwrite the paper's configuration.
+    pub fn dir_name(&self) -> String {
+        let name = self.kind().name();
+        if *self == MethodConfig::with_defaults(self.kind()) {
+            return name.to_string();
+        }
+        match self {
+            MethodConfig::MoreThink { rethink_count } => format!("{name}-rethink_count={rethink_count}"),
+            MethodConfig::SelfRefine {
+                max_iters,
+                max_history_length,
+            } => format!("{name}-max_iters={max_iters}-max_history_length={max_history_length}"),
+            MethodConfig::Align3 { stages } => {
+                let stages: Vec<String> = stages.iter().map(u8::to_string).collect();
+                format!("{name}-stages={}", stages.join(","))
+            }
+            _ => name.to_string(),
+        }
+    }
+
+    /// The method, ready to run.
+    pub fn build(&self) -> Arc<dyn Method> {
+        match self {
+            MethodConfig::Raw => Arc::new(SingleCall { with_rules: false }),
+            MethodConfig::Vanilla => Arc::new(SingleCall { with_rules: true }),
+            MethodConfig::ZeroThink => Arc::new(ZeroThink),
+            MethodConfig::MoreThink { rethink_count } => Arc::new(MoreThink {
+                rethink_count: *rethink_count,
+            }),
+            MethodConfig::SelfRefine {
+                max_iters,
+                max_history_length,
+            } => Arc::new(SelfRefine {
+                max_iters: *max_iters,
+                max_history_length: *max_history_length,
+            }),
+            MethodConfig::Align3 { stages } => Arc::new(Align3 { stages: stages.clone() }),
+        }
     }
 }
 
@@ -85,26 +214,14 @@ pub enum MethodError {
     Model(#[from] ModelError),
     #[error("the model's response is empty after removing its thought")]
     EmptyResponse,
+    #[error("Align3 was given no stages to run")]
+    NoStages,
 }
 
 /// One item in, one response out, through `model` only.
 #[async_trait]
 pub trait Method: Send + Sync {
-    fn kind(&self) -> MethodKind;
-
-    async fn respond(
-        &self,
-        input: &MethodInput<'_>,
-        model: &Model,
-    ) -> Result<Response, MethodError>;
-}
-
-/// The method for `kind`, with its parameters.
-pub fn method(kind: MethodKind) -> Arc<dyn Method> {
-    match kind {
-        MethodKind::Raw => Arc::new(SingleCall { with_rules: false }),
-        MethodKind::Vanilla => Arc::new(SingleCall { with_rules: true }),
-    }
+    async fn respond(&self, input: &MethodInput<'_>, model: &Model) -> Result<Response, MethodError>;
 }
 
 /// Splits a generation into `(thought, response)`: a separate reasoning field when the backend
@@ -142,19 +259,7 @@ struct SingleCall {
 
 #[async_trait]
 impl Method for SingleCall {
-    fn kind(&self) -> MethodKind {
-        if self.with_rules {
-            MethodKind::Vanilla
-        } else {
-            MethodKind::Raw
-        }
-    }
-
-    async fn respond(
-        &self,
-        input: &MethodInput<'_>,
-        model: &Model,
-    ) -> Result<Response, MethodError> {
+    async fn respond(&self, input: &MethodInput<'_>, model: &Model) -> Result<Response, MethodError> {
         let request = Request::chat(generation_messages(input, self.with_rules));
         let generation = model.generate(&request).await?;
         let (thought, text) = thought_and_response(&generation);
@@ -187,6 +292,22 @@ mod tests {
     }
 
     #[test]
+    fn result_folders_name_non_default_parameters() {
+        assert_eq!(
+            MethodConfig::with_defaults(MethodKind::SelfRefine).dir_name(),
+            "self_refine"
+        );
+        let refine = MethodConfig::SelfRefine {
+            max_iters: 2,
+            max_history_length: 2,
+        };
+        assert_eq!(refine.dir_name(), "self_refine-max_iters=2-max_history_length=2");
+        let ablation = MethodConfig::Align3 { stages: vec![2, 1, 3] };
+        assert_eq!(ablation.dir_name(), "align3-stages=2,1,3");
+        assert_eq!(MethodConfig::with_defaults(MethodKind::Align3).dir_name(), "align3");
+    }
+
+    #[test]
     fn vanilla_wraps_the_prompt_with_rules_and_raw_does_not() {
         let protocol = Protocol::builtin();
         let rules = RuleLists::new(&Rules {
@@ -201,11 +322,7 @@ mod tests {
         let raw = generation_messages(&input, false);
         assert_eq!(raw[1].content, "Tell me a story {response}");
         let vanilla = generation_messages(&input, true);
-        assert!(
-            vanilla[1]
-                .content
-                .starts_with("Tell me a story {response}\n")
-        );
+        assert!(vanilla[1].content.starts_with("Tell me a story {response}\n"));
         assert!(
             vanilla[1]
                 .content
@@ -222,9 +339,6 @@ mod tests {
             usage: Usage::default(),
             finish_reason: None,
         };
-        assert_eq!(
-            thought_and_response(&generation),
-            ("because".into(), "answer".into())
-        );
+        assert_eq!(thought_and_response(&generation), ("because".into(), "answer".into()));
     }
 }

@@ -43,16 +43,9 @@ pub enum PackError {
     #[error("{}: no scenario found (expected `scenarios/<Name>/prompts.json`, `<Name>/prompts.json` or `prompts.json`)", dir.display())]
     NoScenarios { dir: PathBuf },
     #[error("unknown scenario `{name}`; the pack has: {}", available.join(", "))]
-    UnknownScenario {
-        name: String,
-        available: Vec<String>,
-    },
+    UnknownScenario { name: String, available: Vec<String> },
     #[error("{}: item {index} does not exist (the scenario has {count} items)", file.display())]
-    UnknownItem {
-        file: PathBuf,
-        index: usize,
-        count: usize,
-    },
+    UnknownItem { file: PathBuf, index: usize, count: usize },
 }
 
 fn item_prefix(index: Option<usize>) -> String {
@@ -118,19 +111,13 @@ impl Item {
             field: field.to_string(),
             problem,
         };
-        let object = value.as_object().ok_or_else(|| {
-            field_error(
-                "(item)",
-                format!("expected an object, found {}", kind(value)),
-            )
-        })?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| field_error("(item)", format!("expected an object, found {}", kind(value))))?;
         let required_string = |field: &str| -> Result<String, PackError> {
             match object.get(field) {
                 Some(Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(field_error(
-                    field,
-                    format!("expected a string, found {}", kind(other)),
-                )),
+                Some(other) => Err(field_error(field, format!("expected a string, found {}", kind(other)))),
                 None => Err(field_error(field, "missing".to_string())),
             }
         };
@@ -138,10 +125,7 @@ impl Item {
             match object.get(field) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(field_error(
-                    field,
-                    format!("expected a string, found {}", kind(other)),
-                )),
+                Some(other) => Err(field_error(field, format!("expected a string, found {}", kind(other)))),
             }
         };
         let label = match object.get("label") {
@@ -208,11 +192,45 @@ pub struct Pack {
     pub protocol_dir: Option<PathBuf>,
     /// `config/` beside `scenarios/`, holding the upstream YAML files.
     pub config_dir: Option<PathBuf>,
+    /// `chat_templates/` beside `scenarios/`: Jinja templates and `config.json` naming the
+    /// template of each model, for prefill methods.
+    pub chat_templates_dir: Option<PathBuf>,
     /// SHA-256 over every scenario file read, in load order.
     pub data_hash: String,
 }
 
 impl Pack {
+    /// The chat template upstream uses for `model_name` (`chat_templates/config.json`), as
+    /// `(file, text)`; `Ok(None)` when the pack names none for that model.
+    pub fn chat_template(&self, model_name: &str) -> Result<Option<(PathBuf, String)>, PackError> {
+        let Some(dir) = &self.chat_templates_dir else {
+            return Ok(None);
+        };
+        let index = dir.join("config.json");
+        if !index.is_file() {
+            return Ok(None);
+        }
+        let mut hasher = Sha256::new();
+        let names = read_json(&index, &mut hasher)?;
+        let Some(name) = names.get(model_name) else {
+            return Ok(None);
+        };
+        let Some(name) = name.as_str() else {
+            return Err(PackError::Field {
+                file: index,
+                index: None,
+                field: model_name.to_string(),
+                problem: format!("expected a file name, found {}", kind(name)),
+            });
+        };
+        let file = dir.join(name);
+        let text = fs_err::read_to_string(&file).map_err(|source| PackError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Ok(Some((file, text)))
+    }
+
     pub fn scenario(&self, name: &str) -> Result<&Scenario, PackError> {
         self.scenarios
             .iter()
@@ -239,9 +257,7 @@ pub fn load(dir: &Path) -> Result<Pack, PackError> {
         (subdirs_with_items(dir)?, false)
     };
     if scenario_dirs.is_empty() {
-        return Err(PackError::NoScenarios {
-            dir: dir.to_path_buf(),
-        });
+        return Err(PackError::NoScenarios { dir: dir.to_path_buf() });
     }
     let mut hasher = Sha256::new();
     let mut scenarios = Vec::with_capacity(scenario_dirs.len());
@@ -256,6 +272,7 @@ pub fn load(dir: &Path) -> Result<Pack, PackError> {
         root: dir.to_path_buf(),
         protocol_dir: extra("protocol"),
         config_dir: extra("config"),
+        chat_templates_dir: extra("chat_templates"),
         scenarios,
         data_hash: hex::encode(hasher.finalize()),
     })
@@ -342,10 +359,7 @@ fn load_scenario(dir: &Path, hasher: &mut Sha256) -> Result<Scenario, PackError>
         let list = match rules_json.get(field) {
             Some(Value::Array(list)) => list,
             Some(other) => {
-                return Err(problem(format!(
-                    "expected a list of strings, found {}",
-                    kind(other)
-                )));
+                return Err(problem(format!("expected a list of strings, found {}", kind(other))));
             }
             None => return Err(problem("missing".to_string())),
         };
@@ -357,11 +371,7 @@ fn load_scenario(dir: &Path, hasher: &mut Sha256) -> Result<Scenario, PackError>
             .map(|(i, rule)| match rule {
                 Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
                 Value::String(_) => Err(problem(format!("rule {} is empty", i + 1))),
-                other => Err(problem(format!(
-                    "rule {} is {}, expected a string",
-                    i + 1,
-                    kind(other)
-                ))),
+                other => Err(problem(format!("rule {} is {}, expected a string", i + 1, kind(other)))),
             })
             .collect()
     };
@@ -453,9 +463,8 @@ mod tests {
 
     #[test]
     fn reads_a_complete_item() -> Result<(), PackError> {
-        let item = item(
-            json!({"adversarial_prompt": "a", "prompt": "p", "label": "unsafe", "source": "GPT", "answer": ""}),
-        )?;
+        let item =
+            item(json!({"adversarial_prompt": "a", "prompt": "p", "label": "unsafe", "source": "GPT", "answer": ""}))?;
         assert_eq!(item.label, Label::Unsafe);
         assert_eq!(item.answer.as_deref(), Some(""));
         assert_eq!(item.prompt_comment, None);
@@ -467,9 +476,7 @@ mod tests {
     #[test]
     fn absent_and_null_answer_are_none() -> Result<(), PackError> {
         let absent = item(json!({"adversarial_prompt": "a", "prompt": "p", "label": "safe"}))?;
-        let null = item(
-            json!({"adversarial_prompt": "a", "prompt": "p", "label": "safe", "answer": null}),
-        )?;
+        let null = item(json!({"adversarial_prompt": "a", "prompt": "p", "label": "safe", "answer": null}))?;
         assert_eq!(absent.answer, None);
         assert_eq!(null.answer, None);
         Ok(())
@@ -491,10 +498,7 @@ mod tests {
         let err = item(json!({"adversarial_prompt": "a", "label": "safe"}))
             .err()
             .map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref(),
-            Some("p.json: item 3: field `prompt`: missing")
-        );
+        assert_eq!(err.as_deref(), Some("p.json: item 3: field `prompt`: missing"));
     }
 
     #[test]

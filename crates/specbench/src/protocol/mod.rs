@@ -29,9 +29,7 @@ pub enum ProtocolError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "template `{template}`: placeholder `{{{placeholder}}}` is not one it may use ({allowed})"
-    )]
+    #[error("template `{template}`: placeholder `{{{placeholder}}}` is not one it may use ({allowed})")]
     UnknownPlaceholder {
         template: &'static str,
         placeholder: String,
@@ -113,12 +111,7 @@ impl Template {
                 "behavioral_specifications_count",
                 "prompt_comment",
             ],
-            Template::JudgeSequentialUser => &[
-                "specification_string",
-                "query",
-                "response",
-                "prompt_comment",
-            ],
+            Template::JudgeSequentialUser => &["specification_string", "query", "response", "prompt_comment"],
             Template::Align3Stage1 => &["behavioral_specifications"],
             Template::Align3Stage2 => &["safety_specifications"],
             Template::Align3Stage3 => &["safety_specifications", "behavioral_specifications"],
@@ -194,10 +187,7 @@ impl Protocol {
     }
 
     pub fn builtin() -> Protocol {
-        let texts = Template::ALL
-            .iter()
-            .map(|t| t.builtin().to_string())
-            .collect();
+        let texts = Template::ALL.iter().map(|t| t.builtin().to_string()).collect();
         // The built-in texts are checked by a unit test, so this cannot fail at run time.
         match Protocol::new(ProtocolSource::Builtin, texts) {
             Ok(protocol) => protocol,
@@ -230,14 +220,8 @@ impl Protocol {
     }
 
     pub fn text(&self, template: Template) -> &str {
-        let position = Template::ALL
-            .iter()
-            .position(|t| *t == template)
-            .unwrap_or_default();
-        self.texts
-            .get(position)
-            .map(String::as_str)
-            .unwrap_or_default()
+        let position = Template::ALL.iter().position(|t| *t == template).unwrap_or_default();
+        self.texts.get(position).map(String::as_str).unwrap_or_default()
     }
 
     /// Fills `template` with `values`; placeholders were checked at load.
@@ -476,9 +460,7 @@ mod tests {
             assert!(!protocol.text(template).is_empty(), "{}", template.name());
             for placeholder in template.placeholders() {
                 assert!(
-                    protocol
-                        .text(template)
-                        .contains(&format!("{{{placeholder}}}")),
+                    protocol.text(template).contains(&format!("{{{placeholder}}}")),
                     "{} lacks {{{placeholder}}}",
                     template.name()
                 );
@@ -529,10 +511,7 @@ mod tests {
     #[test_case("\n\nx", "", "x" ; "leading newlines of a response are removed")]
     #[test_case("t</think>", "t", "" ; "empty response")]
     fn splits_like_upstream(text: &str, thought: &str, response: &str) {
-        assert_eq!(
-            split_thought(text),
-            (thought.to_string(), response.to_string())
-        );
+        assert_eq!(split_thought(text), (thought.to_string(), response.to_string()));
     }
 
     #[test]

@@ -139,9 +139,7 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating) `path` for appending and returns the records already in it. A line cut
     /// short by a crash is skipped with a warning.
-    pub fn open<T: for<'de> Deserialize<'de>>(
-        path: &Path,
-    ) -> Result<(Journal, Vec<T>), StoreError> {
+    pub fn open<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(Journal, Vec<T>), StoreError> {
         let mut records = Vec::new();
         let mut torn = false;
         if path.exists() {
@@ -209,10 +207,7 @@ impl Journal {
 
 /// Writes `path` through a temporary file in the same folder and a rename: readers see the old
 /// file or the new one, never half of one.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), StoreError> {
     let error = |source| StoreError::Write {
         path: path.to_path_buf(),
         source,
@@ -234,9 +229,7 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), S
     write_atomic(path, |writer| {
         let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
         let mut serializer = serde_json::Serializer::with_formatter(writer, formatter);
-        value
-            .serialize(&mut serializer)
-            .map_err(std::io::Error::other)
+        value.serialize(&mut serializer).map_err(std::io::Error::other)
     })
 }
 
@@ -264,11 +257,7 @@ impl Store {
 
     pub fn run_dir(&self, model_key: &str, scenario: &str, method: &str) -> RunDir {
         RunDir {
-            dir: self
-                .root
-                .join(short_name(model_key))
-                .join(scenario)
-                .join(method),
+            dir: self.root.join(short_name(model_key)).join(scenario).join(method),
         }
     }
 }
@@ -309,17 +298,12 @@ impl RunDir {
     }
 
     pub fn judge_journal(&self, judge_stem: &str) -> PathBuf {
-        self.dir
-            .join(".journal")
-            .join(format!("{judge_stem}.jsonl"))
+        self.dir.join(".journal").join(format!("{judge_stem}.jsonl"))
     }
 
     /// Writes `generate.json` (a `null` where an item failed, as upstream leaves it) and
     /// `generate_usage.json` from the generations in index order.
-    pub fn write_generations(
-        &self,
-        generations: &BTreeMap<usize, GenerationRecord>,
-    ) -> Result<Usage, StoreError> {
+    pub fn write_generations(&self, generations: &BTreeMap<usize, GenerationRecord>) -> Result<Usage, StoreError> {
         let mut usage = Usage::default();
         for record in generations.values() {
             if let GenerationRecord::Done { entry, .. } = record {
@@ -352,12 +336,10 @@ impl RunDir {
                 entry
                     .map(|entry| {
                         let data = Value::Object((*entry.data).clone());
-                        let item = Item::from_json(&data, &path, position).map_err(|e| {
-                            StoreError::Entry {
-                                path: path.clone(),
-                                index: position,
-                                problem: format!("field `data`: {e}"),
-                            }
+                        let item = Item::from_json(&data, &path, position).map_err(|e| StoreError::Entry {
+                            path: path.clone(),
+                            index: position,
+                            problem: format!("field `data`: {e}"),
                         })?;
                         Ok((item, entry))
                     })
@@ -409,9 +391,7 @@ impl Serialize for VerdictList<'_> {
                     .enumerate()
                     .map(|(i, v)| ((i + 1).to_string(), v.as_str())),
             ),
-            JudgeMode::Sequential => {
-                serializer.collect_seq(self.verdicts.iter().map(|v| bracketed(*v)))
-            }
+            JudgeMode::Sequential => serializer.collect_seq(self.verdicts.iter().map(|v| bracketed(*v))),
         }
     }
 }
@@ -455,10 +435,7 @@ impl RunDir {
                 let output = self.0;
                 serializer.collect_seq(output.rows.iter().filter_map(|(item, entry, record)| {
                     let JudgeRecord::Judged {
-                        verdicts,
-                        reply,
-                        usage,
-                        ..
+                        verdicts, reply, usage, ..
                     } = record
                     else {
                         return None;
@@ -471,12 +448,8 @@ impl RunDir {
                         response: &entry.response,
                         thought: &entry.thought,
                         eval: EvalBlock {
-                            eval_prompt: joint.then(|| {
-                                (output.joint_prompt)(
-                                    item,
-                                    crate::protocol::cut_response(&entry.response),
-                                )
-                            }),
+                            eval_prompt: joint
+                                .then(|| (output.joint_prompt)(item, crate::protocol::cut_response(&entry.response))),
                             result: EvalResult {
                                 eval_response: if joint { reply.as_deref() } else { None },
                                 safety: VerdictList {
@@ -540,10 +513,7 @@ pub fn score_file(summary: &Summary) -> Map<String, Value> {
     for subset in [Subset::Full, Subset::Unsafe, Subset::Safe] {
         let scores = summary.subset(subset);
         file.insert(format!("{}_safety", subset.key()), mean(&scores.safety));
-        file.insert(
-            format!("{}_behavioral", subset.key()),
-            mean(&scores.behavioral),
-        );
+        file.insert(format!("{}_behavioral", subset.key()), mean(&scores.behavioral));
         file.insert(format!("{}_SAR", subset.key()), mean(&scores.sar));
     }
     for subset in [Subset::Full, Subset::Unsafe, Subset::Safe] {
@@ -570,16 +540,16 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
             let data = entry
                 .get("data")
                 .ok_or_else(|| entry_error(index, "field `data`: missing".into()))?;
-            let item = Item::from_json(data, path, index)
-                .map_err(|e| entry_error(index, format!("field `data`: {e}")))?;
+            let item =
+                Item::from_json(data, path, index).map_err(|e| entry_error(index, format!("field `data`: {e}")))?;
             let result = entry
                 .get("eval")
                 .and_then(|e| e.get("result"))
                 .ok_or_else(|| entry_error(index, "field `eval.result`: missing".into()))?;
             let list = |field: &str| -> Result<Vec<crate::score::Verdict>, StoreError> {
-                let value = result.get(field).ok_or_else(|| {
-                    entry_error(index, format!("field `eval.result.{field}`: missing"))
-                })?;
+                let value = result
+                    .get(field)
+                    .ok_or_else(|| entry_error(index, format!("field `eval.result.{field}`: missing")))?;
                 let texts: Vec<&Value> = match value {
                     Value::Array(list) => list.iter().collect(),
                     // Joint maps are numbered from 1 in insertion order.
@@ -594,16 +564,9 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
                 texts
                     .into_iter()
                     .map(|v| {
-                        v.as_str()
-                            .and_then(crate::score::Verdict::parse)
-                            .ok_or_else(|| {
-                                entry_error(
-                                    index,
-                                    format!(
-                                        "field `eval.result.{field}`: {v} is not YES, NO or NA"
-                                    ),
-                                )
-                            })
+                        v.as_str().and_then(crate::score::Verdict::parse).ok_or_else(|| {
+                            entry_error(index, format!("field `eval.result.{field}`: {v} is not YES, NO or NA"))
+                        })
                     })
                     .collect()
             };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use specbench::backend::ConcurrencyLimits;
 use specbench::judge::{Judge, JudgeMode};
-use specbench::method::{self, MethodKind};
+use specbench::method::MethodConfig;
 use specbench::pack::{self, ItemSelection, PromptVariant};
 use specbench::protocol::Protocol;
 use specbench::run::{RunPlan, Runner};
@@ -21,7 +21,9 @@ const ITEMS: [usize; 4] = [0, 1, 200, 201];
 
 struct Case {
     model_key: &'static str,
-    method: MethodKind,
+    method: MethodConfig,
+    /// The method part of the golden tags (`self_refine-max_iters=3-max_history_length=1`).
+    tag: &'static str,
     /// (judge key, mode) pairs the golden files hold for this case.
     judges: &'static [(&'static str, JudgeMode)],
 }
@@ -32,26 +34,53 @@ const JUDGES: &[(&str, JudgeMode)] = &[
     ("Qwen3-32B-thinking", JudgeMode::Joint),
 ];
 
-const CASES: &[Case] = &[
-    Case {
-        model_key: "Qwen3-14B",
-        method: MethodKind::Raw,
-        judges: &[],
-    },
-    Case {
-        model_key: "Qwen3-14B",
-        method: MethodKind::Vanilla,
-        judges: JUDGES,
-    },
-    Case {
-        model_key: "Qwen3-14B-thinking",
-        method: MethodKind::Vanilla,
-        judges: JUDGES,
-    },
-];
+fn cases() -> Vec<Case> {
+    let case = |model_key, method, tag, judges| Case {
+        model_key,
+        method,
+        tag,
+        judges,
+    };
+    vec![
+        case("Qwen3-14B", MethodConfig::Raw, "raw", &[]),
+        case("Qwen3-14B", MethodConfig::Vanilla, "vanilla", JUDGES),
+        case("Qwen3-14B-thinking", MethodConfig::Vanilla, "vanilla", JUDGES),
+        case(
+            "Qwen3-14B",
+            MethodConfig::SelfRefine {
+                max_iters: 3,
+                max_history_length: 1,
+            },
+            "self_refine-max_iters=3-max_history_length=1",
+            &[],
+        ),
+        case(
+            "Qwen3-14B",
+            MethodConfig::SelfRefine {
+                max_iters: 2,
+                max_history_length: 2,
+            },
+            "self_refine-max_iters=2-max_history_length=2",
+            &[],
+        ),
+        case("Qwen3-14B-thinking", MethodConfig::ZeroThink, "zero_think", &[]),
+        case(
+            "Qwen3-14B-thinking",
+            MethodConfig::MoreThink { rethink_count: 3 },
+            "more_think-rethink_count=3",
+            &[],
+        ),
+        case(
+            "Qwen3-14B-thinking",
+            MethodConfig::Align3 { stages: vec![1, 2, 3] },
+            "align3",
+            JUDGES,
+        ),
+    ]
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyhow::Result<()> {
+async fn every_method_and_judge_matches_upstream_byte_for_byte() -> anyhow::Result<()> {
     let pack_dir = golden::pack_dir()?;
     let requests = golden::requests(&pack_dir)?;
     let expected = golden::results(&pack_dir)?;
@@ -67,8 +96,10 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
     let base_url = replay.server.base_url();
 
     let mut compared = 0;
-    for case in CASES {
+    let cases = cases();
+    for case in &cases {
         let generator = model(
+            &pack,
             &config.join("config_model.yaml"),
             case.model_key,
             &base_url,
@@ -78,12 +109,7 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
             .judges
             .iter()
             .map(|(key, mode)| {
-                let judge_model = model(
-                    &config.join("config_eval_model.yaml"),
-                    key,
-                    &base_url,
-                    &limits,
-                )?;
+                let judge_model = model(&pack, &config.join("config_eval_model.yaml"), key, &base_url, &limits)?;
                 Ok(Judge::new(judge_model, *mode, protocol.clone()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -95,14 +121,13 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
                 scenarios: Vec::new(),
                 items: ItemSelection::Indices(ITEMS.to_vec()),
                 variant: PromptVariant::Adversarial,
-                method: case.method,
+                method: case.method.clone(),
                 model_key: case.model_key.to_string(),
                 alpha: Alpha::DEFAULT,
                 item_concurrency: 8,
             },
-            generator: Some((generator, method::method(case.method))),
+            generator: Some((generator, case.method.build())),
             judges,
-            method_params: Value::Null,
         };
         let report = Arc::new(runner).run(Arc::new(|_| {})).await?;
         let unmatched = replay.unmatched();
@@ -111,11 +136,7 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
             let actual = golden::canonical(request);
             let common = |g: &&golden::GoldenRequest| {
                 let wanted = golden::canonical(&g.request);
-                wanted
-                    .bytes()
-                    .zip(actual.bytes())
-                    .take_while(|(a, b)| a == b)
-                    .count()
+                wanted.bytes().zip(actual.bytes()).take_while(|(a, b)| a == b).count()
             };
             let tag_hint = requests
                 .iter()
@@ -133,22 +154,15 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
             0,
             "{}/{}: some items failed: {report:?}",
             case.model_key,
-            case.method
+            case.tag
         );
 
         for scenario in &pack.scenarios {
-            let dir = Store::new(results.path()).run_dir(
-                case.model_key,
-                &scenario.name,
-                case.method.name(),
-            );
+            let dir = Store::new(results.path()).run_dir(case.model_key, &scenario.name, &case.method.dir_name());
             let generated: Vec<Value> = read(&dir.generate_json())?;
             assert_eq!(generated.len(), ITEMS.len());
             for (position, index) in ITEMS.iter().enumerate() {
-                let tag = format!(
-                    "{}/{index}/generate/{}/{}",
-                    scenario.name, case.model_key, case.method
-                );
+                let tag = format!("{}/{index}/generate/{}/{}", scenario.name, case.model_key, case.tag);
                 let want = expected
                     .get(&(tag.clone(), "generation".to_string()))
                     .ok_or_else(|| anyhow::anyhow!("{tag}: not in golden/results.jsonl"))?;
@@ -174,9 +188,7 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
                     let judge_tag = format!("{tag}/judge/{judge_key}/{mode}");
                     let want = expected
                         .get(&(judge_tag.clone(), "judge".to_string()))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("{judge_tag}: not in golden/results.jsonl")
-                        })?;
+                        .ok_or_else(|| anyhow::anyhow!("{judge_tag}: not in golden/results.jsonl"))?;
                     if let Some(difference) = first_difference(want, &evaluated[position]["eval"]) {
                         anyhow::bail!("{judge_tag}: eval{difference}");
                     }
@@ -185,8 +197,8 @@ async fn raw_and_vanilla_with_both_judges_match_upstream_byte_for_byte() -> anyh
             }
         }
     }
-    // 5 scenarios × 4 items × (raw + 2 × vanilla with 3 judges each).
-    assert_eq!(compared, 5 * 4 * (1 + 2 * 4));
+    // 5 scenarios × 4 items × (8 generations + 3 cases with 3 judges each).
+    assert_eq!(compared, 5 * 4 * (8 + 3 * 3));
     Ok(())
 }
 

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use specbench::backend::{ConcurrencyLimits, Model, OpenAiBackend, Preset, RetryPolicy};
 use specbench::config::{ModelEntry, ModelFile};
+use specbench::pack::Pack;
 
-/// A model from an upstream config file entry, served by `base_url` (vLLM preset, no key).
+/// A model from an upstream config file entry, served by `base_url` (vLLM preset, no key),
+/// with the chat template the pack names for it.
 pub fn model(
+    pack: &Pack,
     config: &Path,
     key: &str,
     base_url: &str,
@@ -16,7 +19,9 @@ pub fn model(
 ) -> anyhow::Result<Model> {
     let file = ModelFile::load(config)?;
     let entry = file.entry(key)?.unwrap_or_else(|| ModelEntry::bare(key));
+    let template = pack.chat_template(&entry.model_name)?.map(|(_, text)| text);
     let backend = OpenAiBackend::builder(Preset::Vllm, entry.model_name.clone())
+        .chat_template(template)
         .base_urls([base_url.to_string()])
         .params(entry.params)
         .extra_body(entry.extra_body)
