@@ -179,6 +179,24 @@ pub struct ModelArgs {
     /// `chat_templates/config.json` names for the model, else the server's own.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
+    /// How prefill methods continue the assistant turn: `chat` sends the prefilled message
+    /// with vLLM's `continue_final_message` (upstream's way); `completions` renders the chat
+    /// template here and sends the raw prompt to `/v1/completions` (vLLM, llama.cpp's server,
+    /// SGLang, TGI).
+    #[arg(long, value_enum, default_value = "chat")]
+    pub prefill: PrefillArg,
+    /// With `--prefill completions`: the tokenizer's BOS token, for templates that print it.
+    #[arg(long, value_name = "TEXT")]
+    pub bos_token: Option<String>,
+    /// With `--prefill completions`: the tokenizer's EOS token, for templates that print it.
+    #[arg(long, value_name = "TEXT")]
+    pub eos_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrefillArg {
+    Chat,
+    Completions,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use specbench::backend::{ConcurrencyLimits, Model, OpenAiBackend, Preset, RetryPolicy};
+use specbench::backend::template::ChatTemplate;
+use specbench::backend::{ConcurrencyLimits, Model, OpenAiBackend, PrefillStyle, Preset, RetryPolicy};
 use specbench::config::{MethodParams, ModelEntry, ModelFile};
 use specbench::judge::{Judge, JudgeMode};
 use specbench::method::{MethodConfig, MethodKind};
@@ -17,7 +18,8 @@ use specbench::score::{Alpha, Subset, Summary};
 use specbench::store::{self, Store};
 
 use crate::args::{
-    DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs, ModelArgs, ProviderArg, RunArgs, ScoreArgs,
+    DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs, ModelArgs, PrefillArg, ProviderArg, RunArgs,
+    ScoreArgs,
 };
 use crate::progress::Progress;
 
@@ -266,6 +268,7 @@ impl Session {
         key_variable: Option<&String>,
         exec: &ExecArgs,
         chat_template: Option<String>,
+        prefill: PrefillStyle,
     ) -> anyhow::Result<Model> {
         let preset = match provider {
             Some(ProviderArg::Openai) => Preset::OpenAi,
@@ -283,6 +286,7 @@ impl Session {
             .timeout(Duration::from_secs_f64(exec.timeout))
             .limits(self.limits.clone())
             .chat_template(chat_template)
+            .prefill(prefill)
             .build()
             .map_err(|e| UsageError(format!("model `{}`: {e}", entry.key)))?;
         let retry = RetryPolicy {
@@ -300,16 +304,39 @@ impl Session {
         let file = self.config_file(args.model_config.as_deref(), "config_model.yaml")?;
         let entry = self.entry(&args.model, file.as_ref())?;
         let template = match &args.chat_template {
-            Some(path) => Some(
+            Some(path) => Some((
+                path.clone(),
                 std::fs::read_to_string(path)
                     .map_err(|e| UsageError(format!("{}: cannot read the chat template: {e}", path.display())))?,
-            ),
+            )),
             None => self
                 .pack
                 .chat_template(&entry.model_name)
-                .map_err(|e| UsageError(e.to_string()))?
-                .map(|(_, text)| text),
+                .map_err(|e| UsageError(e.to_string()))?,
         };
+        let prefill = match args.prefill {
+            PrefillArg::Chat => PrefillStyle::ContinueFinalMessage,
+            PrefillArg::Completions => {
+                let Some((path, source)) = &template else {
+                    bail!(UsageError(format!(
+                        "--prefill completions renders the chat template here, and there is none for `{}`: give --chat-template",
+                        entry.model_name
+                    )));
+                };
+                let compiled = ChatTemplate::new(source).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+                let mut special_tokens = serde_json::Map::new();
+                for (name, value) in [("bos_token", &args.bos_token), ("eos_token", &args.eos_token)] {
+                    if let Some(value) = value {
+                        special_tokens.insert(name.into(), value.clone().into());
+                    }
+                }
+                PrefillStyle::Completions {
+                    template: Arc::new(compiled),
+                    special_tokens,
+                }
+            }
+        };
+        let template = template.map(|(_, text)| text);
         if method.kind().prefills() && template.is_none() {
             tracing::warn!(
                 "no chat template for `{}` (the pack's chat_templates/config.json names none; use --chat-template); \
@@ -324,6 +351,7 @@ impl Session {
             args.api_key_env.as_ref(),
             exec,
             template,
+            prefill,
         )
     }
 
@@ -337,6 +365,7 @@ impl Session {
             args.judge_api_key_env.as_ref(),
             exec,
             None,
+            PrefillStyle::ContinueFinalMessage,
         )?;
         let mut modes: Vec<JudgeMode> = Vec::new();
         for mode in &args.judge_mode {

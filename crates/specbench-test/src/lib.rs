@@ -204,6 +204,20 @@ async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 }
 
 fn completion(request: &Value, content: &str, reasoning: Option<&str>) -> Response {
+    // A `/v1/completions` request carries a raw prompt and gets text back.
+    if let Some(prompt) = request["prompt"].as_str() {
+        let prompt_tokens = prompt.chars().count() / 4;
+        let completion_tokens = content.chars().count() / 4;
+        let body = json!({
+            "id": "stub",
+            "object": "text_completion",
+            "model": request["model"],
+            "choices": [{"index": 0, "text": content, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        });
+        return axum::Json(body).into_response();
+    }
     let mut message = json!({"role": "assistant", "content": content});
     if let Some(reasoning) = reasoning {
         message["reasoning_content"] = json!(reasoning);
@@ -218,8 +232,11 @@ fn completion(request: &Value, content: &str, reasoning: Option<&str>) -> Respon
     axum::Json(body).into_response()
 }
 
-/// The user message of a request, or "".
+/// The user message of a request (for a raw `/v1/completions` prompt, the prompt), or "".
 pub fn user_text(request: &Value) -> &str {
+    if let Some(prompt) = request["prompt"].as_str() {
+        return prompt;
+    }
     request["messages"]
         .as_array()
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))

@@ -1,5 +1,6 @@
 //! Integration tests: the real `specbench` binary against loopback servers the tests start.
 
 mod bad_input;
+mod methods;
 mod run;
 mod support;

@@ -6,6 +6,7 @@
 //! `Model::generate`; only `openai` knows the wire format.
 
 pub mod openai;
+pub mod template;
 
 use std::fmt;
 use std::sync::Arc;

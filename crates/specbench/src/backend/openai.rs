@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use url::Url;
 
+use super::template::ChatTemplate;
 use super::{Backend, BackendError, Generation, Message, Request, Usage};
 
 /// What a provider needs beyond the base URL.
@@ -57,12 +58,19 @@ impl Preset {
 }
 
 /// How an assistant prefill (a request whose last message the model continues) is sent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub enum PrefillStyle {
     /// vLLM's chat completions: the prefilled message with `continue_final_message: true`,
     /// `add_generation_prompt: false` and the chat template in the body, exactly as upstream.
     #[default]
     ContinueFinalMessage,
+    /// Any server with `/v1/completions` (vLLM, llama.cpp's server, SGLang, TGI): the chat
+    /// template is rendered here, as `transformers` would, and the raw prompt is sent.
+    Completions {
+        template: Arc<ChatTemplate>,
+        /// The tokenizer's special tokens the template may use (`bos_token`, `eos_token`).
+        special_tokens: Map<String, Value>,
+    },
 }
 
 /// An API key, read once from the environment; it prints as `****` everywhere.
@@ -112,6 +120,7 @@ struct Endpoint {
     /// The base URL with any user:password removed, as logs and errors show it.
     shown: String,
     chat_url: Url,
+    completions_url: Url,
     limit: Arc<Semaphore>,
     down_until: Mutex<Option<Instant>>,
 }
@@ -300,12 +309,17 @@ fn endpoint(raw: &str, limits: &ConcurrencyLimits) -> Result<Endpoint, BackendEr
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     let shown = shown.as_str().trim_end_matches('/').to_string();
-    let chat_url = Url::parse(&format!("{}/chat/completions", base.as_str().trim_end_matches('/')))
-        .map_err(|e| BackendError::Config(format!("base URL `{shown}`: {e}")))?;
+    let join = |path: &str| {
+        Url::parse(&format!("{}/{path}", base.as_str().trim_end_matches('/')))
+            .map_err(|e| BackendError::Config(format!("base URL `{shown}`: {e}")))
+    };
+    let chat_url = join("chat/completions")?;
+    let completions_url = join("completions")?;
     Ok(Endpoint {
         limit: limits.for_endpoint(&shown),
         shown,
         chat_url,
+        completions_url,
         down_until: Mutex::new(None),
     })
 }
@@ -320,6 +334,24 @@ struct Body<'a> {
     fields: &'a Map<String, Value>,
 }
 
+#[derive(Serialize)]
+struct CompletionBody<'a> {
+    model: &'a str,
+    prompt: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(flatten)]
+    fields: &'a Map<String, Value>,
+}
+
+/// Body fields that only make sense to a server-side chat template.
+const CHAT_TEMPLATE_FIELDS: [&str; 4] = [
+    "chat_template",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+];
+
 #[derive(Deserialize)]
 struct WireResponse {
     #[serde(default)]
@@ -332,6 +364,9 @@ struct WireResponse {
 struct WireChoice {
     #[serde(default)]
     message: Option<WireMessage>,
+    /// `/v1/completions` answers with text, not a message.
+    #[serde(default)]
+    text: Option<String>,
     #[serde(default)]
     finish_reason: Option<String>,
 }
@@ -388,7 +423,45 @@ impl OpenAiBackend {
         fields
     }
 
+    /// The `/v1/completions` body of a prefilled request: the template rendered here.
+    fn completion_body(
+        &self,
+        request: &Request,
+        template: &ChatTemplate,
+        special_tokens: &Map<String, Value>,
+    ) -> Result<Vec<u8>, BackendError> {
+        let mut fields = self.prefill_fields(request);
+        let mut variables = special_tokens.clone();
+        if let Some(Value::Object(kwargs)) = fields.get("chat_template_kwargs") {
+            variables.extend(kwargs.clone());
+        }
+        for field in CHAT_TEMPLATE_FIELDS {
+            fields.shift_remove(field);
+        }
+        let prompt = template
+            .render(&request.messages, false, true, &variables)
+            .map_err(|e| BackendError::Config(format!("model `{}`: {e}", self.model_name)))?;
+        let body = CompletionBody {
+            model: &self.model_name,
+            prompt: &prompt,
+            stop: request.stop.as_deref(),
+            fields: &fields,
+        };
+        let mut bytes = Vec::with_capacity(prompt.len() + prompt.len() / 8 + 512);
+        serde_json::to_writer(&mut bytes, &body)
+            .map_err(|e| BackendError::Config(format!("cannot encode the request: {e}")))?;
+        Ok(bytes)
+    }
+
     fn body(&self, request: &Request) -> Result<Vec<u8>, BackendError> {
+        if request.prefill
+            && let PrefillStyle::Completions {
+                template,
+                special_tokens,
+            } = &self.prefill
+        {
+            return self.completion_body(request, template, special_tokens);
+        }
         let prefill_fields;
         let fields = if request.prefill {
             prefill_fields = self.prefill_fields(request);
@@ -405,15 +478,20 @@ impl OpenAiBackend {
         serde_json::to_vec(&body).map_err(|e| BackendError::Config(format!("cannot encode the request: {e}")))
     }
 
-    async fn send_to(&self, endpoint: &Endpoint, body: Vec<u8>) -> Result<Generation, BackendError> {
+    async fn send_to(&self, endpoint: &Endpoint, body: Vec<u8>, completions: bool) -> Result<Generation, BackendError> {
         let _slot = endpoint
             .limit
             .acquire()
             .await
             .map_err(|_| BackendError::Config("the concurrency limiter was closed".into()))?;
+        let url = if completions {
+            &endpoint.completions_url
+        } else {
+            &endpoint.chat_url
+        };
         let mut http = self
             .client
-            .post(endpoint.chat_url.clone())
+            .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &self.api_key {
@@ -476,7 +554,14 @@ impl OpenAiBackend {
             .next()
             .ok_or_else(|| Parsed::Invalid("no choices".into()))?;
         let finish_reason = choice.finish_reason;
-        let message = choice.message.ok_or_else(|| Parsed::Invalid("no message".into()))?;
+        let message = match (choice.message, choice.text) {
+            (Some(message), _) => message,
+            (None, Some(text)) => WireMessage {
+                content: Some(text),
+                reasoning_content: None,
+            },
+            (None, None) => return Err(Parsed::Invalid("no message".into())),
+        };
         let filtered = finish_reason
             .as_deref()
             .is_some_and(|r| r.starts_with("content_filter"));
@@ -512,11 +597,12 @@ enum Parsed {
 impl Backend for OpenAiBackend {
     async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
         let body = self.body(request)?;
+        let completions = request.prefill && matches!(self.prefill, PrefillStyle::Completions { .. });
         let mut tried = 0;
         loop {
             let endpoint = self.pick();
             tried += 1;
-            match self.send_to(endpoint, body.clone()).await {
+            match self.send_to(endpoint, body.clone(), completions).await {
                 Err(error @ BackendError::Connect { .. }) => {
                     endpoint.mark_down(DOWN_FOR);
                     // Another server may be up: try it now rather than after a backoff.
@@ -539,6 +625,7 @@ impl Backend for OpenAiBackend {
             "timeout_s": self.timeout.as_secs_f64(),
             "prefill": match self.prefill {
                 PrefillStyle::ContinueFinalMessage => "continue_final_message",
+                PrefillStyle::Completions { .. } => "completions",
             },
             "chat_template_sha256": self.chat_template.as_deref().map(|t| {
                 use sha2::{Digest, Sha256};

@@ -1,4 +1,5 @@
 //! Integration tests of the library against loopback servers the tests start themselves.
 
+mod chat_template;
 mod golden;
 mod support;

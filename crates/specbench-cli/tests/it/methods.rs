@@ -1,0 +1,191 @@
+//! Test-time methods through the binary: prefill styles, parameters, result folders.
+
+use serde_json::Value;
+use specbench_test::{Reply, StubServer, synthetic_reply};
+
+use crate::support::TestContext;
+
+/// A small ChatML template of our own, in the style of the models SpecBench prefills.
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{% if not loop.last %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_end|>\n<|im_start|>assistant\n{% endif %}";
+
+fn write_template(ctx: &TestContext) -> anyhow::Result<String> {
+    let path = ctx.dir.path().join("chatml.jinja");
+    std::fs::write(&path, CHATML)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn align3_through_completions_renders_the_template_here() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let template = write_template(&ctx)?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let finished = ctx.run(&[
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        &url,
+        "--method",
+        "align3",
+        "--prefill",
+        "completions",
+        "--chat-template",
+        &template,
+        "--scenario",
+        "Garden",
+        "--limit",
+        "1",
+    ])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "three stages");
+    for request in &requests {
+        assert!(request.get("messages").is_none(), "a raw prompt, not messages");
+        assert!(request.get("chat_template_kwargs").is_none());
+        assert!(
+            request["prompt"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("<|im_start|>system\n"))
+        );
+    }
+    let prompts: Vec<&str> = requests.iter().filter_map(|r| r["prompt"].as_str()).collect();
+    assert!(prompts[0].ends_with("<|im_start|>assistant\n<think>Let me plan an answer that helps as fully as possible while keeping to these behavioral specifications:\n- Name the season or month when the advice applies\n- Keep the answer under 200 words\n- End with one practical next step\n\nSo"));
+    // Each stage continues the last: the earlier prompt (without its end) is a prefix.
+    assert!(prompts[1].starts_with(prompts[0]));
+    assert!(prompts[2].starts_with(prompts[1]));
+    assert_eq!(requests[0]["stop"], serde_json::json!(["</think>"]));
+    assert_eq!(requests[1]["stop"], serde_json::json!(["</think>"]));
+    assert_eq!(requests[2]["stop"], serde_json::json!([]));
+    let generated = ctx.read_json("m/Garden/align3/generate.json")?;
+    let thought = generated[0]["thought"].as_str().unwrap_or_default();
+    assert!(thought.starts_with("<think>Let me plan"), "{thought}");
+    assert!(
+        thought.contains("Last, I will review the whole draft"),
+        "stage 3 is in the thought"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_align3_ablation_sends_continue_final_message_and_gets_its_own_folder() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let template = write_template(&ctx)?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let finished = ctx.run(&[
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        &url,
+        "--method",
+        "align3",
+        "--align3-stages",
+        "2,1",
+        "--chat-template",
+        &template,
+        "--scenario",
+        "Museum",
+        "--limit",
+        "1",
+    ])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    let first = &requests[0];
+    assert_eq!(first["continue_final_message"], true);
+    assert_eq!(first["add_generation_prompt"], false);
+    assert_eq!(first["chat_template"], CHATML);
+    assert_eq!(
+        first["chat_template_kwargs"],
+        serde_json::json!({"enable_thinking": false, "enable_raw_content": true})
+    );
+    let prefill = first["messages"][2]["content"].as_str().unwrap_or_default();
+    assert!(
+        prefill.starts_with("<think>Before going on, I should check my plan"),
+        "stage 2 opens the thought: {prefill}"
+    );
+    assert!(ctx.results.join("m/Museum/align3-stages=2,1/generate.json").is_file());
+    let manifest = ctx.read_json("m/Museum/align3-stages=2,1/manifest.json")?;
+    assert_eq!(
+        manifest["generation"]["method"],
+        serde_json::json!({"name": "align3", "stages": [2, 1]})
+    );
+    Ok(())
+}
+
+#[test]
+fn method_parameters_come_from_flags_then_the_ttd_config() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let ttd = ctx.dir.path().join("ttd.yaml");
+    std::fs::write(&ttd, "self_refine:\n  max_iters: 1\n  max_history_length: 1\n")?;
+    let ttd = ttd.to_string_lossy().into_owned();
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let common = [
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        &url,
+        "--method",
+        "self_refine",
+        "--ttd-config",
+        &ttd,
+    ];
+    let from_file = ctx.run(&[&common[..], &["--scenario", "Garden", "--limit", "1"]].concat())?;
+    assert_eq!(from_file.code, Some(0), "{from_file:?}");
+    assert_eq!(server.requests().len(), 3, "draft, feedback, refine");
+    assert!(
+        ctx.results
+            .join("m/Garden/self_refine-max_iters=1-max_history_length=1")
+            .is_dir()
+    );
+
+    let from_flag = ctx.run(
+        &[
+            &common[..],
+            &["--max-iters", "2", "--scenario", "Museum", "--limit", "1"],
+        ]
+        .concat(),
+    )?;
+    assert_eq!(from_flag.code, Some(0), "{from_flag:?}");
+    assert_eq!(server.requests().len(), 3 + 5);
+    let requests = server.requests();
+    let last = &requests[requests.len() - 1];
+    let history = last["messages"][1]["content"].as_str().unwrap_or_default();
+    assert!(
+        history.contains("<RESPONSE_1>") && !history.contains("<RESPONSE_2>"),
+        "history window of 1"
+    );
+    let generated: Value = ctx.read_json("m/Museum/self_refine-max_iters=2-max_history_length=1/generate.json")?;
+    assert_eq!(generated[0]["thought"], "");
+    Ok(())
+}
+
+#[test]
+fn a_parameter_of_another_method_is_rejected() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let finished = ctx.run(&[
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--method",
+        "align3",
+        "--rethink-count",
+        "4",
+    ])?;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("a parameter of another method was given with --method align3"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!ctx.results.exists());
+    Ok(())
+}
