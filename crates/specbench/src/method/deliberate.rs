@@ -185,7 +185,6 @@ impl Method for Align3 {
         let mut cost = Usage::default();
         let mut first_prompt_tokens = None;
         let mut thought_so_far = String::new();
-        let mut calls = 0;
         let last = self.stages.len().saturating_sub(1);
         for (position, stage) in self.stages.iter().enumerate() {
             let text = input.protocol.render(stage_template(*stage), &lists);
@@ -205,7 +204,6 @@ impl Method for Align3 {
             };
             let request = Request::prefilled(messages.clone(), thought_so_far.clone(), stop);
             let generation = model.generate(&request).await?;
-            calls += 1;
             cost += &generation.usage;
             first_prompt_tokens.get_or_insert(generation.usage.prompt_tokens);
             if position == last {
@@ -216,7 +214,7 @@ impl Method for Align3 {
                     text: answer,
                     usage: chained_usage(first, &cost),
                     cost,
-                    calls,
+                    calls: self.stages.len() as u32,
                     finish_reason: generation.finish_reason,
                 });
             }
