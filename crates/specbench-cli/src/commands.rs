@@ -169,10 +169,8 @@ fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Res
                 .or(from_file("max_history_length")?)
                 .unwrap_or(*max_history_length);
         }
-        MethodConfig::Align3 { stages } => {
-            if !args.align3_stages.is_empty() {
-                *stages = args.align3_stages.clone();
-            }
+        MethodConfig::Align3 { stages } if !args.align3_stages.is_empty() => {
+            *stages = args.align3_stages.clone();
         }
         _ => {}
     }
@@ -190,6 +188,13 @@ fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Res
 
 fn alpha(value: f64) -> anyhow::Result<Alpha> {
     Alpha::new(value).ok_or_else(|| UsageError(format!("--alpha {value}: must lie between 0 and 1")).into())
+}
+
+/// Where a model is served, as the flags say.
+struct Server<'a> {
+    provider: Option<ProviderArg>,
+    base_urls: &'a [String],
+    key_variable: Option<&'a String>,
 }
 
 /// Everything resolved from the data flags, shared by the commands.
@@ -263,13 +268,16 @@ impl Session {
     fn backend(
         &self,
         entry: &ModelEntry,
-        provider: Option<ProviderArg>,
-        base_urls: &[String],
-        key_variable: Option<&String>,
+        server: Server<'_>,
         exec: &ExecArgs,
         chat_template: Option<String>,
         prefill: PrefillStyle,
     ) -> anyhow::Result<Model> {
+        let Server {
+            provider,
+            base_urls,
+            key_variable,
+        } = server;
         let preset = match provider {
             Some(ProviderArg::Openai) => Preset::OpenAi,
             Some(ProviderArg::Deepseek) => Preset::DeepSeek,
@@ -344,29 +352,23 @@ impl Session {
                 entry.model_name
             );
         }
-        self.backend(
-            &entry,
-            args.provider,
-            &args.base_url,
-            args.api_key_env.as_ref(),
-            exec,
-            template,
-            prefill,
-        )
+        let server = Server {
+            provider: args.provider,
+            base_urls: &args.base_url,
+            key_variable: args.api_key_env.as_ref(),
+        };
+        self.backend(&entry, server, exec, template, prefill)
     }
 
     fn judges(&self, args: &JudgeArgs, exec: &ExecArgs) -> anyhow::Result<Vec<Judge>> {
         let file = self.config_file(args.judge_config.as_deref(), "config_eval_model.yaml")?;
         let entry = self.entry(&args.judge, file.as_ref())?;
-        let model = self.backend(
-            &entry,
-            args.judge_provider,
-            &args.judge_base_url,
-            args.judge_api_key_env.as_ref(),
-            exec,
-            None,
-            PrefillStyle::ContinueFinalMessage,
-        )?;
+        let server = Server {
+            provider: args.judge_provider,
+            base_urls: &args.judge_base_url,
+            key_variable: args.judge_api_key_env.as_ref(),
+        };
+        let model = self.backend(&entry, server, exec, None, PrefillStyle::ContinueFinalMessage)?;
         let mut modes: Vec<JudgeMode> = Vec::new();
         for mode in &args.judge_mode {
             if !modes.contains(mode) {
