@@ -118,6 +118,29 @@ pub struct MethodArgs {
     /// Align3: which stages run, in order (`1,2,3`; an ablation: `2,1,3`, `1,3`, `3`).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=3))]
     pub align3_stages: Vec<u8>,
+    /// Best-of-N: samples drawn. Default 4.
+    #[arg(long)]
+    pub n: Option<u32>,
+    /// TPO: samples per round. Default 5.
+    #[arg(long)]
+    pub tpo_samples: Option<u32>,
+    /// TPO: critique-and-revise rounds. Default 2.
+    #[arg(long)]
+    pub tpo_iterations: Option<u32>,
+    /// Best-of-N and TPO: what ranks samples. `reward`: a reward model (--reward-model,
+    /// --reward-base-url; vLLM's score API). `judge`: the run's own judge, which makes the result
+    /// an oracle-scored upper bound (only with `specbench run`).
+    #[arg(long, value_enum, default_value = "reward")]
+    pub scorer: ScorerArg,
+    /// The reward model's name, as its server knows it.
+    #[arg(long)]
+    pub reward_model: Option<String>,
+    /// Base URL of the reward model's server, up to `/v1` (`/score` is appended).
+    #[arg(long, value_name = "URL")]
+    pub reward_base_url: Option<String>,
+    /// Environment variable holding the reward server's API key.
+    #[arg(long, value_name = "NAME")]
+    pub reward_api_key_env: Option<String>,
     /// Upstream-format TTD config. Default: the pack's `config/config_ttd.yaml`.
     #[arg(long, value_name = "FILE")]
     pub ttd_config: Option<PathBuf>,
@@ -191,6 +214,12 @@ pub struct ModelArgs {
     /// With `--prefill completions`: the tokenizer's EOS token, for templates that print it.
     #[arg(long, value_name = "TEXT")]
     pub eos_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScorerArg {
+    Reward,
+    Judge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

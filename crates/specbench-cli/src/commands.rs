@@ -10,7 +10,7 @@ use specbench::backend::template::ChatTemplate;
 use specbench::backend::{ConcurrencyLimits, Model, OpenAiBackend, PrefillStyle, Preset, RetryPolicy};
 use specbench::config::{MethodParams, ModelEntry, ModelFile};
 use specbench::judge::{Judge, JudgeMode};
-use specbench::method::{MethodConfig, MethodKind};
+use specbench::method::{MethodConfig, MethodKind, Scorer, ScorerKind};
 use specbench::pack::{self, ItemSelection, Pack, PromptVariant};
 use specbench::protocol::Protocol;
 use specbench::run::{RunPlan, RunReport, Runner};
@@ -19,7 +19,7 @@ use specbench::store::{self, Store};
 
 use crate::args::{
     DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs, ModelArgs, PrefillArg, ProviderArg, RunArgs,
-    ScoreArgs,
+    ScoreArgs, ScorerArg,
 };
 use crate::progress::Progress;
 
@@ -42,8 +42,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
     let method = session.method(&args.generate.method)?;
     let generator = session.model(&args.generate.model, &args.generate.exec, &method)?;
     let judges = session.judges(&args.judge, &args.generate.exec)?;
+    let scorer = scorer(&args.generate.method, &args.generate.exec, judges.first())?;
     let plan = session.plan(&args.generate, generator.key(), method)?;
-    let runner = session.runner(plan, Some(generator), judges);
+    let runner = session.runner(plan, Some(generator), judges, scorer.as_ref())?;
     execute(runner).await
 }
 
@@ -51,8 +52,9 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
     let session = Session::new(&args.data, &args.exec)?;
     let method = session.method(&args.method)?;
     let generator = session.model(&args.model, &args.exec, &method)?;
+    let scorer = scorer(&args.method, &args.exec, None)?;
     let plan = session.plan(&args, generator.key(), method)?;
-    let runner = session.runner(plan, Some(generator), Vec::new());
+    let runner = session.runner(plan, Some(generator), Vec::new(), scorer.as_ref())?;
     execute(runner).await
 }
 
@@ -68,7 +70,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
         alpha: alpha(args.exec.alpha)?,
         item_concurrency: args.exec.concurrency.max(1) * 4,
     };
-    let runner = session.runner(plan, None, judges);
+    let runner = session.runner(plan, None, judges, None)?;
     execute(runner).await
 }
 
@@ -172,11 +174,26 @@ fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Res
         MethodConfig::Align3 { stages } if !args.align3_stages.is_empty() => {
             *stages = args.align3_stages.clone();
         }
+        MethodConfig::BestOfN { n, scorer } => {
+            *n = args.n.or(from_file("n")?).unwrap_or(*n).max(1);
+            *scorer = scorer_kind(args.scorer);
+        }
+        MethodConfig::Tpo {
+            samples,
+            iterations,
+            scorer,
+        } => {
+            *samples = args.tpo_samples.or(from_file("samples")?).unwrap_or(*samples).max(1);
+            *iterations = args.tpo_iterations.or(from_file("iterations")?).unwrap_or(*iterations);
+            *scorer = scorer_kind(args.scorer);
+        }
         _ => {}
     }
     let given_for_other = (args.rethink_count.is_some() && args.method != MethodKind::MoreThink)
         || ((args.max_iters.is_some() || args.max_history_length.is_some()) && args.method != MethodKind::SelfRefine)
-        || (!args.align3_stages.is_empty() && args.method != MethodKind::Align3);
+        || (!args.align3_stages.is_empty() && args.method != MethodKind::Align3)
+        || (args.n.is_some() && args.method != MethodKind::BestOfN)
+        || ((args.tpo_samples.is_some() || args.tpo_iterations.is_some()) && args.method != MethodKind::Tpo);
     if given_for_other {
         bail!(UsageError(format!(
             "a parameter of another method was given with --method {}",
@@ -184,6 +201,50 @@ fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Res
         )));
     }
     Ok(config)
+}
+
+fn scorer_kind(arg: ScorerArg) -> ScorerKind {
+    match arg {
+        ScorerArg::Reward => ScorerKind::RewardModel,
+        ScorerArg::Judge => ScorerKind::JudgeOracle,
+    }
+}
+
+/// The scorer Best-of-N and TPO rank samples with; `None` for other methods.
+fn scorer(args: &MethodArgs, exec: &ExecArgs, judge: Option<&Judge>) -> anyhow::Result<Option<Scorer>> {
+    if !args.method.needs_scorer() {
+        return Ok(None);
+    }
+    match args.scorer {
+        ScorerArg::Judge => {
+            let judge = judge.ok_or_else(|| {
+                UsageError("--scorer judge ranks samples with the run's judge: use `specbench run`".into())
+            })?;
+            Ok(Some(Scorer::Judge {
+                judge: judge.clone(),
+                alpha: alpha(exec.alpha)?,
+            }))
+        }
+        ScorerArg::Reward => {
+            let (Some(url), Some(name)) = (&args.reward_base_url, &args.reward_model) else {
+                bail!(UsageError(format!(
+                    "--method {} with --scorer reward needs --reward-model and --reward-base-url",
+                    args.method
+                )));
+            };
+            let key = match &args.reward_api_key_env {
+                Some(variable) => Some(
+                    specbench::backend::ApiKey::from_env(variable)
+                        .ok_or_else(|| UsageError(format!("the API key variable {variable} is not set")))?,
+                ),
+                None => None,
+            };
+            let model =
+                specbench::backend::reward::RewardModel::new(url, name, key, Duration::from_secs_f64(exec.timeout))
+                    .map_err(|e| UsageError(e.to_string()))?;
+            Ok(Some(Scorer::RewardModel(Arc::new(model))))
+        }
+    }
 }
 
 fn alpha(value: f64) -> anyhow::Result<Alpha> {
@@ -402,16 +463,22 @@ impl Session {
         })
     }
 
-    fn runner(&self, plan: RunPlan, generator: Option<Model>, judges: Vec<Judge>) -> Runner {
-        let method = plan.method.build();
-        Runner {
+    fn runner(
+        &self,
+        plan: RunPlan,
+        generator: Option<Model>,
+        judges: Vec<Judge>,
+        scorer: Option<&Scorer>,
+    ) -> anyhow::Result<Runner> {
+        let method = plan.method.build(scorer).map_err(|e| UsageError(e.to_string()))?;
+        Ok(Runner {
             pack: self.pack.clone(),
             protocol: self.protocol.clone(),
             store: self.store.clone(),
             plan,
             generator: generator.map(|model| (model, method)),
             judges,
-        }
+        })
     }
 }
 

@@ -384,6 +384,7 @@ impl Runner {
         let (model, method) = self.generator.as_ref()?;
         let prompt = item.generation_prompt(self.plan.variant);
         let input = MethodInput {
+            item,
             prompt,
             rules: &scenario.rules,
             protocol: &self.protocol,

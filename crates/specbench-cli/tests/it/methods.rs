@@ -189,3 +189,135 @@ fn a_parameter_of_another_method_is_rejected() -> anyhow::Result<()> {
     assert!(!ctx.results.exists());
     Ok(())
 }
+
+/// A stub that answers chat requests with numbered samples and score requests with the
+/// length of the scored text, so the longest sample is the best.
+fn sampling_stub() -> anyhow::Result<StubServer> {
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    StubServer::start(move |request| {
+        if let Some(text) = request["text_2"].as_str() {
+            return Reply::RawBody(serde_json::json!({"data": [{"index": 0, "score": text.len() as f64}]}).to_string());
+        }
+        if request["messages"][1]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("<response_begin>"))
+        {
+            return Reply::Content(synthetic_reply(request));
+        }
+        let i = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Reply::Content(format!("sample {i}{}", "!".repeat(i % 3)))
+    })
+}
+
+#[test]
+fn best_of_n_keeps_the_sample_the_reward_model_prefers() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = sampling_stub()?;
+    let url = server.base_url();
+    let finished = ctx.run(&[
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        &url,
+        "--method",
+        "best_of_n",
+        "--n",
+        "3",
+        "--reward-model",
+        "rm",
+        "--reward-base-url",
+        &url,
+        "--scenario",
+        "Garden",
+        "--limit",
+        "1",
+    ])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let requests = server.requests();
+    let scored: Vec<&str> = requests.iter().filter_map(|r| r["text_2"].as_str()).collect();
+    assert_eq!(scored.len(), 3, "every sample scored");
+    assert_eq!(requests.len(), 6, "3 samples + 3 scores");
+    let longest = scored.iter().max_by_key(|t| t.len()).copied().unwrap_or_default();
+    let generated = ctx.read_json("m/Garden/best_of_n-n=3-scorer=reward/generate.json")?;
+    assert_eq!(generated[0]["response"], longest);
+    let manifest = ctx.read_json("m/Garden/best_of_n-n=3-scorer=reward/manifest.json")?;
+    assert_eq!(
+        manifest["generation"]["method"],
+        serde_json::json!({"name": "best_of_n", "n": 3, "scorer": "reward_model"})
+    );
+    Ok(())
+}
+
+#[test]
+fn tpo_with_the_judge_as_scorer_is_labelled_an_oracle() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = sampling_stub()?;
+    let url = server.base_url();
+    let finished = ctx.run(&[
+        "run",
+        "--model",
+        "m",
+        "--base-url",
+        &url,
+        "--judge",
+        "j",
+        "--judge-base-url",
+        &url,
+        "--method",
+        "tpo",
+        "--tpo-samples",
+        "2",
+        "--tpo-iterations",
+        "1",
+        "--scorer",
+        "judge",
+        "--scenario",
+        "Garden",
+        "--limit",
+        "1",
+    ])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let requests = server.requests();
+    let is_judge = |r: &&Value| {
+        r["messages"][1]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("<response_begin>"))
+    };
+    let judge_calls = requests.iter().filter(is_judge).count();
+    // 2 samples, loss, gradient, 2 revisions = 6 generations; 4 oracle judgements + the final one.
+    assert_eq!(requests.len() - judge_calls, 6);
+    assert_eq!(judge_calls, 5);
+    let loss_prompt = requests
+        .iter()
+        .filter_map(|r| r["messages"][1]["content"].as_str())
+        .find(|c| c.contains("<REJECTED>"));
+    assert!(loss_prompt.is_some(), "a textual loss compares best and worst");
+    assert!(
+        ctx.results
+            .join("m/Garden/tpo-samples=2-iterations=1-scorer=judge_oracle/j_score.json")
+            .is_file()
+    );
+    Ok(())
+}
+
+#[test]
+fn best_of_n_without_a_reward_model_is_a_usage_error() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let finished = ctx.run(&[
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--method",
+        "best_of_n",
+    ])?;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert!(
+        finished.stderr.contains("needs --reward-model and --reward-base-url"),
+        "{}",
+        finished.stderr
+    );
+    Ok(())
+}

@@ -75,7 +75,7 @@ pub enum PrefillStyle {
 
 /// An API key, read once from the environment; it prints as `****` everywhere.
 #[derive(Clone)]
-pub struct ApiKey(SecretString);
+pub struct ApiKey(pub(crate) SecretString);
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -16,8 +16,10 @@ use crate::backend::{Generation, Message, Model, ModelError, Request, Usage};
 use crate::protocol::{self, Protocol, RuleLists, Template};
 
 mod deliberate;
+mod search;
 
 pub use deliberate::{Align3, MoreThink, SelfRefine, ZeroThink};
+pub use search::{BestOfN, Scorer, ScorerKind, Tpo};
 
 /// The methods specbench knows, by their upstream names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -35,16 +37,22 @@ pub enum MethodKind {
     SelfRefine,
     /// Three reflection stages (behavioral, safety, holistic) injected into the thought.
     Align3,
+    /// N samples, the best-scored one kept.
+    BestOfN,
+    /// Test-time preference optimization: sample, critique best against worst, revise.
+    Tpo,
 }
 
 impl MethodKind {
-    pub const ALL: [MethodKind; 6] = [
+    pub const ALL: [MethodKind; 8] = [
         MethodKind::Raw,
         MethodKind::Vanilla,
         MethodKind::ZeroThink,
         MethodKind::MoreThink,
         MethodKind::SelfRefine,
         MethodKind::Align3,
+        MethodKind::BestOfN,
+        MethodKind::Tpo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,7 +63,14 @@ impl MethodKind {
             MethodKind::MoreThink => "more_think",
             MethodKind::SelfRefine => "self_refine",
             MethodKind::Align3 => "align3",
+            MethodKind::BestOfN => "best_of_n",
+            MethodKind::Tpo => "tpo",
         }
+    }
+
+    /// Whether the method ranks samples with a scorer (a reward model or the judge).
+    pub fn needs_scorer(self) -> bool {
+        matches!(self, MethodKind::BestOfN | MethodKind::Tpo)
     }
 
     /// Whether the method prefills the assistant turn (needs a server that can continue it).
@@ -103,6 +118,15 @@ pub enum MethodConfig {
     Align3 {
         stages: Vec<u8>,
     },
+    BestOfN {
+        n: u32,
+        scorer: ScorerKind,
+    },
+    Tpo {
+        samples: u32,
+        iterations: u32,
+        scorer: ScorerKind,
+    },
 }
 
 impl MethodConfig {
@@ -111,6 +135,9 @@ impl MethodConfig {
     pub const DEFAULT_MAX_ITERS: u32 = 3;
     pub const DEFAULT_MAX_HISTORY_LENGTH: u32 = 1;
     pub const ALIGN3_STAGES: [u8; 3] = [1, 2, 3];
+    pub const DEFAULT_N: u32 = 4;
+    pub const DEFAULT_TPO_SAMPLES: u32 = 5;
+    pub const DEFAULT_TPO_ITERATIONS: u32 = 2;
 
     /// `kind` with upstream's default parameters.
     pub fn with_defaults(kind: MethodKind) -> MethodConfig {
@@ -128,6 +155,15 @@ impl MethodConfig {
             MethodKind::Align3 => MethodConfig::Align3 {
                 stages: Self::ALIGN3_STAGES.to_vec(),
             },
+            MethodKind::BestOfN => MethodConfig::BestOfN {
+                n: Self::DEFAULT_N,
+                scorer: ScorerKind::RewardModel,
+            },
+            MethodKind::Tpo => MethodConfig::Tpo {
+                samples: Self::DEFAULT_TPO_SAMPLES,
+                iterations: Self::DEFAULT_TPO_ITERATIONS,
+                scorer: ScorerKind::RewardModel,
+            },
         }
     }
 
@@ -139,6 +175,8 @@ impl MethodConfig {
             MethodConfig::MoreThink { .. } => MethodKind::MoreThink,
             MethodConfig::SelfRefine { .. } => MethodKind::SelfRefine,
             MethodConfig::Align3 { .. } => MethodKind::Align3,
+            MethodConfig::BestOfN { .. } => MethodKind::BestOfN,
+            MethodConfig::Tpo { .. } => MethodKind::Tpo,
         }
     }
 
@@ -147,6 +185,22 @@ impl MethodConfig {
     /// other parameters never overwrite the paper's configuration.
     pub fn dir_name(&self) -> String {
         let name = self.kind().name();
+        // Methods upstream never published always name their scorer: a reward model's and the
+        // oracle judge's results must never be mistaken for each other.
+        match self {
+            MethodConfig::BestOfN { n, scorer } => return format!("{name}-n={n}-scorer={}", scorer.name()),
+            MethodConfig::Tpo {
+                samples,
+                iterations,
+                scorer,
+            } => {
+                return format!(
+                    "{name}-samples={samples}-iterations={iterations}-scorer={}",
+                    scorer.name()
+                );
+            }
+            _ => {}
+        }
         if *self == MethodConfig::with_defaults(self.kind()) {
             return name.to_string();
         }
@@ -164,9 +218,17 @@ impl MethodConfig {
         }
     }
 
-    /// The method, ready to run.
-    pub fn build(&self) -> Arc<dyn Method> {
-        match self {
+    /// The method, ready to run; Best-of-N and TPO need the `scorer` their config names.
+    pub fn build(&self, scorer: Option<&Scorer>) -> Result<Arc<dyn Method>, MethodError> {
+        let scorer_for = |kind: ScorerKind| match scorer {
+            Some(scorer) if scorer.kind() == kind => Ok(scorer.clone()),
+            _ => Err(MethodError::Scorer(format!(
+                "{} needs a {} scorer",
+                self.kind(),
+                kind.name()
+            ))),
+        };
+        Ok(match self {
             MethodConfig::Raw => Arc::new(SingleCall { with_rules: false }),
             MethodConfig::Vanilla => Arc::new(SingleCall { with_rules: true }),
             MethodConfig::ZeroThink => Arc::new(ZeroThink),
@@ -181,13 +243,28 @@ impl MethodConfig {
                 max_history_length: *max_history_length,
             }),
             MethodConfig::Align3 { stages } => Arc::new(Align3 { stages: stages.clone() }),
-        }
+            MethodConfig::BestOfN { n, scorer } => Arc::new(BestOfN {
+                n: *n,
+                scorer: scorer_for(*scorer)?,
+            }),
+            MethodConfig::Tpo {
+                samples,
+                iterations,
+                scorer,
+            } => Arc::new(Tpo {
+                samples: *samples,
+                iterations: *iterations,
+                scorer: scorer_for(*scorer)?,
+            }),
+        })
     }
 }
 
 /// What a method gets for one item.
 #[derive(Debug, Clone, Copy)]
 pub struct MethodInput<'a> {
+    /// The item, for scorers that judge against it (label, reference answer).
+    pub item: &'a crate::pack::Item,
     /// The text generated from (the adversarial or the original prompt).
     pub prompt: &'a str,
     pub rules: &'a RuleLists,
@@ -216,6 +293,10 @@ pub enum MethodError {
     EmptyResponse,
     #[error("Align3 was given no stages to run")]
     NoStages,
+    #[error("scorer: {0}")]
+    Scorer(String),
+    #[error("no candidate response to choose from")]
+    NoCandidates,
 }
 
 /// One item in, one response out, through `model` only.
@@ -314,7 +395,17 @@ mod tests {
             safety: vec!["no harm".into()],
             behavioral: vec!["be brief".into()],
         });
+        let item = crate::pack::Item::from_json(
+            &serde_json::json!({"adversarial_prompt": "a", "prompt": "p", "label": "safe"}),
+            std::path::Path::new("p.json"),
+            0,
+        )
+        .map_err(|e| e.to_string());
+        let Ok(item) = item else {
+            panic!("fixture item: {item:?}");
+        };
         let input = MethodInput {
+            item: &item,
             prompt: "Tell me a story {response}",
             rules: &rules,
             protocol: &protocol,

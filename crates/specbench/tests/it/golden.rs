@@ -126,7 +126,7 @@ async fn every_method_and_judge_matches_upstream_byte_for_byte() -> anyhow::Resu
                 alpha: Alpha::DEFAULT,
                 item_concurrency: 8,
             },
-            generator: Some((generator, case.method.build())),
+            generator: Some((generator, case.method.build(None)?)),
             judges,
         };
         let report = Arc::new(runner).run(Arc::new(|_| {})).await?;
