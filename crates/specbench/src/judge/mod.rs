@@ -17,7 +17,7 @@ use serde::Serialize;
 
 pub use parse::{JointReply, ParseError, parse_joint, parse_sequential};
 
-use crate::backend::{Message, Model, ModelError, Request, Usage};
+use crate::backend::{Message, Model, ModelError, ReplyFormat, Request, Usage};
 use crate::method::thought_and_response;
 use crate::pack::Item;
 use crate::protocol::{self, Protocol, RuleLists, Template};
@@ -174,7 +174,7 @@ impl Judge {
         let mut cost = Usage::default();
         let mut calls = 0;
         let outcome = self
-            .ask(system, &prompt, &mut cost, &mut calls, |reply| {
+            .ask(system, &prompt, joint_format(lists), &mut cost, &mut calls, |reply| {
                 parse_joint(reply, lists.rules.safety.len(), lists.rules.behavioral.len())
             })
             .await?;
@@ -209,7 +209,14 @@ impl Judge {
                 let mut cost = Usage::default();
                 let mut calls = 0;
                 let outcome = self
-                    .ask(system, &prompt, &mut cost, &mut calls, parse_sequential)
+                    .ask(
+                        system,
+                        &prompt,
+                        ReplyFormat::Sequential,
+                        &mut cost,
+                        &mut calls,
+                        parse_sequential,
+                    )
                     .await?;
                 Ok::<_, ModelError>((outcome, cost, calls))
             }
@@ -266,11 +273,13 @@ impl Judge {
         &self,
         system: &str,
         prompt: &str,
+        format: ReplyFormat,
         cost: &mut Usage,
         calls: &mut u32,
         parse: impl Fn(&str) -> Result<T, ParseError>,
     ) -> Result<CallOutcome<T>, ModelError> {
-        let request = Request::chat(vec![Message::system(system), Message::user(prompt)]);
+        let mut request = Request::chat(vec![Message::system(system), Message::user(prompt)]);
+        request.format = Some(format);
         let mut replies = Vec::new();
         let mut reason = String::new();
         for _ in 0..MAX_PARSE_ATTEMPTS {
@@ -294,6 +303,13 @@ impl Judge {
             }
         }
         Ok(CallOutcome::Unparsed { reason, replies })
+    }
+}
+
+fn joint_format(lists: &RuleLists) -> ReplyFormat {
+    ReplyFormat::Joint {
+        safety: lists.rules.safety.len(),
+        behavioral: lists.rules.behavioral.len(),
     }
 }
 

@@ -1,0 +1,254 @@
+//! An in-process GGUF model through llama.cpp, as a specbench `Backend`: no server, no key.
+//!
+//! One worker thread owns the model and one context and decodes every request in flight
+//! together (continuous batching): each request is a sequence with its own slot in the KV cache
+//! and its own sampler chain; a step decodes one new token of every generating sequence plus
+//! prompt tokens of sequences still reading theirs, up to the batch size. So throughput grows
+//! with `--concurrency` while memory stays fixed (context per sequence × sequences).
+//!
+//! Prompts are built with the GGUF's own chat template (`tokenizer.chat_template`), rendered by
+//! the same engine as the HTTP completions path; an assistant prefill is continued. Judge
+//! requests carry their reply format, which becomes a GBNF grammar: a local judge cannot produce
+//! an unparseable reply.
+
+mod grammar;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use specbench::backend::template::ChatTemplate;
+use specbench::backend::{Backend, BackendError, Generation, Request, Usage};
+
+pub use grammar::{joint_grammar, sequential_grammar};
+use worker::{Job, Worker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{}: model file not found (run the setup step, or give --model-path)", path.display())]
+    Missing { path: PathBuf },
+    #[error("{}: cannot load the model: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("{}: the GGUF has no usable chat template: {reason}", path.display())]
+    Template { path: PathBuf, reason: String },
+}
+
+/// How much of the machine the model may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalOptions {
+    /// Sequences decoded together; more requests wait their turn.
+    pub sequences: u32,
+    /// Tokens of context each sequence has (prompt plus reply).
+    pub context_per_sequence: u32,
+    pub threads: i32,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            sequences: 4,
+            context_per_sequence: 8192,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get() as i32)
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// Decoding settings, from the model's config entry (the same fields an HTTP server gets).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub max_tokens: u32,
+    /// 0 decodes greedily: the same prompt always gives the same reply.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: i32,
+    pub min_p: f32,
+    pub seed: u32,
+    /// Decode to `max_tokens` even past an end-of-generation token (for benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            max_tokens: 512,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: 0,
+            ignore_eos: false,
+        }
+    }
+}
+
+impl Sampling {
+    /// Reads `max_tokens` (or `max_completion_tokens`), `temperature`, `top_p`, `top_k`, `min_p`
+    /// and `seed` from a config entry's fields and `extra_body`; the rest keep their defaults.
+    pub fn from_fields(params: &Map<String, Value>, extra_body: &Map<String, Value>) -> Sampling {
+        let get = |name: &str| {
+            extra_body
+                .get(name)
+                .or_else(|| params.get(name))
+                .and_then(Value::as_f64)
+        };
+        let mut sampling = Sampling::default();
+        if let Some(v) = get("max_tokens").or_else(|| get("max_completion_tokens")) {
+            sampling.max_tokens = v.max(1.0) as u32;
+        }
+        if let Some(v) = get("temperature") {
+            sampling.temperature = v as f32;
+        }
+        if let Some(v) = get("top_p") {
+            sampling.top_p = v as f32;
+        }
+        if let Some(v) = get("top_k") {
+            sampling.top_k = v as i32;
+        }
+        if let Some(v) = get("min_p") {
+            sampling.min_p = v as f32;
+        }
+        if let Some(v) = get("seed") {
+            sampling.seed = v as u32;
+        }
+        sampling
+    }
+}
+
+/// The GGUF model as a `Backend`.
+pub struct LocalBackend {
+    worker: Arc<Worker>,
+    template: Arc<ChatTemplate>,
+    /// `bos_token`, `eos_token` as the template sees them, then `chat_template_kwargs`.
+    variables: Map<String, Value>,
+    sampling: Sampling,
+    path: PathBuf,
+    options: LocalOptions,
+}
+
+impl LocalBackend {
+    /// Loads the model on its worker thread; returns once it is ready to decode.
+    pub fn load(
+        path: &Path,
+        options: LocalOptions,
+        sampling: Sampling,
+        template_kwargs: Map<String, Value>,
+    ) -> Result<LocalBackend, LocalError> {
+        if !path.is_file() {
+            return Err(LocalError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let (worker, facts) = Worker::start(path, options).map_err(|reason| LocalError::Load {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let source = facts.chat_template.ok_or_else(|| LocalError::Template {
+            path: path.to_path_buf(),
+            reason: "no tokenizer.chat_template in its metadata".into(),
+        })?;
+        let template = ChatTemplate::new(&source).map_err(|e| LocalError::Template {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut variables = Map::new();
+        if let Some(bos) = facts.bos_token {
+            variables.insert("bos_token".into(), bos.into());
+        }
+        if let Some(eos) = facts.eos_token {
+            variables.insert("eos_token".into(), eos.into());
+        }
+        variables.extend(template_kwargs);
+        Ok(LocalBackend {
+            worker: Arc::new(worker),
+            template: Arc::new(template),
+            variables,
+            sampling,
+            path: path.to_path_buf(),
+            options,
+        })
+    }
+
+    /// The same loaded model with other decoding settings (a judge beside a generator): both
+    /// share one worker, so their requests are batched together.
+    pub fn with_sampling(&self, sampling: Sampling) -> LocalBackend {
+        LocalBackend {
+            worker: self.worker.clone(),
+            template: self.template.clone(),
+            variables: self.variables.clone(),
+            sampling,
+            path: self.path.clone(),
+            options: self.options,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The prompt text `request` becomes: the chat template applied, a prefill continued.
+    pub fn prompt(&self, request: &Request) -> Result<String, BackendError> {
+        self.template
+            .render(&request.messages, !request.prefill, request.prefill, &self.variables)
+            .map_err(|e| BackendError::Config(format!("{}: {e}", self.path.display())))
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
+        let prompt = self.prompt(request)?;
+        let grammar = request.format.map(|format| match format {
+            specbench::backend::ReplyFormat::Joint { safety, behavioral } => {
+                joint_grammar(safety, behavioral, grammar::MAX_ANALYSIS_CHARS)
+            }
+            specbench::backend::ReplyFormat::Sequential => sequential_grammar(grammar::MAX_ANALYSIS_CHARS),
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            prompt,
+            grammar,
+            stops: request.stop.clone().unwrap_or_default(),
+            sampling: self.sampling,
+            reply,
+        };
+        self.worker.submit(job).map_err(BackendError::Config)?;
+        let done = answer
+            .await
+            .map_err(|_| BackendError::Config("the local model's worker stopped".into()))?
+            .map_err(BackendError::Config)?;
+        Ok(Generation {
+            text: done.text,
+            reasoning: None,
+            usage: Usage {
+                prompt_tokens: done.prompt_tokens,
+                completion_tokens: done.completion_tokens,
+                total_tokens: done.prompt_tokens + done.completion_tokens,
+            },
+            finish_reason: Some(done.finish_reason.into()),
+        })
+    }
+
+    fn describe(&self) -> Value {
+        serde_json::json!({
+            "provider": "local",
+            "model_path": self.path,
+            "sequences": self.options.sequences,
+            "context_per_sequence": self.options.context_per_sequence,
+            "threads": self.options.threads,
+            "sampling": {
+                "max_tokens": self.sampling.max_tokens,
+                "temperature": self.sampling.temperature,
+                "top_p": self.sampling.top_p,
+                "top_k": self.sampling.top_k,
+                "min_p": self.sampling.min_p,
+                "seed": self.sampling.seed,
+            },
+            // Judge replies are decoded under a grammar of the reply format.
+            "constrained_judging": true,
+        })
+    }
+}
