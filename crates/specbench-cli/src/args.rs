@@ -280,8 +280,8 @@ pub struct ExecArgs {
     #[arg(long, default_value_t = 0.3)]
     pub alpha: f64,
     /// Local models: tokens of context per sequence (prompt plus reply). Sequences decoded
-    /// together = --concurrency.
-    #[arg(long, default_value_t = 8192)]
+    /// together = --concurrency. Larger contexts cost decoding speed, not only memory.
+    #[arg(long, default_value_t = 4096)]
     pub local_context: u32,
     /// Local models: CPU threads. Default: all cores.
     #[arg(long)]

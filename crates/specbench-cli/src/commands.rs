@@ -349,10 +349,12 @@ impl Session {
             Some(file) => match file.entry(key).map_err(|e| UsageError(e.to_string()))? {
                 Some(entry) => Ok(entry),
                 None => {
-                    tracing::warn!(
-                        "model `{key}` is not in {}; sending it as the model name with no parameters",
-                        file.file.display()
-                    );
+                    if key != DEFAULT_LOCAL_MODEL {
+                        tracing::warn!(
+                            "model `{key}` is not in {}; sending it as the model name with no parameters",
+                            file.file.display()
+                        );
+                    }
                     Ok(ModelEntry::bare(key))
                 }
             },

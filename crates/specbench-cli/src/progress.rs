@@ -61,8 +61,14 @@ impl StageState {
         } else {
             self.done as f64 * 100.0 / self.total as f64
         };
+        // Slow stages (a small local model) finish units per minute, not per second.
+        let rate = if rate >= 1.0 {
+            format!("{rate:.1}/s")
+        } else {
+            format!("{:.1}/min", rate * 60.0)
+        };
         format!(
-            "[{}] {}/{} ({percent:.0}%) {rate:.1}/s eta {eta} | {}",
+            "[{}] {}/{} ({percent:.0}%) {rate} eta {eta} | {}",
             self.name,
             self.done,
             self.total,

@@ -2,7 +2,8 @@
 //! decode tokens/s, and aggregate decode tokens/s with 4 and 8 sequences in flight.
 //!
 //! `scripts/fetch-model && cargo bench -p specbench-local --bench local`
-//! (`SPECBENCH_MODEL_PATH` names another GGUF; `SPECBENCH_BENCH_THREADS` defaults to 2.)
+//! (`SPECBENCH_MODEL_PATH` names another GGUF; `SPECBENCH_BENCH_THREADS` defaults to 2,
+//! `SPECBENCH_BENCH_CONTEXT`, the context per sequence, to 1024.)
 
 #![allow(clippy::print_stdout)]
 
@@ -33,9 +34,13 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(2);
+    let context: u32 = std::env::var("SPECBENCH_BENCH_CONTEXT")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1024);
     let options = LocalOptions {
         sequences: 8,
-        context_per_sequence: 1024,
+        context_per_sequence: context,
         threads,
     };
     let base = LocalBackend::load(&model_path()?, options, Sampling::default(), Map::new())?;

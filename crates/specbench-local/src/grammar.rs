@@ -5,7 +5,7 @@
 //! every reply ends.
 
 /// The longest analysis of one verdict line, in characters.
-pub const MAX_ANALYSIS_CHARS: usize = 150;
+pub const MAX_ANALYSIS_CHARS: usize = 100;
 
 fn shared_rules(max_chars: usize) -> String {
     format!(

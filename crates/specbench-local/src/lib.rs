@@ -49,7 +49,7 @@ impl Default for LocalOptions {
     fn default() -> Self {
         LocalOptions {
             sequences: 4,
-            context_per_sequence: 8192,
+            context_per_sequence: 4096,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get() as i32)
                 .unwrap_or(2),
@@ -74,7 +74,7 @@ pub struct Sampling {
 impl Default for Sampling {
     fn default() -> Self {
         Sampling {
-            max_tokens: 512,
+            max_tokens: 256,
             temperature: 0.0,
             top_p: 1.0,
             top_k: 0,

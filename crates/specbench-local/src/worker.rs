@@ -346,17 +346,38 @@ impl Slot {
         self.sampler.apply(&mut candidates);
         let token = match candidates.selected_token() {
             Some(token) if allows(grammar, token) => token,
-            _ => {
-                let mut candidates = context.token_data_array_ith(at);
-                grammar.apply(&mut candidates);
-                self.sampler.apply(&mut candidates);
-                candidates.selected_token().unwrap_or_else(|| token_or_eos(&candidates))
-            }
+            _ => resample(context, at, grammar, &mut self.sampler),
         };
         grammar.accept(token);
         self.sampler.accept(token);
         token
     }
+}
+
+/// How many of the highest-scoring tokens the grammar is tried on before the whole vocabulary.
+const SHORTLIST: usize = 64;
+
+/// A token the grammar allows. The grammar is tried on the shortlist of highest-scoring tokens
+/// first: if it allows any of them, the best one it allows is among them (exactly so for greedy
+/// decoding), at a thousandth of the cost of the whole vocabulary, which is the fallback.
+fn resample(context: &LlamaContext<'_>, at: i32, grammar: &mut LlamaSampler, chain: &mut LlamaSampler) -> LlamaToken {
+    let mut all = context.token_data_array_ith(at).data;
+    let keep = SHORTLIST.min(all.len());
+    if keep > 0 {
+        all.select_nth_unstable_by(keep - 1, |a, b| b.logit().total_cmp(&a.logit()));
+        let mut shortlist = LlamaTokenDataArray::new(all[..keep].to_vec(), false);
+        grammar.apply(&mut shortlist);
+        if shortlist.data.iter().any(|d| d.logit().is_finite()) {
+            chain.apply(&mut shortlist);
+            if let Some(token) = shortlist.selected_token() {
+                return token;
+            }
+        }
+    }
+    let mut candidates = context.token_data_array_ith(at);
+    grammar.apply(&mut candidates);
+    chain.apply(&mut candidates);
+    candidates.selected_token().unwrap_or_else(|| token_or_eos(&candidates))
 }
 
 /// Whether the grammar, in its current state, allows `token` next.

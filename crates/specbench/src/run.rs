@@ -444,7 +444,7 @@ impl Runner {
         judge: &Judge,
         events: &(dyn Fn(Event) + Send + Sync),
     ) {
-        let key = judgement_key(item, &entry.response);
+        let key = judgement_key(item, &entry.response, &self.protocol.hash);
         let stage = Stage::Judge(judge.file_stem());
         let unit = |outcome, cost, score| Event::Unit {
             stage: stage.clone(),
@@ -567,7 +567,7 @@ impl Runner {
                 let Some(item) = by_index.get(index) else {
                     continue;
                 };
-                let key = judgement_key(item, &entry.response);
+                let key = judgement_key(item, &entry.response, &self.protocol.hash);
                 match judgements.as_ref().and_then(|j| j.get(&key)) {
                     Some(judged) => rows.push((*item, entry, judged)),
                     None => missing += 1,

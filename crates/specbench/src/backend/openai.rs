@@ -75,7 +75,7 @@ pub enum PrefillStyle {
 
 /// An API key, read once from the environment; it prints as `****` everywhere.
 #[derive(Clone)]
-pub struct ApiKey(pub(crate) SecretString);
+pub struct ApiKey(SecretString);
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,6 +84,14 @@ impl std::fmt::Debug for ApiKey {
 }
 
 impl ApiKey {
+    /// The `Authorization` header, marked sensitive so that no debug output shows it.
+    pub(crate) fn bearer(&self) -> Result<reqwest::header::HeaderValue, BackendError> {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.0.expose_secret()))
+            .map_err(|_| BackendError::Config("the API key holds characters a header cannot carry".into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
     /// Reads the variable `name`; `Ok(None)` when it is unset or empty.
     pub fn from_env(name: &str) -> Option<ApiKey> {
         std::env::var(name)
@@ -495,10 +503,7 @@ impl OpenAiBackend {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &self.api_key {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.0.expose_secret()))
-                .map_err(|_| BackendError::Config("the API key holds characters a header cannot carry".into()))?;
-            value.set_sensitive(true);
-            http = http.header(reqwest::header::AUTHORIZATION, value);
+            http = http.header(reqwest::header::AUTHORIZATION, key.bearer()?);
         }
         let shown = || endpoint.shown.clone();
         let transport = |error: reqwest::Error| {

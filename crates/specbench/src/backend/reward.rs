@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use url::Url;
 
@@ -63,10 +62,7 @@ impl RewardModel {
         let body = serde_json::json!({"model": self.model_name, "text_1": prompt, "text_2": response});
         let mut http = self.client.post(self.url.clone()).json(&body);
         if let Some(key) = &self.api_key {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.0.expose_secret()))
-                .map_err(|_| BackendError::Config("the API key holds characters a header cannot carry".into()))?;
-            value.set_sensitive(true);
-            http = http.header(reqwest::header::AUTHORIZATION, value);
+            http = http.header(reqwest::header::AUTHORIZATION, key.bearer()?);
         }
         let endpoint = || self.shown.clone();
         let response = http.send().await.map_err(|e| BackendError::Connect {

@@ -120,10 +120,12 @@ impl JudgeRecord {
     }
 }
 
-/// What a judgement is keyed by: a changed response is judged again, an unchanged one never.
-pub fn judgement_key(item: &Item, response: &str) -> String {
+/// What a judgement is keyed by: a changed response, or changed protocol texts, are judged
+/// again; an unchanged pair never is.
+pub fn judgement_key(item: &Item, response: &str, protocol_hash: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
+    hasher.update(protocol_hash.as_bytes());
     hasher.update((item.prompt.len() as u64).to_le_bytes());
     hasher.update(item.prompt.as_bytes());
     hasher.update(response.as_bytes());
