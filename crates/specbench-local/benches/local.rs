@@ -15,10 +15,7 @@ use specbench::backend::{Backend, Message, Request};
 use specbench_local::{LocalBackend, LocalOptions, Sampling};
 
 fn model_path() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("SPECBENCH_MODEL_PATH") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
+    let path = specbench_local::default_model_path(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
     anyhow::ensure!(path.is_file(), "{}: no model; run scripts/fetch-model", path.display());
     Ok(path)
 }

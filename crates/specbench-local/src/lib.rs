@@ -35,6 +35,17 @@ pub enum LocalError {
     Template { path: PathBuf, reason: String },
 }
 
+/// Where `scripts/fetch-model` puts the embedded default model, below a project folder.
+pub const DEFAULT_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The embedded default model's file: `SPECBENCH_MODEL_PATH`, else [`DEFAULT_MODEL_FILE`]
+/// below `root` (the working folder for the CLI, the workspace for tests and benchmarks).
+pub fn default_model_path(root: &Path) -> PathBuf {
+    std::env::var_os(specbench::env::Env::MODEL_PATH)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(DEFAULT_MODEL_FILE))
+}
+
 /// How much of the machine the model may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalOptions {

@@ -3,10 +3,8 @@
 use crate::support::TestContext;
 
 fn model_path() -> anyhow::Result<String> {
-    let path = match std::env::var_os("SPECBENCH_MODEL_PATH") {
-        Some(path) => std::path::PathBuf::from(path),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = specbench_local::default_model_path(&workspace);
     anyhow::ensure!(path.is_file(), "{}: no model; run scripts/fetch-model", path.display());
     Ok(path.to_string_lossy().into_owned())
 }
