@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(base_url.starts_with("http://127.0.0.1:"), "stub said {first_line:?}");
 
     let results = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
     let concurrency_text = concurrency.to_string();
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_specbench"))
@@ -65,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         .arg("--results")
         .arg(results.path())
         .env("SPECBENCH_DATA", &data)
+        // A fresh cache: every reply is stored (that work is measured), none is served from it.
+        .env("SPECBENCH_CACHE_DIR", cache.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;

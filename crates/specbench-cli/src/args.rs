@@ -5,8 +5,13 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use specbench::judge::JudgeMode;
 use specbench::method::MethodKind;
+use specbench::run::Shard;
 
 fn parse_method(text: &str) -> Result<MethodKind, String> {
+    text.parse()
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
     text.parse()
 }
 
@@ -36,6 +41,47 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Recompute scores from stored verdicts (for example with another --alpha); sends nothing.
     Score(ScoreArgs),
+    /// The response cache: `stats` (entries, hits, size, models) or `clear`.
+    Cache(CacheArgs),
+    /// Join the results of a run split with --shard (one --results folder per shard) into one
+    /// run, identical to a single machine's. Sends nothing.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The shards' results folders.
+    #[arg(required = true, value_name = "SHARD_RESULTS")]
+    pub shards: Vec<PathBuf>,
+    /// Where the joined run is written (may be one of the shards' folders).
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+    /// The scenario pack the shards ran on.
+    #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+    #[command(flatten)]
+    pub location: CacheLocation,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum CacheAction {
+    /// Entries, hits, bytes on disk and entries per model.
+    Stats,
+    /// Delete every stored reply.
+    Clear,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheLocation {
+    /// The response cache folder. Default: $XDG_CACHE_HOME/specbench, else ~/.cache/specbench.
+    #[arg(long, env = "SPECBENCH_CACHE_DIR", value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +212,10 @@ pub struct DataArgs {
     /// Where results are written (upstream layout: DIR/<model>/<scenario>/<method>/).
     #[arg(long, default_value = "result", value_name = "DIR")]
     pub results: PathBuf,
+    /// Only this machine's share of the items: K of N (`2/4` takes positions 1, 5, 9, ...).
+    /// Run every K with its own --results, then `specbench merge` joins them.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
 }
 
 /// How a server is reached.
@@ -263,6 +313,9 @@ pub struct JudgeArgs {
     /// Environment variable holding the judge's API key.
     #[arg(long, value_name = "NAME")]
     pub judge_api_key_env: Option<String>,
+    /// Judge again the items whose judge replies never parsed (kept as judge errors otherwise).
+    #[arg(long)]
+    pub retry_errors: bool,
 }
 
 #[derive(Debug, Args)]
@@ -286,4 +339,9 @@ pub struct ExecArgs {
     /// Local models: CPU threads. Default: all cores.
     #[arg(long)]
     pub local_threads: Option<i32>,
+    /// Neither read nor write the response cache: every request goes to the model.
+    #[arg(long)]
+    pub no_cache: bool,
+    #[command(flatten)]
+    pub cache: CacheLocation,
 }

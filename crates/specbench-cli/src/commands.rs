@@ -18,9 +18,11 @@ use specbench::score::{Alpha, Subset, Summary};
 use specbench::store::{self, Store};
 use specbench_local::{LocalBackend, LocalOptions, Sampling};
 
+use specbench::cache::ResponseCache;
+
 use crate::args::{
-    DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs, ModelArgs, PrefillArg, ProviderArg, RunArgs,
-    ScoreArgs, ScorerArg,
+    CacheAction, CacheArgs, CacheLocation, DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs,
+    ModelArgs, PrefillArg, ProviderArg, RunArgs, ScoreArgs, ScorerArg,
 };
 use crate::progress::Progress;
 
@@ -46,7 +48,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
     let scorer = scorer(&args.generate.method, &args.generate.exec, judges.first())?;
     let mut runners = Vec::with_capacity(methods.len());
     for method in methods {
-        let plan = session.plan(&args.generate, generator.model.key(), method)?;
+        let mut plan = session.plan(&args.generate, generator.model.key(), method)?;
+        plan.retry_judge_errors = args.judge.retry_errors;
         runners.push(session.runner(plan, Some(generator.model.clone()), judges.clone(), scorer.as_ref())?);
     }
     execute_all(runners).await
@@ -78,6 +81,8 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
             model_key: args.model.clone(),
             alpha: alpha(args.exec.alpha)?,
             item_concurrency: args.exec.concurrency.max(1) * 4,
+            shard: args.data.shard,
+            retry_judge_errors: args.judge.retry_errors,
         };
         runners.push(session.runner(plan, None, judges.clone(), None)?);
     }
@@ -85,6 +90,33 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
 }
 
 /// Recomputes `<judge>_score.json` from `<judge>_evaluate.json`; sends nothing.
+fn cache_dir(location: &CacheLocation) -> PathBuf {
+    location.cache_dir.clone().unwrap_or_else(specbench::cache::default_dir)
+}
+
+pub fn cache(args: CacheArgs) -> anyhow::Result<ExitStatus> {
+    let dir = cache_dir(&args.location);
+    let cache = ResponseCache::open(&dir)?;
+    let mut out = std::io::stdout().lock();
+    match args.action {
+        CacheAction::Stats => {
+            let stats = cache.stats()?;
+            writeln!(out, "cache:   {}", stats.path.display())?;
+            writeln!(out, "entries: {}", stats.entries)?;
+            writeln!(out, "hits:    {}", stats.hits)?;
+            writeln!(out, "size:    {:.1} MiB", stats.bytes as f64 / (1024.0 * 1024.0))?;
+            for (model, entries) in &stats.models {
+                writeln!(out, "  {model}: {entries}")?;
+            }
+        }
+        CacheAction::Clear => {
+            let removed = cache.clear()?;
+            writeln!(out, "cache: removed {removed} entries from {}", cache.path().display())?;
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
 pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
     let alpha = alpha(args.alpha)?;
     let [kind] = args.method.method[..] else {
@@ -296,6 +328,7 @@ struct Session {
     limits: ConcurrencyLimits,
     /// Local models loaded so far, by file.
     local: std::sync::Mutex<Vec<Arc<LocalBackend>>>,
+    cache: Option<Arc<ResponseCache>>,
 }
 
 impl Session {
@@ -310,6 +343,14 @@ impl Session {
             bail!(UsageError("--timeout must be a positive number of seconds".into()));
         }
         let pack = pack::load(&data.data).map_err(|e| UsageError(e.to_string()))?;
+        let cache = if exec.no_cache {
+            None
+        } else {
+            let dir = cache_dir(&exec.cache);
+            Some(Arc::new(
+                ResponseCache::open(&dir).map_err(|e| UsageError(format!("{e} (--no-cache runs without it)")))?,
+            ))
+        };
         let protocol = Protocol::for_pack(pack.protocol_dir.as_deref()).map_err(|e| UsageError(e.to_string()))?;
         tracing::info!(protocol = ?protocol.source, hash = %protocol.hash, "protocol texts");
         Ok(Session {
@@ -322,9 +363,11 @@ impl Session {
                 limit: data.limit,
                 items: data.items.clone(),
                 results: data.results.clone(),
+                shard: data.shard,
             },
             limits: ConcurrencyLimits::new(exec.concurrency),
             local: std::sync::Mutex::new(Vec::new()),
+            cache,
         })
     }
 
@@ -399,7 +442,7 @@ impl Session {
             max_attempts: exec.max_attempts,
             ..RetryPolicy::default()
         };
-        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry))
+        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry).with_cache(self.cache.clone()))
     }
 
     fn methods(&self, args: &MethodArgs) -> anyhow::Result<Vec<MethodConfig>> {
@@ -451,7 +494,7 @@ impl Session {
             max_attempts: exec.max_attempts,
             ..RetryPolicy::default()
         };
-        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry))
+        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry).with_cache(self.cache.clone()))
     }
 
     fn model(&self, args: &ModelArgs, exec: &ExecArgs, methods: &[MethodConfig]) -> anyhow::Result<Generator> {
@@ -590,6 +633,8 @@ impl Session {
             model_key: model_key.to_string(),
             alpha: alpha(args.exec.alpha)?,
             item_concurrency: args.exec.concurrency.max(1) * 4,
+            shard: self.data.shard,
+            retry_judge_errors: false,
         })
     }
 
@@ -613,7 +658,7 @@ impl Session {
 }
 
 /// Runs each method in turn (one method's results are written before the next starts).
-async fn execute_all(runners: Vec<Runner>) -> anyhow::Result<ExitStatus> {
+pub(crate) async fn execute_all(runners: Vec<Runner>) -> anyhow::Result<ExitStatus> {
     let several = runners.len() > 1;
     let mut status = ExitStatus::Success;
     for runner in runners {
@@ -667,15 +712,25 @@ fn print_report(report: &RunReport) {
     if let Some(totals) = &report.generator {
         let _ = writeln!(
             out,
-            "generation: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
-            totals.requests, totals.retries, totals.failures, totals.prompt_tokens, totals.completion_tokens
+            "generation: {} requests ({} retried, {} failed), {} from cache, tokens {} prompt / {} completion",
+            totals.requests,
+            totals.retries,
+            totals.failures,
+            totals.cache_hits,
+            totals.prompt_tokens,
+            totals.completion_tokens
         );
     }
     for (key, totals) in &report.judges {
         let _ = writeln!(
             out,
-            "judge {key}: {} requests ({} retried, {} failed), tokens {} prompt / {} completion",
-            totals.requests, totals.retries, totals.failures, totals.prompt_tokens, totals.completion_tokens
+            "judge {key}: {} requests ({} retried, {} failed), {} from cache, tokens {} prompt / {} completion",
+            totals.requests,
+            totals.retries,
+            totals.failures,
+            totals.cache_hits,
+            totals.prompt_tokens,
+            totals.completion_tokens
         );
     }
 }

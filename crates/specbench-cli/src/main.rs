@@ -6,6 +6,7 @@
 
 mod args;
 mod commands;
+mod merge;
 mod progress;
 
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
             Command::Generate(args) => commands::generate(args).await,
             Command::Evaluate(args) => commands::evaluate(args).await,
             Command::Score(args) => commands::score(args),
+            Command::Cache(args) => commands::cache(args),
+            Command::Merge(args) => merge::merge(args).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@
 //! on a free port and runs on its own thread and runtime, so sync tests that run the binary and
 //! async tests that call the library can both use it.
 
+pub mod faults;
 pub mod golden;
 
 use std::net::SocketAddr;
@@ -34,6 +35,15 @@ pub enum Reply {
     },
     /// A 200 whose body is this raw text (invalid JSON, truncated, ...).
     RawBody(String),
+    /// Content with this `finish_reason` (`length`, `content_filter`); `None` content is null.
+    Finish {
+        content: Option<String>,
+        finish_reason: String,
+    },
+    /// Answer only after this long (past the client's timeout).
+    Hang(Duration),
+    /// Send a 200's headers, then drop the connection mid-body.
+    Reset,
 }
 
 type Handler = dyn Fn(&Value) -> Reply + Send + Sync;
@@ -200,6 +210,30 @@ async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             (status, headers, body).into_response()
         }
         Reply::RawBody(text) => (StatusCode::OK, [("content-type", "application/json")], text).into_response(),
+        Reply::Finish { content, finish_reason } => {
+            let body = json!({
+                "id": "stub",
+                "object": "chat.completion",
+                "model": request["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish_reason}],
+                "usage": stub_usage(&request, content.as_deref().unwrap_or("")),
+            });
+            axum::Json(body).into_response()
+        }
+        Reply::Hang(duration) => {
+            tokio::time::sleep(duration).await;
+            completion(&request, "too late", None)
+        }
+        Reply::Reset => {
+            let broken = futures::stream::once(async { Err::<Bytes, _>(std::io::Error::other("connection reset")) });
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(broken),
+            )
+                .into_response()
+        }
     }
 }
 

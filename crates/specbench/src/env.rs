@@ -8,6 +8,8 @@ impl Env {
     pub const DATA: &'static str = "SPECBENCH_DATA";
     /// The GGUF file of the embedded default model, when `--model-path` is not given.
     pub const MODEL_PATH: &'static str = "SPECBENCH_MODEL_PATH";
+    /// The response cache folder, when `--cache-dir` is not given.
+    pub const CACHE_DIR: &'static str = "SPECBENCH_CACHE_DIR";
     /// Tracing filter for log lines (`specbench=debug`).
     pub const LOG: &'static str = "SPECBENCH_LOG";
 }

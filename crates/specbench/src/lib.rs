@@ -15,6 +15,7 @@
 //! progress leaves as [`run::Event`]s, and the CLI renders them.
 
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod env;
 pub mod judge;

@@ -47,6 +47,53 @@ pub struct RunPlan {
     pub alpha: Alpha,
     /// Items in flight at once (requests are capped per endpoint by the backend).
     pub item_concurrency: usize,
+    /// This machine's share of the items; `specbench merge` joins the shares.
+    pub shard: Option<Shard>,
+    /// Judge again the items whose judge replies never parsed (kept otherwise).
+    pub retry_judge_errors: bool,
+}
+
+/// Share K of N of a run's items (`--shard K/N`): the items whose position modulo N is K - 1.
+/// Positions, not hashes, so the split is the same on every machine and plainly checkable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    index: usize,
+    count: usize,
+}
+
+impl Shard {
+    pub fn new(index: usize, count: usize) -> Result<Shard, String> {
+        if count == 0 || index == 0 || index > count {
+            return Err(format!("shard {index}/{count}: want K/N with 1 <= K <= N"));
+        }
+        Ok(Shard { index, count })
+    }
+
+    pub fn contains(&self, item_index: usize) -> bool {
+        item_index % self.count == self.index - 1
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Shard, String> {
+        let parse = |part: &str| {
+            part.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("shard `{text}`: want K/N, for example 1/4"))
+        };
+        let (index, count) = text
+            .split_once('/')
+            .ok_or_else(|| format!("shard `{text}`: want K/N, for example 1/4"))?;
+        Shard::new(parse(index)?, parse(count)?)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 /// Which stage an event is about.
@@ -272,7 +319,10 @@ impl Runner {
                 .store
                 .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name());
             if self.generator.is_some() {
-                let items = self.plan.items.select(scenario)?;
+                let mut items = self.plan.items.select(scenario)?;
+                if let Some(shard) = &self.plan.shard {
+                    items.retain(|item| shard.contains(item.index));
+                }
                 chosen.push((scenario, dir, items, BTreeMap::new()));
             } else {
                 let path = dir.generate_json();
@@ -282,6 +332,9 @@ impl Runner {
                 let mut generations = BTreeMap::new();
                 let mut items = Vec::new();
                 for (item, entry) in dir.read_generations()?.into_iter().flatten() {
+                    if self.plan.shard.is_some_and(|shard| !shard.contains(item.index)) {
+                        continue;
+                    }
                     generations.insert(
                         item.index,
                         GenerationRecord::Done {
@@ -314,7 +367,12 @@ impl Runner {
                 let (journal, records) = Journal::open::<JudgeRecord>(&dir.judge_journal(&judge.file_stem()))?;
                 judge_journals.push(journal);
                 judgements.push(Mutex::new(
-                    records.into_iter().map(|r| (r.key().to_string(), r)).collect(),
+                    records
+                        .into_iter()
+                        // A later record of the same key (a retried judge error) wins.
+                        .filter(|r| !(self.plan.retry_judge_errors && matches!(r, JudgeRecord::Failed { .. })))
+                        .map(|r| (r.key().to_string(), r))
+                        .collect(),
                 ));
             }
             let items_len = items.len();
@@ -646,3 +704,26 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// How long a plain-text progress reporter waits between lines.
 pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    fn shards_split_positions_without_overlap_or_gap() {
+        let shards: Vec<Shard> = (1..=3).filter_map(|k| format!("{k}/3").parse().ok()).collect();
+        assert_eq!(shards.len(), 3);
+        for position in 0..100 {
+            assert_eq!(shards.iter().filter(|s| s.contains(position)).count(), 1, "{position}");
+        }
+        assert!(shards[0].contains(0) && shards[0].contains(3) && shards[1].contains(1));
+        assert_eq!(shards[2].to_string(), "3/3");
+    }
+
+    #[test]
+    fn a_bad_shard_is_refused() {
+        for text in ["0/3", "4/3", "1/0", "1", "a/b", "1/3/4"] {
+            assert!(text.parse::<Shard>().is_err(), "{text}");
+        }
+    }
+}

@@ -3,5 +3,6 @@
 mod bad_input;
 mod local;
 mod methods;
+mod reliability;
 mod run;
 mod support;

@@ -285,9 +285,11 @@ fn tpo_with_the_judge_as_scorer_is_labelled_an_oracle() -> anyhow::Result<()> {
             .is_some_and(|c| c.contains("<response_begin>"))
     };
     let judge_calls = requests.iter().filter(is_judge).count();
-    // 2 samples, loss, gradient, 2 revisions = 6 generations; 4 oracle judgements + the final one.
+    // 2 samples, loss, gradient, 2 revisions = 6 generations; 4 oracle judgements. The final
+    // judgement of the chosen response repeats one of them and comes from the response cache.
     assert_eq!(requests.len() - judge_calls, 6);
-    assert_eq!(judge_calls, 5);
+    assert_eq!(judge_calls, 4);
+    assert!(finished.stdout.contains("1 from cache"), "{}", finished.stdout);
     let loss_prompt = requests
         .iter()
         .filter_map(|r| r["messages"][1]["content"].as_str())

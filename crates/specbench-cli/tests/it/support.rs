@@ -36,10 +36,16 @@ impl TestContext {
         command
             .current_dir(self.dir.path())
             .env("SPECBENCH_DATA", &self.pack)
+            .env("SPECBENCH_CACHE_DIR", self.cache_dir())
             .env_remove("OPENAI_API_KEY")
             .env_remove("DEEPSEEK_API_KEY")
             .env_remove("SPECBENCH_LOG");
         command
+    }
+
+    /// Each test's own response cache, inside its temp folder.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
     }
 
     pub fn run(&self, args: &[&str]) -> anyhow::Result<Finished> {

@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use backon::BackoffBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheKey, ResponseCache};
+
 pub use openai::{ApiKey, ConcurrencyLimits, OpenAiBackend, OpenAiBackendBuilder, PrefillStyle, Preset};
 
 /// Who speaks a chat message.
@@ -73,6 +75,9 @@ pub struct Request {
     /// The reply's required shape, for backends that can constrain decoding (the local model
     /// compiles it to a grammar); HTTP backends send the request unchanged.
     pub format: Option<ReplyFormat>,
+    /// Which of several identical requests this is (Best-of-N's candidates): not sent, but part
+    /// of the cache key, so that N samples are N replies rather than one reply N times.
+    pub sample: u32,
 }
 
 /// A judge reply's shape: see the pack's judge prompts.
@@ -93,6 +98,7 @@ impl Request {
             prefill: false,
             stop_excluded: false,
             format: None,
+            sample: 0,
         }
     }
 
@@ -105,6 +111,7 @@ impl Request {
             prefill: true,
             stop_excluded: false,
             format: None,
+            sample: 0,
         }
     }
 }
@@ -237,6 +244,8 @@ pub struct ModelStats {
     pub failures: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Replies served from the response cache (not counted in `requests`).
+    pub cache_hits: AtomicU64,
 }
 
 /// A snapshot of [`ModelStats`].
@@ -247,6 +256,7 @@ pub struct ModelTotals {
     pub failures: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    pub cache_hits: u64,
 }
 
 /// A named, configured model reached through a [`Backend`]: what methods and the judge call.
@@ -256,6 +266,7 @@ pub struct Model {
     backend: Arc<dyn Backend>,
     retry: RetryPolicy,
     stats: Arc<ModelStats>,
+    cache: Option<(Arc<ResponseCache>, Arc<str>)>,
 }
 
 impl fmt::Debug for Model {
@@ -272,6 +283,31 @@ impl Model {
             backend,
             retry,
             stats: Arc::default(),
+            cache: None,
+        }
+    }
+
+    /// Serves repeated requests from `cache` and stores every reply this model returns. The
+    /// endpoint's identity in the key is what `describe` says: provider, URLs, model name and
+    /// decoding parameters, never a key.
+    pub fn with_cache(mut self, cache: Option<Arc<ResponseCache>>) -> Model {
+        self.cache = cache.map(|cache| (cache, Arc::from(self.backend.describe().to_string())));
+        self
+    }
+
+    fn cache_key(&self, request: &Request) -> Option<(&ResponseCache, CacheKey)> {
+        self.cache
+            .as_ref()
+            .map(|(cache, identity)| (cache.as_ref(), CacheKey::new(identity, request)))
+    }
+
+    /// Takes `request`'s reply back out of the cache: it was unusable (a judge reply that does
+    /// not parse), so asking again must reach the model.
+    pub fn uncache(&self, request: &Request) {
+        if let Some((cache, key)) = self.cache_key(request)
+            && let Err(error) = cache.remove(&key)
+        {
+            tracing::warn!(%error, "cannot remove a reply from the response cache");
         }
     }
 
@@ -291,12 +327,25 @@ impl Model {
             failures: get(&self.stats.failures),
             prompt_tokens: get(&self.stats.prompt_tokens),
             completion_tokens: get(&self.stats.completion_tokens),
+            cache_hits: get(&self.stats.cache_hits),
         }
     }
 
     /// Sends `request`, retrying what [`BackendError::is_retryable`] allows with exponential
     /// backoff and full jitter, and waiting at least as long as a `Retry-After` asks.
     pub async fn generate(&self, request: &Request) -> Result<Generation, ModelError> {
+        let cached = self.cache_key(request);
+        if let Some((cache, key)) = &cached {
+            match cache.get(key) {
+                Ok(Some(generation)) => {
+                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(generation);
+                }
+                Ok(None) => {}
+                // A broken cache costs money, not results: go to the model.
+                Err(error) => tracing::warn!(%error, "response cache lookup failed"),
+            }
+        }
         let started = Instant::now();
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
@@ -316,6 +365,11 @@ impl Model {
                     self.stats
                         .completion_tokens
                         .fetch_add(generation.usage.completion_tokens, Ordering::Relaxed);
+                    if let Some((cache, key)) = &cached
+                        && let Err(error) = cache.put(key, &self.key, &generation)
+                    {
+                        tracing::warn!(%error, "cannot store a reply in the response cache");
+                    }
                     return Ok(generation);
                 }
                 Err(error) => error,

@@ -26,7 +26,7 @@ use crate::score::{Verdict, Verdicts};
 /// Upstream's limit on attempts at one judge call whose reply does not parse.
 pub const MAX_PARSE_ATTEMPTS: u32 = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JudgeMode {
     Joint,
@@ -297,6 +297,8 @@ impl Judge {
                 }
                 Err(error) => {
                     tracing::debug!(judge = %self.model.key(), %error, "unparseable judge reply; asking again");
+                    // Never cached: the next attempt, and a later --retry-errors, must ask again.
+                    self.model.uncache(&request);
                     reason = error.to_string();
                     replies.push(reply);
                 }

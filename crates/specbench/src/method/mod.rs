@@ -100,7 +100,7 @@ impl FromStr for MethodKind {
 }
 
 /// A method with its parameters: what a run uses and records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum MethodConfig {
     Raw,

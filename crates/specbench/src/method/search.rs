@@ -26,7 +26,7 @@ pub enum Scorer {
 }
 
 /// Which scorer a method uses, as recorded in results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScorerKind {
     RewardModel,
@@ -83,8 +83,13 @@ async fn sample(
     count: u32,
     cost: &mut Usage,
 ) -> Result<Vec<Candidate>, MethodError> {
-    let request = Request::chat(messages.to_vec());
-    let generations = try_join_all((0..count).map(|_| model.generate(&request))).await?;
+    let requests: Vec<Request> = (0..count)
+        .map(|sample| Request {
+            sample,
+            ..Request::chat(messages.to_vec())
+        })
+        .collect();
+    let generations = try_join_all(requests.iter().map(|request| model.generate(request))).await?;
     let mut candidates = Vec::with_capacity(generations.len());
     for generation in generations {
         *cost += &generation.usage;

@@ -161,7 +161,7 @@ impl Item {
 }
 
 /// Which prompt field an item is generated from (`--adversarial true|false`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PromptVariant {
     #[default]

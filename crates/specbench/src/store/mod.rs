@@ -7,7 +7,7 @@
 //! Every finished generation or judgement is appended to the journal the moment it completes;
 //! the JSON files are rebuilt from it and written atomically (temporary file, then rename).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -142,26 +142,7 @@ impl Journal {
     /// Opens (creating) `path` for appending and returns the records already in it. A line cut
     /// short by a crash is skipped with a warning.
     pub fn open<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(Journal, Vec<T>), StoreError> {
-        let mut records = Vec::new();
-        let mut torn = false;
-        if path.exists() {
-            let bytes = fs_err::read(path).map_err(|source| StoreError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            torn = bytes.last().is_some_and(|b| *b != b'\n');
-            for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                match serde_json::from_slice(line) {
-                    Ok(record) => records.push(record),
-                    Err(error) => {
-                        tracing::warn!(path = %path.display(), line = number + 1, %error, "skipping an unreadable journal line");
-                    }
-                }
-            }
-        }
+        let (records, torn) = read_journal_lines(path)?;
         if let Some(dir) = path.parent() {
             fs_err::create_dir_all(dir).map_err(|source| StoreError::Write {
                 path: dir.to_path_buf(),
@@ -205,6 +186,133 @@ impl Journal {
                 source,
             })
     }
+}
+
+/// The records of a journal, and whether its last line was cut short by a crash; a missing
+/// journal has none. Unreadable lines are skipped with a warning.
+fn read_journal_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(Vec<T>, bool), StoreError> {
+    let mut records = Vec::new();
+    if !path.exists() {
+        return Ok((records, false));
+    }
+    let bytes = fs_err::read(path).map_err(|source| StoreError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let torn = bytes.last().is_some_and(|b| *b != b'\n');
+    for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(record) => records.push(record),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), line = number + 1, %error, "skipping an unreadable journal line");
+            }
+        }
+    }
+    Ok((records, torn))
+}
+
+/// Reads a journal without opening it for writing.
+pub fn read_journal<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, StoreError> {
+    read_journal_lines(path).map(|(records, _)| records)
+}
+
+/// What `merge_run_dirs` joined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeCount {
+    pub generations: usize,
+    pub judgements: usize,
+    /// Units found in more than one source (shards that overlapped); the finished one is kept.
+    pub overlapping: usize,
+}
+
+/// Joins the journals of several run folders (the shards of one run) into `into`'s journals,
+/// written atomically. A finished unit beats a failed one; between two finished ones the
+/// first source wins. The result files are then rebuilt from the joined journals by a run.
+pub fn merge_run_dirs(sources: &[RunDir], into: &RunDir) -> Result<MergeCount, StoreError> {
+    let mut count = MergeCount::default();
+    let mut generations: BTreeMap<usize, GenerationRecord> = BTreeMap::new();
+    let mut judge_files: BTreeMap<String, Vec<JudgeRecord>> = BTreeMap::new();
+    let journal_dir = |dir: &RunDir| dir.dir.join(".journal");
+    for source in std::iter::once(into).chain(sources) {
+        for record in read_journal::<GenerationRecord>(&source.generation_journal())? {
+            match generations.get(&record.index()) {
+                None => {
+                    generations.insert(record.index(), record);
+                }
+                Some(kept) => {
+                    count.overlapping += 1;
+                    if matches!(kept, GenerationRecord::Failed { .. }) {
+                        generations.insert(record.index(), record);
+                    }
+                }
+            }
+        }
+        let dir = journal_dir(source);
+        if !dir.is_dir() {
+            continue;
+        }
+        let entries = fs_err::read_dir(&dir).map_err(|source| StoreError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| StoreError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".jsonl") else {
+                continue;
+            };
+            if stem == "generate" {
+                continue;
+            }
+            let records = read_journal::<JudgeRecord>(&entry.path())?;
+            judge_files.entry(stem.to_string()).or_default().extend(records);
+        }
+    }
+    fs_err::create_dir_all(journal_dir(into)).map_err(|source| StoreError::Write {
+        path: journal_dir(into),
+        source,
+    })?;
+    count.generations = generations.len();
+    write_lines(&into.generation_journal(), generations.values())?;
+    for (stem, records) in judge_files {
+        let mut kept: Vec<JudgeRecord> = Vec::new();
+        let mut position: HashMap<String, usize> = HashMap::new();
+        for record in records {
+            match position.get(record.key()) {
+                None => {
+                    position.insert(record.key().to_string(), kept.len());
+                    kept.push(record);
+                }
+                Some(&at) => {
+                    count.overlapping += 1;
+                    if matches!(kept[at], JudgeRecord::Failed { .. }) && matches!(record, JudgeRecord::Judged { .. }) {
+                        kept[at] = record;
+                    }
+                }
+            }
+        }
+        count.judgements += kept.len();
+        write_lines(&into.judge_journal(&stem), kept.iter())?;
+    }
+    Ok(count)
+}
+
+fn write_lines<'a, T: Serialize + 'a>(path: &Path, records: impl Iterator<Item = &'a T>) -> Result<(), StoreError> {
+    let mut lines = Vec::new();
+    for record in records {
+        serde_json::to_writer(&mut lines, record).map_err(|source| StoreError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        lines.push(b'\n');
+    }
+    write_atomic(path, |out| out.write_all(&lines))
 }
 
 /// Writes `path` through a temporary file in the same folder and a rename: readers see the old
@@ -586,6 +694,52 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed(index: usize) -> GenerationRecord {
+        GenerationRecord::Failed {
+            index,
+            error: "down".into(),
+        }
+    }
+
+    fn done(index: usize) -> GenerationRecord {
+        GenerationRecord::Done {
+            index,
+            entry: GenerateEntry {
+                data: Arc::new(Map::new()),
+                prompt: format!("p{index}"),
+                response: "r".into(),
+                thought: String::new(),
+                usage: Usage::default(),
+            },
+            cost: Usage::default(),
+            calls: 1,
+            finish_reason: None,
+        }
+    }
+
+    #[test]
+    fn merging_keeps_every_unit_once_and_prefers_finished_ones() -> Result<(), StoreError> {
+        let root = tempfile::tempdir().map_err(|source| StoreError::Write {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let dir = |name: &str| RunDir {
+            dir: root.path().join(name),
+        };
+        let (a, b, into) = (dir("a"), dir("b"), dir("into"));
+        for (run, records) in [(&a, vec![done(0), failed(2)]), (&b, vec![done(1), done(2), done(0)])] {
+            let (journal, _) = Journal::open::<GenerationRecord>(&run.generation_journal())?;
+            for record in &records {
+                journal.append(record)?;
+            }
+        }
+        let count = merge_run_dirs(&[a, b], &into)?;
+        assert_eq!((count.generations, count.overlapping), (3, 2));
+        let merged = read_journal::<GenerationRecord>(&into.generation_journal())?;
+        assert_eq!(merged, vec![done(0), done(1), done(2)]);
+        Ok(())
+    }
 
     #[test]
     fn short_name_drops_the_organisation() {

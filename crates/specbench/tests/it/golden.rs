@@ -125,6 +125,8 @@ async fn every_method_and_judge_matches_upstream_byte_for_byte() -> anyhow::Resu
                 model_key: case.model_key.to_string(),
                 alpha: Alpha::DEFAULT,
                 item_concurrency: 8,
+                shard: None,
+                retry_judge_errors: false,
             },
             generator: Some((generator, case.method.build(None)?)),
             judges,

@@ -1,0 +1,229 @@
+//! `specbench merge`: joins the result folders of a run split with `--shard K/N`.
+//!
+//! The shards' journals are joined first (every finished unit is kept), then each run folder is
+//! rebuilt by an ordinary run whose units are all found in the joined journal, so the files are
+//! written by the same code, in the same order, as a single machine's run. The models are
+//! stand-ins that describe themselves as the shards recorded and never send anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use serde_json::Value;
+use specbench::backend::{Backend, BackendError, Generation, Model, Request, RetryPolicy};
+use specbench::judge::{Judge, JudgeMode};
+use specbench::method::{Method, MethodConfig, MethodError, MethodInput, Response};
+use specbench::pack::{self, ItemSelection, PromptVariant};
+use specbench::protocol::Protocol;
+use specbench::run::{RunPlan, Runner};
+use specbench::score::Alpha;
+use specbench::store::{self, GenerationRecord, RunDir, Store};
+
+use crate::args::MergeArgs;
+use crate::commands::{ExitStatus, UsageError, execute_all};
+
+/// A model that the shards used: described as they recorded it, never called.
+struct Recorded {
+    description: Value,
+}
+
+#[async_trait]
+impl Backend for Recorded {
+    async fn send(&self, _request: &Request) -> Result<Generation, BackendError> {
+        Err(BackendError::Config(
+            "not in any shard's results (merge sends no requests; run the shard again)".into(),
+        ))
+    }
+
+    fn describe(&self) -> Value {
+        self.description.clone()
+    }
+}
+
+/// Stands in for the method: every generation comes from the joined journal.
+struct Replayed;
+
+#[async_trait]
+impl Method for Replayed {
+    async fn respond(&self, _input: &MethodInput<'_>, model: &Model) -> Result<Response, MethodError> {
+        Err(MethodError::Model(
+            match model.generate(&Request::chat(Vec::new())).await {
+                Err(error) => error,
+                Ok(_) => return Err(MethodError::NoCandidates),
+            },
+        ))
+    }
+}
+
+fn recorded_model(entry: &Value) -> anyhow::Result<Model> {
+    let key = entry["key"].as_str().ok_or_else(|| anyhow::anyhow!("no model key"))?;
+    let backend = Recorded {
+        description: entry["backend"].clone(),
+    };
+    Ok(Model::new(
+        key,
+        Arc::new(backend),
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+    ))
+}
+
+/// `<model>/<scenario>/<method>` folders holding a journal, relative to `root`.
+fn run_folders(root: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let subdirs = |dir: &Path| -> anyhow::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in fs_err::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                found.push(entry.path());
+            }
+        }
+        Ok(found)
+    };
+    let mut folders = BTreeSet::new();
+    for model in subdirs(root)? {
+        for scenario in subdirs(&model)? {
+            for method in subdirs(&scenario)? {
+                if method.join(".journal").is_dir()
+                    && let Ok(relative) = method.strip_prefix(root)
+                {
+                    folders.insert(relative.to_path_buf());
+                }
+            }
+        }
+    }
+    Ok(folders)
+}
+
+pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
+    for shard in &args.shards {
+        if !shard.is_dir() {
+            anyhow::bail!(UsageError(format!("{}: no such results folder", shard.display())));
+        }
+    }
+    let pack = Arc::new(pack::load(&args.data).map_err(|e| UsageError(e.to_string()))?);
+    let protocol = Arc::new(Protocol::for_pack(pack.protocol_dir.as_deref()).map_err(|e| UsageError(e.to_string()))?);
+    let mut folders = BTreeSet::new();
+    for shard in &args.shards {
+        folders.extend(run_folders(shard).with_context(|| format!("{}: cannot list runs", shard.display()))?);
+    }
+    if folders.is_empty() {
+        anyhow::bail!(UsageError("no run folders with a journal in the given shards".into()));
+    }
+
+    // Every folder is checked before anything is written: bad input leaves nothing behind.
+    let mut plans = Vec::new();
+    for relative in &folders {
+        let sources: Vec<RunDir> = args
+            .shards
+            .iter()
+            .map(|shard| RunDir {
+                dir: shard.join(relative),
+            })
+            .filter(|dir| dir.dir.is_dir())
+            .collect();
+        let mut manifests = Vec::new();
+        for source in &sources {
+            let path = source.manifest_json();
+            if path.exists() {
+                manifests.push((path.clone(), store::read_json::<Value>(&path)?));
+            }
+        }
+        let (first_path, first) = manifests.first().ok_or_else(|| {
+            UsageError(format!(
+                "{}: no shard has a manifest.json (was it run by specbench run or generate?)",
+                relative.display()
+            ))
+        })?;
+        let bad = |field: &str| {
+            UsageError(format!(
+                "{}: field `{field}` is missing or invalid",
+                first_path.display()
+            ))
+        };
+        for (path, manifest) in &manifests {
+            if manifest["protocol"]["hash"] != protocol.hash.as_str() {
+                anyhow::bail!(UsageError(format!(
+                    "{}: judged with other protocol texts than the pack's (field `protocol.hash`)",
+                    path.display()
+                )));
+            }
+        }
+        let generation = &first["generation"];
+        let generator = recorded_model(&generation["model"]).map_err(|_| bad("generation.model.key"))?;
+        let method: MethodConfig =
+            serde_json::from_value(generation["method"].clone()).map_err(|_| bad("generation.method"))?;
+        let variant: PromptVariant = serde_json::from_value(generation["prompt_variant"].clone())
+            .map_err(|_| bad("generation.prompt_variant"))?;
+        let scenario = first["scenario"].as_str().ok_or_else(|| bad("scenario"))?.to_string();
+        let mut judges: BTreeMap<String, Judge> = BTreeMap::new();
+        let mut alpha = Alpha::DEFAULT;
+        for (path, manifest) in &manifests {
+            let Some(entries) = manifest["judges"].as_object() else {
+                continue;
+            };
+            for (stem, entry) in entries {
+                let invalid =
+                    |field: &str| UsageError(format!("{}: field `judges.{stem}.{field}` is invalid", path.display()));
+                let model = recorded_model(&entry["model"]).map_err(|_| invalid("model.key"))?;
+                let mode: JudgeMode = serde_json::from_value(entry["mode"].clone()).map_err(|_| invalid("mode"))?;
+                if let Some(value) = entry["alpha"].as_f64() {
+                    alpha = Alpha::new(value).ok_or_else(|| invalid("alpha"))?;
+                }
+                judges
+                    .entry(stem.clone())
+                    .or_insert_with(|| Judge::new(model, mode, protocol.clone()));
+            }
+        }
+        let into = RunDir {
+            dir: args.into.join(relative),
+        };
+        let expected = Store::new(&args.into).run_dir(generator.key(), &scenario, &method.dir_name());
+        if expected.dir != into.dir {
+            anyhow::bail!(UsageError(format!(
+                "{}: the manifest names another folder ({})",
+                first_path.display(),
+                expected.dir.display()
+            )));
+        }
+        plans.push((sources, into, generator, method, variant, scenario, judges, alpha));
+    }
+
+    let mut runners = Vec::with_capacity(plans.len());
+    let mut units = 0;
+    for (sources, into, generator, method, variant, scenario, judges, alpha) in plans {
+        let count = store::merge_run_dirs(&sources, &into)?;
+        units += count.generations + count.judgements;
+        let mut indices: Vec<usize> = store::read_journal::<GenerationRecord>(&into.generation_journal())?
+            .iter()
+            .map(GenerationRecord::index)
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let plan = RunPlan {
+            scenarios: vec![scenario],
+            items: ItemSelection::Indices(indices),
+            variant,
+            model_key: generator.key().to_string(),
+            method,
+            alpha,
+            item_concurrency: 64,
+            shard: None,
+            retry_judge_errors: false,
+        };
+        runners.push(Runner {
+            pack: pack.clone(),
+            protocol: protocol.clone(),
+            store: Store::new(&args.into),
+            plan,
+            generator: Some((generator, Arc::new(Replayed))),
+            judges: judges.into_values().collect(),
+        });
+    }
+    tracing::info!(folders = runners.len(), units, "joined the shards' journals");
+    execute_all(runners).await
+}

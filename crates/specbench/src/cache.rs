@@ -1,0 +1,365 @@
+//! The response cache: every successful model reply, keyed by what produced it, so that a
+//! repeated request (a rerun, another method sharing a first call, a crashed run resumed from
+//! before its journal line) is never paid for twice.
+//!
+//! Owns: the key (a SHA-256 of the endpoint's identity and the full request, never a key or
+//! header), the SQLite file (WAL, so several runs on one machine share it), and hit counts.
+//! Errors are never stored: `Model` stores only a reply it returns, and the judge takes back a
+//! reply that did not parse.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Generation, Request, Usage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("response cache {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("response cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A cache key: which endpoint, which request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// `identity` names the endpoint and its decoding parameters (`Backend::describe`); the
+    /// request's every field that reaches the wire is hashed, and `sample` tells apart identical
+    /// requests that are meant to give different samples (Best-of-N's candidates).
+    pub fn new(identity: &str, request: &Request) -> CacheKey {
+        #[derive(Serialize)]
+        struct Hashed<'a> {
+            identity: &'a str,
+            messages: &'a [crate::backend::Message],
+            stop: &'a Option<Vec<String>>,
+            prefill: bool,
+            stop_excluded: bool,
+            format: Option<String>,
+            sample: u32,
+        }
+        let hashed = Hashed {
+            identity,
+            messages: &request.messages,
+            stop: &request.stop,
+            prefill: request.prefill,
+            stop_excluded: request.stop_excluded,
+            format: request.format.map(|format| format!("{format:?}")),
+            sample: request.sample,
+        };
+        let mut hasher = Sha256::new();
+        // Serializing plain strings and numbers cannot fail; an empty hash input would still
+        // give a valid (if useless) key, so the error is folded into the hash rather than raised.
+        match serde_json::to_vec(&hashed) {
+            Ok(bytes) => hasher.update(&bytes),
+            Err(error) => hasher.update(error.to_string().as_bytes()),
+        }
+        CacheKey(hasher.finalize().into())
+    }
+}
+
+/// What `specbench cache stats` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    pub path: PathBuf,
+    pub entries: u64,
+    /// Replies served from the cache, in all runs since it was made or cleared.
+    pub hits: u64,
+    pub bytes: u64,
+    /// Entries per model key, most first.
+    pub models: Vec<(String, u64)>,
+}
+
+/// One SQLite file of replies. Cheap calls under one lock: a lookup or an insert takes
+/// microseconds next to a request's seconds, so no thread pool is needed.
+#[derive(Debug)]
+pub struct ResponseCache {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS responses (
+    key BLOB PRIMARY KEY,
+    model TEXT NOT NULL,
+    text TEXT NOT NULL,
+    reasoning TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    finish_reason TEXT,
+    created INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+";
+
+impl ResponseCache {
+    /// The file name inside a cache folder.
+    pub const FILE: &str = "responses.sqlite3";
+
+    /// Opens (creating) `dir/responses.sqlite3`.
+    pub fn open(dir: &Path) -> Result<ResponseCache, CacheError> {
+        fs_err::create_dir_all(dir).map_err(|source| CacheError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(Self::FILE);
+        let sqlite = |source| CacheError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let connection = Connection::open(&path).map_err(sqlite)?;
+        // WAL: readers and one writer at once, several processes (shards on one machine) too.
+        // synchronous=NORMAL: a power cut may lose the last replies, never corrupt the file; the
+        // run's journal, not the cache, is what guarantees finished work.
+        connection.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sqlite)?;
+        connection.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(ResponseCache {
+            path,
+            connection: Mutex::new(connection),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn error(&self, source: rusqlite::Error) -> CacheError {
+        CacheError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The stored reply for `key`, counting the hit.
+    pub fn get(&self, key: &CacheKey) -> Result<Option<Generation>, CacheError> {
+        let connection = self.connection();
+        let found = connection
+            .query_row(
+                "SELECT text, reasoning, prompt_tokens, completion_tokens, total_tokens, finish_reason
+                 FROM responses WHERE key = ?1",
+                params![key.0.as_slice()],
+                |row| {
+                    Ok(Generation {
+                        text: row.get(0)?,
+                        reasoning: row.get(1)?,
+                        usage: Usage {
+                            prompt_tokens: count(row.get(2)?),
+                            completion_tokens: count(row.get(3)?),
+                            total_tokens: count(row.get(4)?),
+                        },
+                        finish_reason: row.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        if found.is_some() {
+            connection
+                .execute(
+                    "UPDATE responses SET hits = hits + 1 WHERE key = ?1",
+                    params![key.0.as_slice()],
+                )
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(found)
+    }
+
+    pub fn put(&self, key: &CacheKey, model: &str, generation: &Generation) -> Result<(), CacheError> {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        self.connection()
+            .execute(
+                "INSERT OR REPLACE INTO responses
+                 (key, model, text, reasoning, prompt_tokens, completion_tokens, total_tokens, finish_reason, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    key.0.as_slice(),
+                    model,
+                    generation.text,
+                    generation.reasoning,
+                    column(generation.usage.prompt_tokens),
+                    column(generation.usage.completion_tokens),
+                    column(generation.usage.total_tokens),
+                    generation.finish_reason,
+                    created,
+                ],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Takes back a reply that turned out to be unusable (a judge reply that does not parse),
+    /// so the next attempt asks the model again.
+    pub fn remove(&self, key: &CacheKey) -> Result<(), CacheError> {
+        self.connection()
+            .execute("DELETE FROM responses WHERE key = ?1", params![key.0.as_slice()])
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<CacheStats, CacheError> {
+        let connection = self.connection();
+        let (entries, hits) = connection
+            .query_row("SELECT COUNT(*), COALESCE(SUM(hits), 0) FROM responses", [], |row| {
+                Ok((count(row.get(0)?), count(row.get(1)?)))
+            })
+            .map_err(|e| self.error(e))?;
+        let mut statement = connection
+            .prepare("SELECT model, COUNT(*) AS n FROM responses GROUP BY model ORDER BY n DESC, model")
+            .map_err(|e| self.error(e))?;
+        let models = statement
+            .query_map([], |row| Ok((row.get(0)?, count(row.get(1)?))))
+            .map_err(|e| self.error(e))?
+            .collect::<Result<Vec<(String, u64)>, _>>()
+            .map_err(|e| self.error(e))?;
+        let bytes = ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut name = self.path.clone().into_os_string();
+                name.push(suffix);
+                std::fs::metadata(PathBuf::from(name)).ok()
+            })
+            .map(|meta| meta.len())
+            .sum();
+        Ok(CacheStats {
+            path: self.path.clone(),
+            entries,
+            hits,
+            bytes,
+            models,
+        })
+    }
+
+    /// Deletes every entry; returns how many there were.
+    pub fn clear(&self) -> Result<u64, CacheError> {
+        let connection = self.connection();
+        let removed = connection
+            .execute("DELETE FROM responses", [])
+            .map_err(|e| self.error(e))?;
+        connection.execute_batch("VACUUM").map_err(|e| self.error(e))?;
+        Ok(removed as u64)
+    }
+}
+
+/// SQLite integers are signed; token counts never come near the limit.
+fn column(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+/// Where the cache lives unless told: `$SPECBENCH_CACHE_DIR`, else `$XDG_CACHE_HOME/specbench`,
+/// else `~/.cache/specbench`, else `.specbench-cache` in the working folder.
+pub fn default_dir() -> PathBuf {
+    let from = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = from(crate::env::Env::CACHE_DIR) {
+        return dir;
+    }
+    if let Some(dir) = from("XDG_CACHE_HOME") {
+        return dir.join("specbench");
+    }
+    if let Some(home) = from("HOME") {
+        return home.join(".cache").join("specbench");
+    }
+    PathBuf::from(".specbench-cache")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Message;
+
+    fn generation(text: &str) -> Generation {
+        Generation {
+            text: text.into(),
+            reasoning: Some("why".into()),
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                total_tokens: 15,
+            },
+            finish_reason: Some("stop".into()),
+        }
+    }
+
+    #[test]
+    fn stores_counts_hits_removes_and_clears() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let cache = ResponseCache::open(dir.path())?;
+        let request = Request::chat(vec![Message::user("hello")]);
+        let key = CacheKey::new("endpoint-a", &request);
+        assert_eq!(cache.get(&key)?, None);
+        cache.put(&key, "m", &generation("hi"))?;
+        assert_eq!(cache.get(&key)?, Some(generation("hi")));
+        assert_eq!(cache.get(&key)?, Some(generation("hi")));
+        let stats = cache.stats()?;
+        assert_eq!((stats.entries, stats.hits), (1, 2));
+        assert_eq!(stats.models, vec![("m".to_string(), 1)]);
+        cache.remove(&key)?;
+        assert_eq!(cache.get(&key)?, None);
+        cache.put(&key, "m", &generation("hi"))?;
+        assert_eq!(cache.clear()?, 1);
+        assert_eq!(cache.stats()?.entries, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_key_covers_endpoint_request_and_sample() {
+        let request = Request::chat(vec![Message::user("hello")]);
+        let base = CacheKey::new("endpoint-a", &request);
+        assert_eq!(base, CacheKey::new("endpoint-a", &request.clone()));
+        assert_ne!(base, CacheKey::new("endpoint-b", &request));
+        let mut other = request.clone();
+        other.messages.push(Message::assistant("x"));
+        assert_ne!(base, CacheKey::new("endpoint-a", &other));
+        let mut stopped = request.clone();
+        stopped.stop = Some(vec![]);
+        assert_ne!(base, CacheKey::new("endpoint-a", &stopped));
+        let mut second = request.clone();
+        second.sample = 1;
+        assert_ne!(base, CacheKey::new("endpoint-a", &second));
+    }
+
+    #[test]
+    fn a_second_process_sees_the_first_ones_entries() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let first = ResponseCache::open(dir.path())?;
+        let second = ResponseCache::open(dir.path())?;
+        let key = CacheKey::new("e", &Request::chat(vec![Message::user("q")]));
+        first.put(&key, "m", &generation("a"))?;
+        assert_eq!(second.get(&key)?, Some(generation("a")));
+        Ok(())
+    }
+}
