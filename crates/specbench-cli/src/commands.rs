@@ -678,7 +678,9 @@ async fn execute(runner: Runner) -> anyhow::Result<ExitStatus> {
     let result = Arc::new(runner).run(Arc::new(move |event| sink.handle(event))).await;
     progress.finish();
     let report = result.map_err(|e| match e {
-        specbench::run::RunError::Store(store) => anyhow::Error::new(store),
+        // A stored file that cannot be written: finished work is in the journal.
+        specbench::run::RunError::Store(store @ store::StoreError::Write { .. }) => anyhow::Error::new(store),
+        // A stored file that cannot be read is bad input like any other.
         other => UsageError(other.to_string()).into(),
     })?;
     print_report(&report);

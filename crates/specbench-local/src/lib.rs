@@ -218,12 +218,23 @@ impl Backend for LocalBackend {
             }
             specbench::backend::ReplyFormat::Sequential => sequential_grammar(grammar::MAX_ANALYSIS_CHARS),
         });
+        // A constrained reply must be able to finish: a grammar cut off by `max_tokens` would not
+        // parse. Room for every line at its longest typical length (analysis plus verdict).
+        let mut sampling = self.sampling;
+        if let Some(format) = request.format {
+            let lines = match format {
+                specbench::backend::ReplyFormat::Joint { safety, behavioral } => safety + behavioral + 4,
+                specbench::backend::ReplyFormat::Sequential => 1,
+            };
+            let needed = (lines * (grammar::MAX_ANALYSIS_CHARS / 2 + 8) + 16) as u32;
+            sampling.max_tokens = sampling.max_tokens.max(needed);
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             prompt,
             grammar,
             stops: request.stop.clone().unwrap_or_default(),
-            sampling: self.sampling,
+            sampling,
             reply,
         };
         self.worker.submit(job).map_err(BackendError::Config)?;

@@ -168,3 +168,58 @@ fn alpha_out_of_range_is_rejected() -> anyhow::Result<()> {
     assert!(line.ends_with("--alpha 1.5: must lie between 0 and 1"), "{line}");
     Ok(())
 }
+
+#[test]
+fn a_corrupt_stored_result_is_named_and_left_as_it_was() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let dir = ctx.results.join("m/Garden/vanilla");
+    std::fs::create_dir_all(&dir)?;
+    let broken = r#"[{"data": {"prompt": "p"}, "prompt": "p", "response": 3}]"#;
+    std::fs::write(dir.join("generate.json"), broken)?;
+    let finished = ctx.run(&[
+        "evaluate",
+        "--model",
+        "m",
+        "--scenario",
+        "Garden",
+        "--judge",
+        "j",
+        "--judge-base-url",
+        "http://127.0.0.1:9/v1",
+    ])?;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    let lines: Vec<&str> = finished.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one error line, got: {}", finished.stderr);
+    assert!(lines[0].contains("generate.json"), "{}", lines[0]);
+    assert_eq!(std::fs::read_to_string(dir.join("generate.json"))?, broken);
+    let written: Vec<_> = std::fs::read_dir(&dir)?.collect();
+    assert_eq!(written.len(), 1, "nothing else was written");
+    Ok(())
+}
+
+#[test]
+fn a_bad_shard_or_merge_input_is_refused() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let finished = ctx.run(&[
+        "run",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--shard",
+        "4/3",
+    ])?;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert!(finished.stderr.contains("shard 4/3"), "{}", finished.stderr);
+    assert!(!ctx.results.exists());
+
+    let shard = ctx.dir.path().join("shard1/m/Garden/vanilla");
+    std::fs::create_dir_all(shard.join(".journal"))?;
+    std::fs::write(shard.join(".journal/generate.jsonl"), "")?;
+    std::fs::write(shard.join("manifest.json"), r#"{"scenario": "Garden"}"#)?;
+    let finished = ctx.run(&["merge", "--into", "merged", "shard1"])?;
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert!(finished.stderr.contains("manifest.json"), "{}", finished.stderr);
+    assert!(!ctx.dir.path().join("merged").exists(), "nothing written");
+    Ok(())
+}

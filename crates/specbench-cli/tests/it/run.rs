@@ -450,3 +450,41 @@ fn a_request_past_the_timeout_is_abandoned_and_the_item_fails() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[test]
+fn the_response_cache_serves_a_repeated_run_and_can_be_bypassed_and_cleared() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let first = ctx.run(&run_args(&url, &["--scenario", "Garden"]))?;
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert_eq!(server.requests().len(), 6);
+    let scores = ctx.read_json("test-model/Garden/vanilla/test-judge_score.json")?;
+
+    // The same run into a fresh results folder: every reply comes from the cache.
+    std::fs::remove_dir_all(&ctx.results)?;
+    let second = ctx.run(&run_args(&url, &["--scenario", "Garden"]))?;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(server.requests().len(), 6, "nothing sent twice");
+    assert!(second.stdout.contains("3 from cache"), "{}", second.stdout);
+    assert_eq!(
+        ctx.read_json("test-model/Garden/vanilla/test-judge_score.json")?,
+        scores
+    );
+
+    std::fs::remove_dir_all(&ctx.results)?;
+    let bypassed = ctx.run(&run_args(&url, &["--scenario", "Garden", "--no-cache"]))?;
+    assert_eq!(bypassed.code, Some(0), "{bypassed:?}");
+    assert_eq!(server.requests().len(), 12, "--no-cache sends everything");
+
+    let stats = ctx.run(&["cache", "stats"])?;
+    assert_eq!(stats.code, Some(0), "{stats:?}");
+    assert!(stats.stdout.contains("entries: 6"), "{}", stats.stdout);
+    assert!(stats.stdout.contains("hits:    6"), "{}", stats.stdout);
+    assert!(stats.stdout.contains("test-model: 3"), "{}", stats.stdout);
+    let cleared = ctx.run(&["cache", "clear"])?;
+    assert!(cleared.stdout.contains("removed 6 entries"), "{}", cleared.stdout);
+    let empty = ctx.run(&["cache", "stats"])?;
+    assert!(empty.stdout.contains("entries: 0"), "{}", empty.stdout);
+    Ok(())
+}

@@ -34,12 +34,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: invalid JSON: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// The serde error is part of the message, not a source, so the one error line does not
+    /// repeat it.
+    #[error("{}: invalid JSON: {error}", path.display())]
+    Json { path: PathBuf, error: serde_json::Error },
     #[error("{}: entry {index}: {problem}", path.display())]
     Entry {
         path: PathBuf,
@@ -172,9 +170,9 @@ impl Journal {
     }
 
     pub fn append<T: Serialize>(&self, record: &T) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Json {
+        let mut line = serde_json::to_vec(record).map_err(|error| StoreError::Json {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         line.push(b'\n');
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -306,9 +304,9 @@ pub fn merge_run_dirs(sources: &[RunDir], into: &RunDir) -> Result<MergeCount, S
 fn write_lines<'a, T: Serialize + 'a>(path: &Path, records: impl Iterator<Item = &'a T>) -> Result<(), StoreError> {
     let mut lines = Vec::new();
     for record in records {
-        serde_json::to_writer(&mut lines, record).map_err(|source| StoreError::Json {
+        serde_json::to_writer(&mut lines, record).map_err(|error| StoreError::Json {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         lines.push(b'\n');
     }
@@ -348,9 +346,9 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreEr
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+    serde_json::from_slice(&bytes).map_err(|error| StoreError::Json {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
