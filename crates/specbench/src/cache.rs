@@ -158,11 +158,12 @@ impl ResponseCache {
     pub fn get(&self, key: &CacheKey) -> Result<Option<Generation>, CacheError> {
         let connection = self.connection();
         let found = connection
-            .query_row(
+            .prepare_cached(
                 "SELECT text, reasoning, prompt_tokens, completion_tokens, total_tokens, finish_reason
                  FROM responses WHERE key = ?1",
-                params![key.0.as_slice()],
-                |row| {
+            )
+            .and_then(|mut statement| {
+                statement.query_row(params![key.0.as_slice()], |row| {
                     Ok(Generation {
                         text: row.get(0)?,
                         reasoning: row.get(1)?,
@@ -173,8 +174,8 @@ impl ResponseCache {
                         },
                         finish_reason: row.get(5)?,
                     })
-                },
-            )
+                })
+            })
             .optional()
             .map_err(|e| self.error(e))?;
         if found.is_some() {
@@ -194,11 +195,13 @@ impl ResponseCache {
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
         self.connection()
-            .execute(
+            .prepare_cached(
                 "INSERT OR REPLACE INTO responses
                  (key, model, text, reasoning, prompt_tokens, completion_tokens, total_tokens, finish_reason, created)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
                     key.0.as_slice(),
                     model,
                     generation.text,
@@ -208,8 +211,8 @@ impl ResponseCache {
                     column(generation.usage.total_tokens),
                     generation.finish_reason,
                     created,
-                ],
-            )
+                ])
+            })
             .map_err(|e| self.error(e))?;
         Ok(())
     }
