@@ -213,6 +213,10 @@ impl Runner {
     /// core; at most `item_concurrency` are alive at once, which bounds memory.
     pub async fn run(self: Arc<Self>, events: EventSink) -> Result<RunReport, RunError> {
         let started = jiff::Timestamp::now();
+        // Models are shared between the runs of one command (one per method): report this run's
+        // share of their counters, not their totals so far.
+        let generator_before = self.generator.as_ref().map(|(model, _)| model.totals());
+        let judges_before = self.judge_totals();
         let scenarios: Vec<Arc<ScenarioRun>> = self.prepare()?.into_iter().map(Arc::new).collect();
         self.announce(&scenarios, events.as_ref());
 
@@ -265,10 +269,21 @@ impl Runner {
         }
         // Report in the order scenarios were asked for, whatever order they finished in.
         reports.sort_by_key(|r| scenarios.iter().position(|s| s.name == r.scenario));
+        let judges = self
+            .judge_totals()
+            .into_iter()
+            .map(|(key, totals)| {
+                let before = judges_before.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
+                (key, totals.since(&before.unwrap_or_default()))
+            })
+            .collect();
         Ok(RunReport {
             scenarios: reports,
-            generator: self.generator.as_ref().map(|(model, _)| model.totals()),
-            judges: self.judge_totals(),
+            generator: self
+                .generator
+                .as_ref()
+                .map(|(model, _)| model.totals().since(&generator_before.unwrap_or_default())),
+            judges,
         })
     }
 

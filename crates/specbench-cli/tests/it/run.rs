@@ -488,3 +488,29 @@ fn the_response_cache_serves_a_repeated_run_and_can_be_bypassed_and_cleared() ->
     assert!(empty.stdout.contains("entries: 0"), "{}", empty.stdout);
     Ok(())
 }
+
+#[test]
+fn each_method_reports_its_own_requests() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let finished = ctx.run(&run_args(
+        &url,
+        &["--scenario", "Garden", "--method", "vanilla,zero_think"],
+    ))?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let lines: Vec<&str> = finished
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("generation:") || l.starts_with("judge "))
+        .collect();
+    assert_eq!(lines.len(), 4, "{}", finished.stdout);
+    // One call per item and stage, counted per method, not summed over the command.
+    assert!(lines[0].starts_with("generation: 3 requests"), "{}", lines[0]);
+    assert!(lines[1].starts_with("judge test-judge: 3 requests"), "{}", lines[1]);
+    assert!(lines[2].starts_with("generation: 3 requests"), "{}", lines[2]);
+    // The stub answers both methods alike, so their judge requests are equal: the cache serves.
+    assert!(lines[3].starts_with("judge test-judge: 0 requests"), "{}", lines[3]);
+    assert!(lines[3].contains("3 from cache"), "{}", lines[3]);
+    Ok(())
+}

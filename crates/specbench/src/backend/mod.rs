@@ -259,6 +259,20 @@ pub struct ModelTotals {
     pub cache_hits: u64,
 }
 
+impl ModelTotals {
+    /// What was counted after `earlier`, a snapshot of the same counters.
+    pub fn since(&self, earlier: &ModelTotals) -> ModelTotals {
+        ModelTotals {
+            requests: self.requests.saturating_sub(earlier.requests),
+            retries: self.retries.saturating_sub(earlier.retries),
+            failures: self.failures.saturating_sub(earlier.failures),
+            prompt_tokens: self.prompt_tokens.saturating_sub(earlier.prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_sub(earlier.completion_tokens),
+            cache_hits: self.cache_hits.saturating_sub(earlier.cache_hits),
+        }
+    }
+}
+
 /// A named, configured model reached through a [`Backend`]: what methods and the judge call.
 #[derive(Clone)]
 pub struct Model {
