@@ -43,9 +43,69 @@ pub enum Command {
     Score(ScoreArgs),
     /// The response cache: `stats` (entries, hits, size, models) or `clear`.
     Cache(CacheArgs),
+    /// Tables, statistics and plots from stored results: leaderboard, unsafe/safe split,
+    /// methods against a baseline, judge agreement, rules most often broken, cost.
+    Report(ReportArgs),
     /// Join the results of a run split with --shard (one --results folder per shard) into one
     /// run, identical to a single machine's. Sends nothing.
     Merge(MergeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Markdown,
+    Csv,
+    Json,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The results folder to read.
+    #[arg(default_value = "result", value_name = "RESULTS_DIR")]
+    pub results: PathBuf,
+    /// Only these models (folder names), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub model: Vec<String>,
+    /// Only these scenarios.
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
+    /// Only these methods (result folder names: `vanilla`, `align3`).
+    #[arg(long, value_delimiter = ',')]
+    pub method: Vec<String>,
+    /// Only these judges (file stems: `GPT-4.1`, `GPT-4.1-sequential`).
+    #[arg(long, value_delimiter = ',')]
+    pub judge: Vec<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Write the report here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write the plots into this folder (`tradeoff.svg`, `heatmap.svg`, `tokens.svg`).
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+    /// The method the others are compared with.
+    #[arg(long, default_value = "vanilla")]
+    pub baseline: String,
+    /// SAR's α for rescoring the stored verdicts.
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha: f64,
+    /// Bootstrap resamples per interval.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+    /// Sign flips of the paired permutation test.
+    #[arg(long, default_value_t = 5000)]
+    pub permutations: usize,
+    /// Seed of every random draw: the same seed gives the same report.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prices per million tokens, YAML or JSON: `GPT-4.1: {prompt: 2.0, completion: 8.0}`.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// The scenario pack, for the rule texts in the per-rule table (optional).
+    #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

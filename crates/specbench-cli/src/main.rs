@@ -8,6 +8,7 @@ mod args;
 mod commands;
 mod merge;
 mod progress;
+mod report;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             Command::Score(args) => commands::score(args),
             Command::Cache(args) => commands::cache(args),
             Command::Merge(args) => merge::merge(args).await,
+            Command::Report(args) => report::report(args),
         }
     });
     match result {

@@ -4,5 +4,6 @@ mod bad_input;
 mod local;
 mod methods;
 mod reliability;
+mod report;
 mod run;
 mod support;

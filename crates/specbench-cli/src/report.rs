@@ -1,0 +1,92 @@
+//! `specbench report`: stored results in, tables and plots out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+
+use specbench::pack;
+use specbench::report::render::{self, Format};
+use specbench::report::{self, Filter, Price, ReportOptions};
+use specbench::score::Alpha;
+
+use crate::args::{ReportArgs, ReportFormat};
+use crate::commands::{ExitStatus, UsageError};
+
+pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
+    if !args.results.is_dir() {
+        anyhow::bail!(UsageError(format!(
+            "{}: no such results folder",
+            args.results.display()
+        )));
+    }
+    let alpha = Alpha::new(args.alpha)
+        .ok_or_else(|| UsageError(format!("--alpha {}: must lie between 0 and 1", args.alpha)))?;
+    if args.resamples == 0 || args.permutations == 0 {
+        anyhow::bail!(UsageError("--resamples and --permutations must be at least 1".into()));
+    }
+    let prices: BTreeMap<String, Price> = match &args.prices {
+        Some(path) => {
+            let text = fs_err::read_to_string(path).map_err(|e| UsageError(e.to_string()))?;
+            serde_saphyr::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?
+        }
+        None => BTreeMap::new(),
+    };
+    let mut rules = HashMap::new();
+    if let Some(data) = &args.data {
+        let pack = pack::load(data).map_err(|e| UsageError(e.to_string()))?;
+        for scenario in &pack.scenarios {
+            rules.insert(
+                scenario.name.clone(),
+                (scenario.rules.safety.clone(), scenario.rules.behavioral.clone()),
+            );
+        }
+    }
+    let filter = Filter {
+        models: args.model.clone(),
+        scenarios: args.scenario.clone(),
+        methods: args.method.clone(),
+        judges: args.judge.clone(),
+    };
+    let runs = report::load(&args.results, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
+    if runs.is_empty() {
+        anyhow::bail!(UsageError(format!(
+            "{}: no judged results (no <judge>_evaluate.json) match",
+            args.results.display()
+        )));
+    }
+    let options = ReportOptions {
+        alpha,
+        baseline: args.baseline.clone(),
+        resamples: args.resamples,
+        permutations: args.permutations,
+        level: 0.95,
+        seed: args.seed,
+        prices,
+        rules,
+    };
+    let built = report::build(&runs, &options);
+    let format = match args.format {
+        ReportFormat::Table => Format::Table,
+        ReportFormat::Markdown => Format::Markdown,
+        ReportFormat::Csv => Format::Csv,
+        ReportFormat::Json => Format::Json,
+        ReportFormat::Html => Format::Html,
+    };
+    let text = render::render(&built, format);
+    if let Some(dir) = &args.plots {
+        fs_err::create_dir_all(dir)?;
+        for plot in &built.plots {
+            specbench::store::write_atomic(&dir.join(format!("{}.svg", plot.name)), |out| {
+                out.write_all(plot.svg.as_bytes())
+            })?;
+        }
+    }
+    match &args.output {
+        Some(path) => specbench::store::write_atomic(path, |out| out.write_all(text.as_bytes()))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,182 @@
+//! Reading stored runs back: every `<model>/<scenario>/<method>/<judge>_evaluate.json` under a
+//! results folder, with the token counts of its `generate.json` and the cost in its manifest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::backend::Usage;
+use crate::pack::Label;
+use crate::score::{Alpha, Score, Verdicts};
+use crate::store::{self, StoreError};
+
+/// One judged response, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemResult {
+    /// What pairs an item across models, methods and judges: its prompt text.
+    pub key: String,
+    pub label: Label,
+    pub verdicts: Verdicts,
+    pub score: Score,
+    /// The response's completion tokens (upstream's `usage`), when `generate.json` has them.
+    pub completion_tokens: Option<u64>,
+}
+
+/// One judge's verdicts on one model × scenario × method folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRun {
+    pub model: String,
+    pub scenario: String,
+    pub method: String,
+    /// The judge file stem (`GPT-4.1`, `GPT-4.1-sequential`).
+    pub judge: String,
+    pub items: Vec<ItemResult>,
+    /// Tokens of every generation call (all of a method's calls), from the manifest.
+    pub generation_cost: Option<Usage>,
+    /// Tokens of every call of this judge, from the manifest.
+    pub judge_cost: Option<Usage>,
+    pub dir: PathBuf,
+}
+
+/// Which runs a report covers; an empty list admits all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub models: Vec<String>,
+    pub scenarios: Vec<String>,
+    pub methods: Vec<String>,
+    pub judges: Vec<String>,
+}
+
+impl Filter {
+    fn admits(list: &[String], value: &str) -> bool {
+        list.is_empty() || list.iter().any(|v| v == value)
+    }
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let read = |source| StoreError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found = Vec::new();
+    for entry in fs_err::read_dir(dir).map_err(read)? {
+        let entry = entry.map_err(read)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().map_err(read)?.is_dir() && !name.starts_with('.') {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn usage_of(value: &Value) -> Option<Usage> {
+    serde_json::from_value(value.clone()).ok()
+}
+
+/// Completion tokens per prompt text, from a `generate.json` (ours or upstream's).
+fn completion_tokens(path: &Path) -> Result<HashMap<String, u64>, StoreError> {
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    let entries: Vec<Value> = store::read_json(path)?;
+    Ok(entries
+        .iter()
+        .filter_map(|entry| {
+            let prompt = entry.get("data")?.get("prompt")?.as_str()?;
+            let tokens = entry.get("usage")?.get("completion_tokens")?.as_u64()?;
+            Some((prompt.to_string(), tokens))
+        })
+        .collect())
+}
+
+/// Every stored run under `results` that `filter` admits, scored with `alpha`, in folder order.
+pub fn load(results: &Path, alpha: Alpha, filter: &Filter) -> Result<Vec<StoredRun>, StoreError> {
+    let mut runs = Vec::new();
+    for model_dir in subdirs(results)? {
+        let model = name_of(&model_dir);
+        if !Filter::admits(&filter.models, &model) {
+            continue;
+        }
+        for scenario_dir in subdirs(&model_dir)? {
+            let scenario = name_of(&scenario_dir);
+            if !Filter::admits(&filter.scenarios, &scenario) {
+                continue;
+            }
+            for method_dir in subdirs(&scenario_dir)? {
+                let method = name_of(&method_dir);
+                if !Filter::admits(&filter.methods, &method) {
+                    continue;
+                }
+                runs.extend(load_folder(&method_dir, &model, &scenario, &method, alpha, filter)?);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+fn load_folder(
+    dir: &Path,
+    model: &str,
+    scenario: &str,
+    method: &str,
+    alpha: Alpha,
+    filter: &Filter,
+) -> Result<Vec<StoredRun>, StoreError> {
+    let read = |source| StoreError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut stems = Vec::new();
+    for entry in fs_err::read_dir(dir).map_err(read)? {
+        let name = entry.map_err(read)?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix("_evaluate.json")
+            && Filter::admits(&filter.judges, stem)
+        {
+            stems.push(stem.to_string());
+        }
+    }
+    stems.sort();
+    if stems.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tokens = completion_tokens(&dir.join("generate.json"))?;
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Value = if manifest_path.exists() {
+        store::read_json(&manifest_path)?
+    } else {
+        Value::Null
+    };
+    let mut runs = Vec::with_capacity(stems.len());
+    for stem in stems {
+        let verdicts = store::read_verdicts(&dir.join(format!("{stem}_evaluate.json")))?;
+        let items = verdicts
+            .into_iter()
+            .map(|(item, verdicts)| ItemResult {
+                completion_tokens: tokens.get(&item.prompt).copied(),
+                key: item.prompt,
+                label: item.label,
+                score: Score::of(&verdicts, alpha),
+                verdicts,
+            })
+            .collect();
+        runs.push(StoredRun {
+            model: model.to_string(),
+            scenario: scenario.to_string(),
+            method: method.to_string(),
+            generation_cost: usage_of(&manifest["generation"]["cost"]),
+            judge_cost: usage_of(&manifest["judges"][&stem]["cost"]),
+            judge: stem,
+            items,
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(runs)
+}

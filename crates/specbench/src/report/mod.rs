@@ -1,0 +1,814 @@
+//! Reports from stored results: the paper's tables (leaderboard, unsafe/safe split, method
+//! table, judge agreement) with the statistics it lacks (bootstrap intervals, paired
+//! comparisons), per-rule analysis, cost, and plots.
+//!
+//! Owns: grouping stored runs into systems (model × method × judge) and computing tables from
+//! them. Reads only what `store` wrote (through `load`); never a backend, never a pack (rule
+//! texts, when wanted, are handed in).
+
+pub mod load;
+pub mod plots;
+pub mod render;
+pub mod stats;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::pack::Label;
+use crate::score::{Alpha, Verdict};
+pub use load::{Filter, ItemResult, StoredRun, load};
+use stats::Interval;
+
+/// One cell of a report table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Cell {
+    Text(String),
+    Number(f64),
+    /// A whole number (counts, tokens).
+    Count(u64),
+    Interval(Interval),
+    Empty,
+}
+
+impl Cell {
+    fn text(value: impl Into<String>) -> Cell {
+        Cell::Text(value.into())
+    }
+
+    fn maybe(value: Option<f64>) -> Cell {
+        value.map(Cell::Number).unwrap_or(Cell::Empty)
+    }
+}
+
+/// A titled table: what every output format renders.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Table {
+    /// A short identifier (`leaderboard`), used for CSV file names and JSON keys.
+    pub name: String,
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Cell>>,
+    /// What a reader needs to know to read it (how averages and intervals are made).
+    pub note: String,
+}
+
+/// A rendered plot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plot {
+    pub name: String,
+    pub title: String,
+    pub svg: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub tables: Vec<Table>,
+    #[serde(skip)]
+    pub plots: Vec<Plot>,
+}
+
+/// Prices per million tokens, by model key (a judge's key without `-sequential`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct Price {
+    pub prompt: f64,
+    pub completion: f64,
+}
+
+/// How a report is computed.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    pub alpha: Alpha,
+    /// The method others are compared with in the method table.
+    pub baseline: String,
+    pub resamples: usize,
+    pub permutations: usize,
+    pub level: f64,
+    pub seed: u64,
+    pub prices: BTreeMap<String, Price>,
+    /// Rule texts by scenario: (safety rules, behavioral rules).
+    pub rules: HashMap<String, (Vec<String>, Vec<String>)>,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions {
+            alpha: Alpha::DEFAULT,
+            baseline: "vanilla".into(),
+            resamples: 2000,
+            permutations: 5000,
+            level: 0.95,
+            seed: 0,
+            prices: BTreeMap::new(),
+            rules: HashMap::new(),
+        }
+    }
+}
+
+/// A model × method × judge, with its runs by scenario.
+#[derive(Debug, Clone)]
+struct System<'a> {
+    model: &'a str,
+    method: &'a str,
+    judge: &'a str,
+    by_scenario: BTreeMap<&'a str, &'a StoredRun>,
+}
+
+fn systems(runs: &[StoredRun]) -> Vec<System<'_>> {
+    let mut grouped: BTreeMap<(&str, &str, &str), BTreeMap<&str, &StoredRun>> = BTreeMap::new();
+    for run in runs {
+        grouped
+            .entry((run.model.as_str(), run.method.as_str(), run.judge.as_str()))
+            .or_default()
+            .insert(run.scenario.as_str(), run);
+    }
+    grouped
+        .into_iter()
+        .map(|((model, method, judge), by_scenario)| System {
+            model,
+            method,
+            judge,
+            by_scenario,
+        })
+        .collect()
+}
+
+/// Which score of an item.
+#[derive(Debug, Clone, Copy)]
+enum Metric {
+    Safety,
+    Behavioral,
+    Sar,
+}
+
+fn value(item: &ItemResult, metric: Metric) -> f64 {
+    match metric {
+        Metric::Safety => f64::from(item.score.safety),
+        Metric::Behavioral => item.score.behavioral,
+        Metric::Sar => item.score.sar,
+    }
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// Per scenario, the item values of `metric` among items with `label` (or all).
+fn groups(system: &System<'_>, metric: Metric, label: Option<Label>) -> Vec<Vec<f64>> {
+    system
+        .by_scenario
+        .values()
+        .map(|run| {
+            run.items
+                .iter()
+                .filter(|item| label.is_none_or(|l| item.label == l))
+                .map(|item| value(item, metric))
+                .collect::<Vec<f64>>()
+        })
+        .filter(|values| !values.is_empty())
+        .collect()
+}
+
+/// The mean of scenario means (every scenario weighs the same, as in the paper) with a
+/// bootstrap interval that resamples items within each scenario.
+fn scenario_average(groups: &[Vec<f64>], options: &ReportOptions, salt: u64) -> Option<Interval> {
+    let means: Vec<f64> = groups.iter().filter_map(|g| mean(g)).collect();
+    let estimate = mean(&means)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ salt);
+    let mut draws = Vec::with_capacity(options.resamples);
+    for _ in 0..options.resamples {
+        let mut total = 0.0;
+        for group in groups {
+            let mut sum = 0.0;
+            for _ in 0..group.len() {
+                sum += group[rng.random_range(0..group.len())];
+            }
+            total += sum / group.len() as f64;
+        }
+        draws.push(total / groups.len() as f64);
+    }
+    draws.sort_by(f64::total_cmp);
+    let tail = (1.0 - options.level) / 2.0;
+    Some(Interval {
+        estimate,
+        low: stats::percentile(&draws, tail * 100.0),
+        high: stats::percentile(&draws, (1.0 - tail) * 100.0),
+    })
+}
+
+/// A stable salt per system, so every interval has its own random stream and reports are
+/// reproducible whatever else they contain.
+fn salt(parts: &[&str]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(parts.join("\u{1f}").as_bytes());
+    u64::from_le_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ])
+}
+
+fn interval_cell(value: Option<Interval>) -> Cell {
+    value.map(Cell::Interval).unwrap_or(Cell::Empty)
+}
+
+/// Builds every table and plot of the report.
+pub fn build(runs: &[StoredRun], options: &ReportOptions) -> Report {
+    let systems = systems(runs);
+    let mut tables = vec![
+        leaderboard(&systems, options),
+        split(&systems, options),
+        method_table(&systems, options),
+    ];
+    tables.extend(judge_agreement(&systems, runs));
+    tables.push(per_rule(runs, options));
+    tables.push(cost(&systems, options));
+    let plots = plots::all(&systems_summary(&systems, options), options.alpha);
+    Report { tables, plots }
+}
+
+/// Averages per system, for plots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemSummary {
+    pub model: String,
+    pub method: String,
+    pub judge: String,
+    pub safety: f64,
+    pub behavioral: f64,
+    pub sar: f64,
+    pub sar_by_scenario: BTreeMap<String, f64>,
+    pub completion_tokens: Option<f64>,
+}
+
+fn average_tokens(system: &System<'_>) -> Option<f64> {
+    let tokens: Vec<f64> = system
+        .by_scenario
+        .values()
+        .flat_map(|run| run.items.iter().filter_map(|i| i.completion_tokens.map(|t| t as f64)))
+        .collect();
+    mean(&tokens)
+}
+
+fn systems_summary(systems: &[System<'_>], _options: &ReportOptions) -> Vec<SystemSummary> {
+    systems
+        .iter()
+        .filter_map(|system| {
+            let average = |metric| {
+                mean(
+                    &groups(system, metric, None)
+                        .iter()
+                        .filter_map(|g| mean(g))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            Some(SystemSummary {
+                model: system.model.to_string(),
+                method: system.method.to_string(),
+                judge: system.judge.to_string(),
+                safety: average(Metric::Safety)?,
+                behavioral: average(Metric::Behavioral)?,
+                sar: average(Metric::Sar)?,
+                sar_by_scenario: system
+                    .by_scenario
+                    .iter()
+                    .filter_map(|(scenario, run)| {
+                        let values: Vec<f64> = run.items.iter().map(|i| i.score.sar).collect();
+                        mean(&values).map(|m| (scenario.to_string(), m))
+                    })
+                    .collect(),
+                completion_tokens: average_tokens(system),
+            })
+        })
+        .collect()
+}
+
+fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
+    let scenarios: BTreeSet<&str> = systems.iter().flat_map(|s| s.by_scenario.keys().copied()).collect();
+    let mut columns: Vec<String> = ["model", "method", "judge", "scenarios", "safety", "behavioral", "SAR"]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    columns.extend(scenarios.iter().map(|s| format!("SAR {s}")));
+    let mut rows: Vec<(f64, Vec<Cell>)> = Vec::new();
+    for system in systems {
+        let key = [system.model, system.method, system.judge];
+        let safety = scenario_average(
+            &groups(system, Metric::Safety, None),
+            options,
+            salt(&[&key[..], &["safety"]].concat()),
+        );
+        let behavioral = scenario_average(
+            &groups(system, Metric::Behavioral, None),
+            options,
+            salt(&[&key[..], &["behavioral"]].concat()),
+        );
+        let sar = scenario_average(
+            &groups(system, Metric::Sar, None),
+            options,
+            salt(&[&key[..], &["sar"]].concat()),
+        );
+        let mut row = vec![
+            Cell::text(system.model),
+            Cell::text(system.method),
+            Cell::text(system.judge),
+            Cell::Count(system.by_scenario.len() as u64),
+            interval_cell(safety),
+            interval_cell(behavioral),
+            interval_cell(sar),
+        ];
+        for scenario in &scenarios {
+            row.push(Cell::maybe(system.by_scenario.get(scenario).and_then(|run| {
+                mean(&run.items.iter().map(|i| i.score.sar).collect::<Vec<_>>())
+            })));
+        }
+        rows.push((sar.map(|s| s.estimate).unwrap_or(f64::NEG_INFINITY), row));
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Table {
+        name: "leaderboard".into(),
+        title: "Leaderboard".into(),
+        columns,
+        rows: rows.into_iter().map(|(_, row)| row).collect(),
+        note: format!(
+            "Scores are means over scenarios of each scenario's item mean (every scenario weighs the same). \
+             Intervals: {:.0} % percentile bootstrap, {} resamples of items within each scenario, seed {}.",
+            options.level * 100.0,
+            options.resamples,
+            options.seed
+        ),
+    }
+}
+
+fn split(systems: &[System<'_>], options: &ReportOptions) -> Table {
+    let mut rows = Vec::new();
+    for system in systems {
+        let mut row = vec![
+            Cell::text(system.model),
+            Cell::text(system.method),
+            Cell::text(system.judge),
+        ];
+        for label in [Label::Unsafe, Label::Safe] {
+            for metric in [Metric::Safety, Metric::Behavioral, Metric::Sar] {
+                let name = format!("{label:?}{metric:?}");
+                row.push(interval_cell(scenario_average(
+                    &groups(system, metric, Some(label)),
+                    options,
+                    salt(&[system.model, system.method, system.judge, &name]),
+                )));
+            }
+        }
+        rows.push(row);
+    }
+    Table {
+        name: "split".into(),
+        title: "Unsafe and safe prompts".into(),
+        columns: [
+            "model",
+            "method",
+            "judge",
+            "unsafe safety",
+            "unsafe behavioral",
+            "unsafe SAR",
+            "safe safety",
+            "safe behavioral",
+            "safe SAR",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect(),
+        rows,
+        note: "Means over scenarios, as in the leaderboard, over the items of each label.".into(),
+    }
+}
+
+/// Item SAR by (scenario, prompt) for pairing.
+fn sar_by_item<'a>(system: &System<'a>) -> HashMap<(&'a str, &'a str), f64> {
+    system
+        .by_scenario
+        .iter()
+        .flat_map(|(scenario, run)| {
+            run.items
+                .iter()
+                .map(move |i| ((*scenario, i.key.as_str()), i.score.sar))
+        })
+        .collect()
+}
+
+fn method_table(systems: &[System<'_>], options: &ReportOptions) -> Table {
+    let mut rows = Vec::new();
+    let mut by_model: BTreeMap<(&str, &str), Vec<&System<'_>>> = BTreeMap::new();
+    for system in systems {
+        by_model.entry((system.model, system.judge)).or_default().push(system);
+    }
+    for ((model, judge), methods) in by_model {
+        let baseline = methods.iter().find(|s| s.method == options.baseline);
+        let baseline_items = baseline.map(|b| sar_by_item(b));
+        for system in methods {
+            let sar = mean(
+                &groups(system, Metric::Sar, None)
+                    .iter()
+                    .filter_map(|g| mean(g))
+                    .collect::<Vec<_>>(),
+            );
+            let safety = mean(
+                &groups(system, Metric::Safety, None)
+                    .iter()
+                    .filter_map(|g| mean(g))
+                    .collect::<Vec<_>>(),
+            );
+            let behavioral = mean(
+                &groups(system, Metric::Behavioral, None)
+                    .iter()
+                    .filter_map(|g| mean(g))
+                    .collect::<Vec<_>>(),
+            );
+            let (difference, p_value, paired) = match (&baseline_items, system.method == options.baseline) {
+                (Some(base), false) => {
+                    let mine = sar_by_item(system);
+                    let mut keys: Vec<_> = mine.keys().filter(|k| base.contains_key(*k)).copied().collect();
+                    keys.sort();
+                    let a: Vec<f64> = keys.iter().filter_map(|k| base.get(k).copied()).collect();
+                    let b: Vec<f64> = keys.iter().filter_map(|k| mine.get(k).copied()).collect();
+                    match stats::paired_comparison(
+                        &a,
+                        &b,
+                        options.resamples,
+                        options.permutations,
+                        options.level,
+                        options.seed ^ salt(&[model, judge, system.method]),
+                    ) {
+                        Some(comparison) => (
+                            Cell::Interval(comparison.difference),
+                            Cell::Number(comparison.p_value),
+                            Cell::Count(comparison.items as u64),
+                        ),
+                        None => (Cell::Empty, Cell::Empty, Cell::Count(0)),
+                    }
+                }
+                _ => (Cell::Empty, Cell::Empty, Cell::Empty),
+            };
+            let generation: Option<u64> = system
+                .by_scenario
+                .values()
+                .map(|run| run.generation_cost.map(|u| u.total_tokens))
+                .sum();
+            let judging: Option<u64> = system
+                .by_scenario
+                .values()
+                .map(|run| run.judge_cost.map(|u| u.total_tokens))
+                .sum();
+            rows.push(vec![
+                Cell::text(model),
+                Cell::text(judge),
+                Cell::text(system.method),
+                Cell::maybe(safety),
+                Cell::maybe(behavioral),
+                Cell::maybe(sar),
+                difference,
+                p_value,
+                paired,
+                Cell::maybe(average_tokens(system)),
+                generation.map(Cell::Count).unwrap_or(Cell::Empty),
+                judging.map(Cell::Count).unwrap_or(Cell::Empty),
+            ]);
+        }
+    }
+    Table {
+        name: "methods".into(),
+        title: format!("Methods against {}", options.baseline),
+        columns: [
+            "model",
+            "judge",
+            "method",
+            "safety",
+            "behavioral",
+            "SAR",
+            "ΔSAR",
+            "p",
+            "paired items",
+            "completion tokens/item",
+            "generation tokens",
+            "judge tokens",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect(),
+        rows,
+        note: format!(
+            "ΔSAR: mean per-item SAR difference to {} on the items both judged, with a {:.0} % paired bootstrap \
+             interval ({} resamples); p: two-sided paired sign-flip permutation test ({} permutations). \
+             Tokens/item: the stored responses' completion tokens (upstream's usage). Generation and judge \
+             tokens: every call's prompt and completion tokens, from the manifests.",
+            options.baseline,
+            options.level * 100.0,
+            options.resamples,
+            options.permutations
+        ),
+    }
+}
+
+/// A rule of a scenario: kind and position.
+type RuleId<'a> = (&'a str, &'static str, usize);
+
+fn rule_text(options: &ReportOptions, scenario: &str, kind: &str, position: usize) -> Cell {
+    options
+        .rules
+        .get(scenario)
+        .and_then(|(safety, behavioral)| match kind {
+            "safety" => safety.get(position),
+            _ => behavioral.get(position),
+        })
+        .map(|text| Cell::text(text.clone()))
+        .unwrap_or(Cell::Empty)
+}
+
+fn per_rule(runs: &[StoredRun], options: &ReportOptions) -> Table {
+    let mut rows: Vec<(f64, Vec<Cell>)> = Vec::new();
+    for run in runs {
+        let mut counts: BTreeMap<(&'static str, usize), [u64; 3]> = BTreeMap::new();
+        for item in &run.items {
+            for (kind, verdicts) in [
+                ("safety", &item.verdicts.safety),
+                ("behavioral", &item.verdicts.behavioral),
+            ] {
+                for (position, verdict) in verdicts.iter().enumerate() {
+                    let slot = match verdict {
+                        Verdict::No => 0,
+                        Verdict::Yes => 1,
+                        Verdict::Na => 2,
+                    };
+                    counts.entry((kind, position)).or_insert([0; 3])[slot] += 1;
+                }
+            }
+        }
+        for ((kind, position), [no, yes, na]) in counts {
+            let total = (no + yes + na) as f64;
+            let share = |n: u64| n as f64 / total;
+            rows.push((
+                share(no),
+                vec![
+                    Cell::text(&run.model),
+                    Cell::text(&run.method),
+                    Cell::text(&run.judge),
+                    Cell::text(&run.scenario),
+                    Cell::text(kind),
+                    Cell::Count(position as u64 + 1),
+                    rule_text(options, &run.scenario, kind, position),
+                    Cell::Number(share(no)),
+                    Cell::Number(share(yes)),
+                    Cell::Number(share(na)),
+                    Cell::Count(no + yes + na),
+                ],
+            ));
+        }
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Table {
+        name: "rules".into(),
+        title: "Rules, most often broken first".into(),
+        columns: [
+            "model",
+            "method",
+            "judge",
+            "scenario",
+            "kind",
+            "rule",
+            "text",
+            "violated (NO)",
+            "met (YES)",
+            "not applicable",
+            "items",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect(),
+        rows: rows.into_iter().map(|(_, row)| row).collect(),
+        note: "Shares of the judged items whose verdict on the rule was NO, YES or NA. A safety NO is a violation; \
+               a behavioral NO is a requirement not met."
+            .into(),
+    }
+}
+
+/// The judge verdicts of each (model, method, scenario, prompt) one judge judged.
+fn verdicts_by_item(runs: &[StoredRun], judge: &str) -> HashMap<(String, String, String, String), ItemResult> {
+    runs.iter()
+        .filter(|run| run.judge == judge)
+        .flat_map(|run| {
+            run.items.iter().map(|item| {
+                (
+                    (
+                        run.model.clone(),
+                        run.method.clone(),
+                        run.scenario.clone(),
+                        item.key.clone(),
+                    ),
+                    item.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn judge_agreement(systems: &[System<'_>], runs: &[StoredRun]) -> Vec<Table> {
+    let judges: BTreeSet<&str> = runs.iter().map(|r| r.judge.as_str()).collect();
+    let judges: Vec<&str> = judges.into_iter().collect();
+    let mut summary_rows = Vec::new();
+    let mut rule_rows = Vec::new();
+    for (i, first) in judges.iter().enumerate() {
+        for second in &judges[i + 1..] {
+            let a = verdicts_by_item(runs, first);
+            let b = verdicts_by_item(runs, second);
+            let mut shared: Vec<_> = a.keys().filter(|k| b.contains_key(*k)).cloned().collect();
+            if shared.is_empty() {
+                continue;
+            }
+            shared.sort();
+            let mut same_safety = 0usize;
+            let mut rule_labels = 0usize;
+            let mut rule_differ = 0usize;
+            let mut per_rule: BTreeMap<RuleId<'_>, (Vec<Verdict>, Vec<Verdict>)> = BTreeMap::new();
+            for key in &shared {
+                let (Some(x), Some(y)) = (a.get(key), b.get(key)) else {
+                    continue;
+                };
+                same_safety += usize::from(x.score.safety == y.score.safety);
+                for (kind, xs, ys) in [
+                    ("safety", &x.verdicts.safety, &y.verdicts.safety),
+                    ("behavioral", &x.verdicts.behavioral, &y.verdicts.behavioral),
+                ] {
+                    for (position, (u, v)) in xs.iter().zip(ys.iter()).enumerate() {
+                        rule_labels += 1;
+                        rule_differ += usize::from(u != v);
+                        let entry = per_rule.entry((key.2.as_str(), kind, position)).or_default();
+                        entry.0.push(*u);
+                        entry.1.push(*v);
+                    }
+                }
+            }
+            let mut kappas = Vec::new();
+            for ((scenario, kind, position), (u, v)) in &per_rule {
+                let kappa = stats::cohen_kappa(u, v);
+                if let Some(k) = kappa {
+                    kappas.push(k);
+                }
+                rule_rows.push(vec![
+                    Cell::text(*first),
+                    Cell::text(*second),
+                    Cell::text(*scenario),
+                    Cell::text(*kind),
+                    Cell::Count(*position as u64 + 1),
+                    Cell::maybe(kappa),
+                    Cell::Number(u.iter().zip(v).filter(|(p, q)| p == q).count() as f64 / u.len() as f64),
+                    Cell::Count(u.len() as u64),
+                ]);
+            }
+            // Model rankings: each (model, method) system's SAR under either judge.
+            let ranking = |judge: &str| -> BTreeMap<(&str, &str), f64> {
+                systems
+                    .iter()
+                    .filter(|s| s.judge == judge)
+                    .filter_map(|s| {
+                        let means: Vec<f64> = groups(s, Metric::Sar, None).iter().filter_map(|g| mean(g)).collect();
+                        mean(&means).map(|m| ((s.model, s.method), m))
+                    })
+                    .collect()
+            };
+            let (ra, rb) = (ranking(first), ranking(second));
+            let common: Vec<_> = ra.keys().filter(|k| rb.contains_key(*k)).collect();
+            let xa: Vec<f64> = common.iter().filter_map(|k| ra.get(*k).copied()).collect();
+            let xb: Vec<f64> = common.iter().filter_map(|k| rb.get(*k).copied()).collect();
+            summary_rows.push(vec![
+                Cell::text(*first),
+                Cell::text(*second),
+                Cell::Count(shared.len() as u64),
+                Cell::Number(same_safety as f64 / shared.len() as f64),
+                Cell::Number(if rule_labels == 0 {
+                    0.0
+                } else {
+                    rule_differ as f64 / rule_labels as f64
+                }),
+                Cell::maybe(mean(&kappas)),
+                Cell::Count(common.len() as u64),
+                Cell::maybe(stats::spearman(&xa, &xb)),
+                Cell::maybe(stats::kendall_tau_b(&xa, &xb)),
+                Cell::maybe(stats::top_k_overlap(&xa, &xb, 5)),
+                Cell::maybe(stats::top_k_overlap(&xa, &xb, 10)),
+            ]);
+        }
+    }
+    if summary_rows.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        Table {
+            name: "judge_agreement".into(),
+            title: "Judge agreement".into(),
+            columns: [
+                "judge A",
+                "judge B",
+                "items",
+                "same safety verdict",
+                "rule verdicts differing",
+                "mean κ over rules",
+                "systems ranked",
+                "Spearman ρ",
+                "Kendall τ",
+                "top-5 overlap",
+                "top-10 overlap",
+            ]
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+            rows: summary_rows,
+            note: "On the responses both judges judged. Rankings: (model, method) systems by SAR under each judge."
+                .into(),
+        },
+        Table {
+            name: "judge_agreement_rules".into(),
+            title: "Judge agreement per rule".into(),
+            columns: [
+                "judge A",
+                "judge B",
+                "scenario",
+                "kind",
+                "rule",
+                "Cohen's κ",
+                "agreement",
+                "items",
+            ]
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+            rows: rule_rows,
+            note: "Cohen's κ over the three verdicts (YES, NO, NA) of one rule.".into(),
+        },
+    ]
+}
+
+fn price_of<'a>(options: &'a ReportOptions, key: &str) -> Option<&'a Price> {
+    options
+        .prices
+        .get(key)
+        .or_else(|| options.prices.get(key.strip_suffix("-sequential").unwrap_or(key)))
+}
+
+fn cost(systems: &[System<'_>], options: &ReportOptions) -> Table {
+    let mut rows = Vec::new();
+    for system in systems {
+        let mut generation = crate::backend::Usage::default();
+        let mut judging = crate::backend::Usage::default();
+        for run in system.by_scenario.values() {
+            if let Some(usage) = &run.generation_cost {
+                generation += usage;
+            }
+            if let Some(usage) = &run.judge_cost {
+                judging += usage;
+            }
+        }
+        let money = |key: &str, usage: &crate::backend::Usage| {
+            price_of(options, key).map(|price| {
+                (usage.prompt_tokens as f64 * price.prompt + usage.completion_tokens as f64 * price.completion) / 1e6
+            })
+        };
+        let generation_money = money(system.model, &generation);
+        let judge_money = money(system.judge, &judging);
+        rows.push(vec![
+            Cell::text(system.model),
+            Cell::text(system.method),
+            Cell::text(system.judge),
+            Cell::Count(generation.prompt_tokens),
+            Cell::Count(generation.completion_tokens),
+            Cell::Count(judging.prompt_tokens),
+            Cell::Count(judging.completion_tokens),
+            Cell::maybe(generation_money),
+            Cell::maybe(judge_money),
+            Cell::maybe(match (generation_money, judge_money) {
+                (Some(g), Some(j)) => Some(g + j),
+                _ => None,
+            }),
+        ]);
+    }
+    Table {
+        name: "cost".into(),
+        title: "Cost".into(),
+        columns: [
+            "model",
+            "method",
+            "judge",
+            "generation prompt tokens",
+            "generation completion tokens",
+            "judge prompt tokens",
+            "judge completion tokens",
+            "generation cost",
+            "judge cost",
+            "total cost",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect(),
+        rows,
+        note: "Tokens of every call, from the manifests (runs written by other tools have none). Money from --prices \
+               (per million tokens, by model key); empty where no price is given."
+            .into(),
+    }
+}
