@@ -78,6 +78,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
             specbench::store::write_atomic(&dir.join(format!("{}.svg", plot.name)), |out| {
                 out.write_all(plot.svg.as_bytes())
             })?;
+            let png =
+                specbench::report::plots::png(&plot.svg).map_err(|e| anyhow::anyhow!("plot {}: {e}", plot.name))?;
+            specbench::store::write_atomic(&dir.join(format!("{}.png", plot.name)), |out| out.write_all(&png))?;
         }
     }
     match &args.output {

@@ -217,6 +217,8 @@ fn every_format_renders_and_the_seed_fixes_the_intervals() -> anyhow::Result<()>
     for plot in ["tradeoff", "heatmap", "tokens"] {
         let svg = std::fs::read_to_string(ctx.dir.path().join("plots").join(format!("{plot}.svg")))?;
         assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{plot}");
+        let png = std::fs::read(ctx.dir.path().join("plots").join(format!("{plot}.png")))?;
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 2000, "{plot}.png");
     }
     let costed = report_json(&ctx, &["--prices", &prices.to_string_lossy()])?;
     for row in costed["cost"]["rows"].as_array().cloned().unwrap_or_default() {

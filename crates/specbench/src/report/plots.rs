@@ -52,6 +52,53 @@ pub fn all(systems: &[SystemSummary], alpha: Alpha) -> Vec<Plot> {
     plots
 }
 
+/// A plot's SVG rasterised to PNG (twice the SVG's size), with the system's fonts for text: the
+/// same picture in both formats.
+pub fn png(svg: &str) -> Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    static FONTS: std::sync::OnceLock<std::sync::Arc<usvg::fontdb::Database>> = std::sync::OnceLock::new();
+    let fonts = FONTS.get_or_init(|| {
+        let mut fonts = usvg::fontdb::Database::new();
+        fonts.load_system_fonts();
+        // The plots ask for `sans-serif`, which fontdb maps to Arial unless told otherwise.
+        let families: Vec<String> = fonts
+            .faces()
+            .flat_map(|face| face.families.iter().map(|(name, _)| name.clone()))
+            .collect();
+        let sans = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "FreeSans", "Arial"]
+            .iter()
+            .find(|wanted| families.iter().any(|f| f == *wanted))
+            .map(|name| name.to_string())
+            .or_else(|| families.first().cloned());
+        if let Some(sans) = sans {
+            fonts.set_sans_serif_family(sans);
+        }
+        std::sync::Arc::new(fonts)
+    });
+    if fonts.is_empty() {
+        return Err("no system fonts to draw the PNG's text with (install fonts-dejavu-core, or use the SVG)".into());
+    }
+    let options = usvg::Options {
+        fontdb: fonts.clone(),
+        ..usvg::Options::default()
+    };
+    let tree = usvg::Tree::from_str(svg, &options).map_err(fail)?;
+    let scale = 2.0;
+    let size = tree.size();
+    let (width, height) = (
+        (size.width() * scale).ceil() as u32,
+        (size.height() * scale).ceil() as u32,
+    );
+    let mut pixmap = tiny_skia::Pixmap::new(width.max(1), height.max(1)).ok_or("cannot allocate the image")?;
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(fail)
+}
+
 fn tradeoff(svg: &mut String, systems: &[SystemSummary], alpha: Alpha) -> Drawn {
     let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(fail)?;

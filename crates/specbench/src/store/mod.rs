@@ -322,7 +322,15 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     fs_err::create_dir_all(dir).map_err(error)?;
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
+    // Results are for sharing: readable like any file the user writes (tempfile's default is
+    // owner-only).
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut temp = builder.tempfile_in(dir).map_err(error)?;
     {
         let mut writer = BufWriter::new(temp.as_file_mut());
         write(&mut writer).map_err(error)?;
