@@ -88,6 +88,10 @@ pub struct ReportArgs {
     /// The method the others are compared with.
     #[arg(long, default_value = "vanilla")]
     pub baseline: String,
+    /// Two models to compare on the same items (`--compare Qwen3-14B,Qwen3-32B`); default:
+    /// each model against the next one down the leaderboard.
+    #[arg(long, value_delimiter = ',', num_args = 1, value_name = "A,B")]
+    pub compare: Vec<String>,
     /// SAR's α for rescoring the stored verdicts.
     #[arg(long, default_value_t = 0.3)]
     pub alpha: f64,

@@ -40,6 +40,11 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
             );
         }
     }
+    let compare = match args.compare.as_slice() {
+        [] => None,
+        [a, b] => Some((a.clone(), b.clone())),
+        _ => anyhow::bail!(UsageError("--compare takes two models: A,B".into())),
+    };
     let filter = Filter {
         models: args.model.clone(),
         scenarios: args.scenario.clone(),
@@ -62,6 +67,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
         seed: args.seed,
         prices,
         rules,
+        compare,
     };
     let built = report::build(&runs, &options);
     let format = match args.format {

@@ -144,6 +144,34 @@ fn the_report_agrees_with_the_stored_scores() -> anyhow::Result<()> {
     );
     assert_eq!(agreement[0]["systems ranked"], 4);
 
+    // Models compared pairwise on the same items: alpha against beta (or the other way round,
+    // by leaderboard order), for each method and judge stem.
+    let pairs = report["model_comparisons"]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pairs.len(), 4, "2 methods × 2 judge stems, one neighbour pair each");
+    for row in &pairs {
+        assert_eq!(row["paired items"], 6);
+        let difference = row["SAR B − A"]["estimate"].as_f64().unwrap_or(f64::NAN);
+        let (a, b) = (
+            row["SAR A"].as_f64().unwrap_or(f64::NAN),
+            row["SAR B"].as_f64().unwrap_or(f64::NAN),
+        );
+        assert!((difference - (b - a)).abs() < 1e-12, "{row}");
+        assert!(a >= b - 1e-12, "neighbours in leaderboard order: {row}");
+    }
+    let chosen = report_json(&ctx, &["--compare", "beta-model,alpha-model"])?;
+    let chosen = chosen["model_comparisons"]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        chosen
+            .iter()
+            .all(|r| r["model A"] == "beta-model" && r["model B"] == "alpha-model")
+    );
+
     // Per-rule shares add up to one.
     for row in report["rules"]["rows"].as_array().cloned().unwrap_or_default() {
         let total: f64 = ["violated (NO)", "met (YES)", "not applicable"]

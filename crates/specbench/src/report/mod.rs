@@ -90,6 +90,9 @@ pub struct ReportOptions {
     pub prices: BTreeMap<String, Price>,
     /// Rule texts by scenario: (safety rules, behavioral rules).
     pub rules: HashMap<String, (Vec<String>, Vec<String>)>,
+    /// Two models to compare; when `None`, each model is compared with the next one down the
+    /// leaderboard (is the gap between neighbours real?).
+    pub compare: Option<(String, String)>,
 }
 
 impl Default for ReportOptions {
@@ -103,6 +106,7 @@ impl Default for ReportOptions {
             seed: 0,
             prices: BTreeMap::new(),
             rules: HashMap::new(),
+            compare: None,
         }
     }
 }
@@ -219,6 +223,7 @@ pub fn build(runs: &[StoredRun], options: &ReportOptions) -> Report {
         leaderboard(&systems, options),
         split(&systems, options),
         method_table(&systems, options),
+        model_comparisons(&systems, options),
     ];
     tables.extend(judge_agreement(&systems, runs));
     tables.push(per_rule(runs, options));
@@ -503,6 +508,102 @@ fn method_table(systems: &[System<'_>], options: &ReportOptions) -> Table {
             options.level * 100.0,
             options.resamples,
             options.permutations
+        ),
+    }
+}
+
+/// Paired items of two systems: their SAR on the (scenario, prompt) both have.
+fn paired_sar(a: &System<'_>, b: &System<'_>) -> (Vec<f64>, Vec<f64>) {
+    let (first, second) = (sar_by_item(a), sar_by_item(b));
+    let mut keys: Vec<_> = first.keys().filter(|k| second.contains_key(*k)).copied().collect();
+    keys.sort();
+    (
+        keys.iter().filter_map(|k| first.get(k).copied()).collect(),
+        keys.iter().filter_map(|k| second.get(k).copied()).collect(),
+    )
+}
+
+fn overall_sar(system: &System<'_>) -> Option<f64> {
+    mean(
+        &groups(system, Metric::Sar, None)
+            .iter()
+            .filter_map(|g| mean(g))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn model_comparisons(systems: &[System<'_>], options: &ReportOptions) -> Table {
+    let mut by_setting: BTreeMap<(&str, &str), Vec<&System<'_>>> = BTreeMap::new();
+    for system in systems {
+        by_setting
+            .entry((system.method, system.judge))
+            .or_default()
+            .push(system);
+    }
+    let mut rows = Vec::new();
+    for ((method, judge), mut models) in by_setting {
+        models.sort_by(|a, b| {
+            overall_sar(b)
+                .unwrap_or(f64::NEG_INFINITY)
+                .total_cmp(&overall_sar(a).unwrap_or(f64::NEG_INFINITY))
+        });
+        let pairs: Vec<(&System<'_>, &System<'_>)> = match &options.compare {
+            Some((first, second)) => {
+                let find = |name: &str| models.iter().copied().find(|s| s.model == name);
+                find(first).zip(find(second)).into_iter().collect()
+            }
+            None => models.windows(2).map(|pair| (pair[0], pair[1])).collect(),
+        };
+        for (a, b) in pairs {
+            let (sar_a, sar_b) = paired_sar(a, b);
+            // b − a: how much the second model trails (negative) or leads the first.
+            let comparison = stats::paired_comparison(
+                &sar_a,
+                &sar_b,
+                options.resamples,
+                options.permutations,
+                options.level,
+                options.seed ^ salt(&[a.model, b.model, method, judge]),
+            );
+            rows.push(vec![
+                Cell::text(method),
+                Cell::text(judge),
+                Cell::text(a.model),
+                Cell::text(b.model),
+                Cell::maybe(mean(&sar_a)),
+                Cell::maybe(mean(&sar_b)),
+                comparison.map(|c| Cell::Interval(c.difference)).unwrap_or(Cell::Empty),
+                comparison.map(|c| Cell::Number(c.p_value)).unwrap_or(Cell::Empty),
+                Cell::Count(sar_a.len() as u64),
+            ]);
+        }
+    }
+    Table {
+        name: "model_comparisons".into(),
+        title: "Models compared on the same items".into(),
+        columns: [
+            "method",
+            "judge",
+            "model A",
+            "model B",
+            "SAR A",
+            "SAR B",
+            "SAR B − A",
+            "p",
+            "paired items",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect(),
+        rows,
+        note: format!(
+            "Pairs: {}. SAR A and B are means over the paired items only. Interval: {:.0} % paired bootstrap; p: \
+             two-sided paired sign-flip permutation test.",
+            match &options.compare {
+                Some((a, b)) => format!("{a} against {b}"),
+                None => "each model against the next one down the leaderboard".into(),
+            },
+            options.level * 100.0
         ),
     }
 }
