@@ -86,6 +86,29 @@ fn the_report_agrees_with_the_stored_scores() -> anyhow::Result<()> {
     let sars: Vec<f64> = rows.iter().filter_map(|r| r["SAR"]["estimate"].as_f64()).collect();
     assert!(sars.windows(2).all(|w| w[0] >= w[1]), "sorted by SAR: {sars:?}");
 
+    // Per scenario: the stored score files' averages.
+    let scenarios = report["scenarios"]["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(scenarios.len(), 16, "8 systems × 2 scenarios");
+    for row in &scenarios {
+        let path = format!(
+            "{}/{}/{}/{}_score.json",
+            row["model"].as_str().unwrap_or(""),
+            row["scenario"].as_str().unwrap_or(""),
+            row["method"].as_str().unwrap_or(""),
+            row["judge"].as_str().unwrap_or("")
+        );
+        let stored = ctx.read_json(&path)?;
+        for (column, key) in [
+            ("safety", "full_dataset_safety"),
+            ("behavioral", "full_dataset_behavioral"),
+            ("SAR", "full_dataset_SAR"),
+        ] {
+            let expected = stored[key]["avg"].as_f64().unwrap_or(f64::NAN);
+            let got = row[column]["estimate"].as_f64().unwrap_or(f64::NAN);
+            assert!((got - expected).abs() < 1e-12, "{path} {column}: {got} vs {expected}");
+        }
+    }
+
     // Method table: ΔSAR is zero_think's SAR minus vanilla's on the same items.
     let methods = report["methods"]["rows"].as_array().cloned().unwrap_or_default();
     assert_eq!(methods.len(), 8);

@@ -221,6 +221,7 @@ pub fn build(runs: &[StoredRun], options: &ReportOptions) -> Report {
     let systems = systems(runs);
     let mut tables = vec![
         leaderboard(&systems, options),
+        per_scenario(&systems, options),
         split(&systems, options),
         method_table(&systems, options),
         model_comparisons(&systems, options),
@@ -341,6 +342,50 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
             options.resamples,
             options.seed
         ),
+    }
+}
+
+fn per_scenario(systems: &[System<'_>], options: &ReportOptions) -> Table {
+    let mut rows = Vec::new();
+    for system in systems {
+        for (scenario, run) in &system.by_scenario {
+            let mut row = vec![
+                Cell::text(system.model),
+                Cell::text(system.method),
+                Cell::text(system.judge),
+                Cell::text(*scenario),
+                Cell::Count(run.items.len() as u64),
+            ];
+            for metric in [Metric::Safety, Metric::Behavioral, Metric::Sar] {
+                let values: Vec<f64> = run.items.iter().map(|item| value(item, metric)).collect();
+                let name = format!("{metric:?}");
+                row.push(interval_cell(scenario_average(
+                    &[values],
+                    options,
+                    salt(&[system.model, system.method, system.judge, scenario, &name]),
+                )));
+            }
+            rows.push(row);
+        }
+    }
+    Table {
+        name: "scenarios".into(),
+        title: "Per scenario".into(),
+        columns: [
+            "model",
+            "method",
+            "judge",
+            "scenario",
+            "items",
+            "safety",
+            "behavioral",
+            "SAR",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect(),
+        rows,
+        note: "Item means of each scenario, with bootstrap intervals as in the leaderboard.".into(),
     }
 }
 
