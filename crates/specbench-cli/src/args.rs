@@ -46,6 +46,9 @@ pub enum Command {
     /// Tables, statistics and plots from stored results: leaderboard, unsafe/safe split,
     /// methods against a baseline, judge agreement, rules most often broken, cost.
     Report(ReportArgs),
+    /// A browser UI over stored results: leaderboard, every item with its verdicts and the
+    /// judge's reasons, filters and search, two runs side by side. Serves on 127.0.0.1.
+    View(ViewArgs),
     /// Join the results of a run split with --shard (one --results folder per shard) into one
     /// run, identical to a single machine's. Sends nothing.
     Merge(MergeArgs),
@@ -108,6 +111,25 @@ pub struct ReportArgs {
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
     /// The scenario pack, for the rule texts in the per-rule table (optional).
+    #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// The results folder to show.
+    #[arg(default_value = "result", value_name = "RESULTS_DIR")]
+    pub results: PathBuf,
+    /// Address to listen on; only loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0: any free port; the URL is printed).
+    #[arg(long, default_value_t = 8350)]
+    pub port: u16,
+    /// SAR's α.
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha: f64,
+    /// The scenario pack, for rule texts (optional).
     #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
 }

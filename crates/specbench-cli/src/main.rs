@@ -9,6 +9,7 @@ mod commands;
 mod merge;
 mod progress;
 mod report;
+mod view;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
             Command::Cache(args) => commands::cache(args),
             Command::Merge(args) => merge::merge(args).await,
             Command::Report(args) => report::report(args),
+            Command::View(args) => view::view(args).await,
         }
     });
     match result {

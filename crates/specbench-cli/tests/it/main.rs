@@ -7,3 +7,4 @@ mod reliability;
 mod report;
 mod run;
 mod support;
+mod viewer;

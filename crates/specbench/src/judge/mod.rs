@@ -15,7 +15,7 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use serde::Serialize;
 
-pub use parse::{JointReply, ParseError, parse_joint, parse_sequential};
+pub use parse::{JointReply, ParseError, joint_reasons, parse_joint, parse_sequential};
 
 use crate::backend::{Message, Model, ModelError, ReplyFormat, Request, Usage};
 use crate::method::thought_and_response;

@@ -246,6 +246,9 @@ fn json(report: &Report) -> String {
     serde_json::to_string_pretty(&serde_json::Value::Object(tables)).unwrap_or_default()
 }
 
+/// The stylesheet the report and the viewer share.
+pub const STYLE: &str = include_str!("style.css");
+
 fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -254,13 +257,8 @@ fn html_escape(text: &str) -> String {
 }
 
 fn html(report: &Report) -> String {
-    let mut out = String::from(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>specbench report</title>\n<style>\
-         body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}\
-         table{border-collapse:collapse;margin:1em 0;font-size:0.9em}\
-         th,td{border:1px solid #ccc;padding:0.25em 0.6em}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-         th{background:#f3f3f3}p.note{color:#555;font-size:0.85em;max-width:60em}figure{margin:1em 0}\
-         </style></head><body>\n<h1>specbench report</h1>\n",
+    let mut out = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>specbench report</title>\n<style>\n{STYLE}</style></head><body>\n<h1>specbench report</h1>\n"
     );
     for plot in &report.plots {
         let _ = writeln!(
