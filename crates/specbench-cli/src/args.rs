@@ -49,6 +49,10 @@ pub enum Command {
     /// A browser UI over stored results: leaderboard, every item with its verdicts and the
     /// judge's reasons, filters and search, two runs side by side. Serves on 127.0.0.1.
     View(ViewArgs),
+    /// Scenario packs: `validate` (every problem at once) and `stats`.
+    Data(DataCommand),
+    /// Author a scenario: `new NAME` writes a commented starting file.
+    Scenario(ScenarioCommand),
     /// Join the results of a run split with --shard (one --results folder per shard) into one
     /// run, identical to a single machine's. Sends nothing.
     Merge(MergeArgs),
@@ -132,6 +136,48 @@ pub struct ViewArgs {
     /// The scenario pack, for rule texts (optional).
     #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DataCommand {
+    #[command(subcommand)]
+    pub action: DataAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataAction {
+    /// Check every file, rule and item of a pack and list every problem (exit 2 if any).
+    Validate(PackArg),
+    /// Items per scenario, label and source; prompt lengths; rules; reference answers.
+    Stats(PackArg),
+}
+
+#[derive(Debug, Args)]
+pub struct PackArg {
+    /// The pack: a pack folder, the upstream `data/` folder, a scenario folder or a scenario
+    /// file. Default: --data, else SPECBENCH_DATA.
+    #[arg(value_name = "DIR")]
+    pub pack: Option<PathBuf>,
+    #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR", hide_env_values = true)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScenarioCommand {
+    #[command(subcommand)]
+    pub action: ScenarioAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioAction {
+    /// Write NAME.yaml: a commented scenario to fill in (it validates as it is).
+    New {
+        /// The scenario's name (`--scenario NAME` later): letters, digits, `-` and `_`.
+        name: String,
+        /// The folder to write into.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 
 mod args;
 mod commands;
+mod data;
 mod merge;
 mod progress;
 mod report;
@@ -38,6 +39,8 @@ fn main() -> ExitCode {
             Command::Merge(args) => merge::merge(args).await,
             Command::Report(args) => report::report(args),
             Command::View(args) => view::view(args).await,
+            Command::Data(args) => data::data(args),
+            Command::Scenario(args) => data::scenario(args),
         }
     });
     match result {

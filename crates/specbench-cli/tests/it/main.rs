@@ -6,5 +6,6 @@ mod methods;
 mod reliability;
 mod report;
 mod run;
+mod scenarios;
 mod support;
 mod viewer;

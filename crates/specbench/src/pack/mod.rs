@@ -180,7 +180,8 @@ pub struct Scenario {
     pub rules: Rules,
     /// Shared, so that a run holds items without copying them.
     pub items: Vec<Arc<Item>>,
-    pub dir: PathBuf,
+    /// The file the items come from (`prompts.json`, or the scenario's own file).
+    pub items_file: PathBuf,
 }
 
 /// A loaded pack: scenarios plus the folders of protocol texts, configs and chat templates.
@@ -242,48 +243,107 @@ impl Pack {
     }
 }
 
-/// Loads a pack from `dir`, in any of the three layouts, checking every field.
+/// Where one scenario comes from: an upstream-shaped folder, or one authored file.
+#[derive(Debug, Clone)]
+enum Source {
+    Folder(PathBuf),
+    File(PathBuf),
+}
+
+/// A scenario written as one YAML or JSON file (not one of a folder's three fixed files).
+fn is_scenario_file(path: &Path) -> bool {
+    let fixed = [SCENARIO_FILE, RULES_FILE, ITEMS_FILE];
+    path.is_file()
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| !fixed.contains(&n) && !n.starts_with('.'))
+}
+
+/// Loads a pack, checking every field: a pack folder (`scenarios/` holding scenario folders or
+/// scenario files), the upstream `data/` folder, one scenario folder, or one scenario file.
+/// The first problem found is the error; `validate` lists them all.
 pub fn load(dir: &Path) -> Result<Pack, PackError> {
-    if !dir.is_dir() {
+    let (pack, mut problems) = load_collecting(dir)?;
+    if problems.is_empty() {
+        Ok(pack)
+    } else {
+        Err(problems.remove(0))
+    }
+}
+
+/// Every problem of a pack at once (for `specbench data validate`); empty when it loads.
+pub fn validate(dir: &Path) -> Vec<PackError> {
+    match load_collecting(dir) {
+        Ok((_, problems)) => problems,
+        Err(problem) => vec![problem],
+    }
+}
+
+fn load_collecting(dir: &Path) -> Result<(Pack, Vec<PackError>), PackError> {
+    let (sources, root_has_extras) = if is_scenario_file(dir) {
+        (vec![Source::File(dir.to_path_buf())], false)
+    } else if !dir.is_dir() {
         return Err(PackError::Missing {
             file: dir.to_path_buf(),
         });
-    }
-    let (scenario_dirs, root_has_extras) = if dir.join("scenarios").is_dir() {
-        (subdirs_with_items(&dir.join("scenarios"))?, true)
+    } else if dir.join("scenarios").is_dir() {
+        (sources_in(&dir.join("scenarios"))?, true)
     } else if dir.join(ITEMS_FILE).is_file() || dir.join(RULES_FILE).is_file() {
-        (vec![dir.to_path_buf()], false)
+        (vec![Source::Folder(dir.to_path_buf())], false)
     } else {
-        (subdirs_with_items(dir)?, false)
+        (sources_in(dir)?, false)
     };
-    if scenario_dirs.is_empty() {
+    if sources.is_empty() {
         return Err(PackError::NoScenarios { dir: dir.to_path_buf() });
     }
     let mut hasher = Sha256::new();
-    let mut scenarios = Vec::with_capacity(scenario_dirs.len());
-    for scenario_dir in scenario_dirs {
-        scenarios.push(load_scenario(&scenario_dir, &mut hasher)?);
+    let mut problems = Vec::new();
+    let mut scenarios: Vec<Scenario> = Vec::with_capacity(sources.len());
+    for source in sources {
+        let loaded = match &source {
+            Source::Folder(folder) => load_scenario(folder, &mut hasher, &mut problems),
+            Source::File(file) => load_scenario_file(file, &mut hasher, &mut problems),
+        };
+        if let Some(scenario) = loaded {
+            if scenarios.iter().any(|s| s.name.eq_ignore_ascii_case(&scenario.name)) {
+                problems.push(PackError::Field {
+                    file: scenario.items_file.clone(),
+                    index: None,
+                    field: "(name)".into(),
+                    problem: format!("a second scenario named `{}`", scenario.name),
+                });
+                continue;
+            }
+            scenarios.push(scenario);
+        }
     }
     let extra = |name: &str| {
         let path = dir.join(name);
         (root_has_extras && path.is_dir()).then_some(path)
     };
-    Ok(Pack {
+    let pack = Pack {
         root: dir.to_path_buf(),
         protocol_dir: extra("protocol"),
         config_dir: extra("config"),
         chat_templates_dir: extra("chat_templates"),
         scenarios,
         data_hash: hex::encode(hasher.finalize()),
-    })
+    };
+    Ok((pack, problems))
 }
 
-fn subdirs_with_items(dir: &Path) -> Result<Vec<PathBuf>, PackError> {
+/// Scenario folders and scenario files directly inside `dir`, in name order.
+fn sources_in(dir: &Path) -> Result<Vec<Source>, PackError> {
     let entries = fs_err::read_dir(dir).map_err(|source| PackError::Io {
         file: dir.to_path_buf(),
         source,
     })?;
-    let mut dirs = Vec::new();
+    let mut found = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| PackError::Io {
             file: dir.to_path_buf(),
@@ -291,15 +351,22 @@ fn subdirs_with_items(dir: &Path) -> Result<Vec<PathBuf>, PackError> {
         })?;
         let path = entry.path();
         if path.is_dir() && (path.join(ITEMS_FILE).exists() || path.join(RULES_FILE).exists()) {
-            dirs.push(path);
+            found.push(Source::Folder(path));
+        } else if is_scenario_file(&path) {
+            found.push(Source::File(path));
         }
     }
     // Directory order is arbitrary; a stable order keeps result listings and hashes stable.
-    dirs.sort();
-    Ok(dirs)
+    found.sort_by(|a, b| {
+        let path = |s: &Source| match s {
+            Source::Folder(p) | Source::File(p) => p.clone(),
+        };
+        path(a).cmp(&path(b))
+    });
+    Ok(found)
 }
 
-fn read_json(file: &Path, hasher: &mut Sha256) -> Result<Value, PackError> {
+fn read_bytes(file: &Path, hasher: &mut Sha256) -> Result<Vec<u8>, PackError> {
     let bytes = match fs_err::read(file) {
         Ok(bytes) => bytes,
         Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -316,93 +383,218 @@ fn read_json(file: &Path, hasher: &mut Sha256) -> Result<Value, PackError> {
     };
     hasher.update((bytes.len() as u64).to_le_bytes());
     hasher.update(&bytes);
+    Ok(bytes)
+}
+
+fn read_json(file: &Path, hasher: &mut Sha256) -> Result<Value, PackError> {
+    let bytes = read_bytes(file, hasher)?;
     serde_json::from_slice(&bytes).map_err(|source| PackError::Json {
         file: file.to_path_buf(),
         source,
     })
 }
 
-fn load_scenario(dir: &Path, hasher: &mut Sha256) -> Result<Scenario, PackError> {
+fn meta_string(meta: &Value, file: &Path, field: &str) -> Result<String, PackError> {
+    match meta.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        other => Err(PackError::Field {
+            file: file.to_path_buf(),
+            index: None,
+            field: field.to_string(),
+            problem: match other {
+                None => "missing".to_string(),
+                Some(v) => format!("expected a string, found {}", kind(v)),
+            },
+        }),
+    }
+}
+
+fn rule_list(rules: &Value, file: &Path, field: &str) -> Result<Vec<String>, PackError> {
+    let problem = |problem: String| PackError::Field {
+        file: file.to_path_buf(),
+        index: None,
+        field: field.to_string(),
+        problem,
+    };
+    let list = match rules.get(field) {
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(problem(format!("expected a list of strings, found {}", kind(other))));
+        }
+        None => return Err(problem("missing".to_string())),
+    };
+    if list.is_empty() {
+        return Err(problem("the rule list is empty".to_string()));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, rule)| match rule {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+            Value::String(_) => Err(problem(format!("rule {} is empty", i + 1))),
+            other => Err(problem(format!("rule {} is {}, expected a string", i + 1, kind(other)))),
+        })
+        .collect()
+}
+
+/// Keeps a value, or records its problem and gives `None`.
+fn keep<T>(result: Result<T, PackError>, problems: &mut Vec<PackError>) -> Option<T> {
+    result.map_err(|problem| problems.push(problem)).ok()
+}
+
+/// Every item of a list, each checked; the problems of all bad items are recorded.
+fn items_of(entries: &[Value], file: &Path, problems: &mut Vec<PackError>) -> Option<Vec<Arc<Item>>> {
+    let before = problems.len();
+    let items: Vec<Arc<Item>> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(index, value)| keep(Item::from_json(value, file, index).map(Arc::new), problems))
+        .collect();
+    (problems.len() == before).then_some(items)
+}
+
+fn load_scenario(dir: &Path, hasher: &mut Sha256, problems: &mut Vec<PackError>) -> Option<Scenario> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "scenario".to_string());
+    let before = problems.len();
 
     let scenario_file = dir.join(SCENARIO_FILE);
-    let meta = read_json(&scenario_file, hasher)?;
-    let meta_string = |field: &str| -> Result<String, PackError> {
-        match meta.get(field) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            other => Err(PackError::Field {
-                file: scenario_file.clone(),
-                index: None,
-                field: field.to_string(),
-                problem: match other {
-                    None => "missing".to_string(),
-                    Some(v) => format!("expected a string, found {}", kind(v)),
-                },
-            }),
-        }
-    };
-    let title = meta_string("name")?;
-    let description = meta_string("description")?;
+    let meta = keep(read_json(&scenario_file, hasher), problems);
+    let title = meta
+        .as_ref()
+        .and_then(|m| keep(meta_string(m, &scenario_file, "name"), problems));
+    let description = meta
+        .as_ref()
+        .and_then(|m| keep(meta_string(m, &scenario_file, "description"), problems));
 
     let rules_file = dir.join(RULES_FILE);
-    let rules_json = read_json(&rules_file, hasher)?;
-    let rule_list = |field: &str| -> Result<Vec<String>, PackError> {
-        let problem = |problem: String| PackError::Field {
-            file: rules_file.clone(),
-            index: None,
-            field: field.to_string(),
-            problem,
-        };
-        let list = match rules_json.get(field) {
-            Some(Value::Array(list)) => list,
-            Some(other) => {
-                return Err(problem(format!("expected a list of strings, found {}", kind(other))));
-            }
-            None => return Err(problem("missing".to_string())),
-        };
-        if list.is_empty() {
-            return Err(problem("the rule list is empty".to_string()));
-        }
-        list.iter()
-            .enumerate()
-            .map(|(i, rule)| match rule {
-                Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
-                Value::String(_) => Err(problem(format!("rule {} is empty", i + 1))),
-                other => Err(problem(format!("rule {} is {}, expected a string", i + 1, kind(other)))),
-            })
-            .collect()
-    };
-    let rules = Rules {
-        safety: rule_list("safety_specifications")?,
-        behavioral: rule_list("behavioral_specifications")?,
-    };
+    let rules_json = keep(read_json(&rules_file, hasher), problems);
+    let safety = rules_json
+        .as_ref()
+        .and_then(|r| keep(rule_list(r, &rules_file, "safety_specifications"), problems));
+    let behavioral = rules_json
+        .as_ref()
+        .and_then(|r| keep(rule_list(r, &rules_file, "behavioral_specifications"), problems));
 
     let items_file = dir.join(ITEMS_FILE);
-    let items_json = read_json(&items_file, hasher)?;
-    let Value::Array(entries) = items_json else {
-        return Err(PackError::Field {
-            file: items_file,
-            index: None,
-            field: "(top level)".to_string(),
-            problem: format!("expected a list of items, found {}", kind(&items_json)),
-        });
+    let items = match keep(read_json(&items_file, hasher), problems) {
+        Some(Value::Array(entries)) => items_of(&entries, &items_file, problems),
+        Some(other) => {
+            problems.push(PackError::Field {
+                file: items_file.clone(),
+                index: None,
+                field: "(top level)".to_string(),
+                problem: format!("expected a list of items, found {}", kind(&other)),
+            });
+            None
+        }
+        None => None,
     };
-    let items = entries
-        .iter()
-        .enumerate()
-        .map(|(index, value)| Item::from_json(value, &items_file, index).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    Ok(Scenario {
+    if problems.len() > before {
+        return None;
+    }
+    Some(Scenario {
         name,
-        title,
-        description,
-        rules,
-        items,
-        dir: dir.to_path_buf(),
+        title: title?,
+        description: description?,
+        rules: Rules {
+            safety: safety?,
+            behavioral: behavioral?,
+        },
+        items: items?,
+        items_file,
+    })
+}
+
+/// A scenario authored as one file: `name`, `description`, `safety_specifications`,
+/// `behavioral_specifications` and `prompts` (each with `prompt`, `label`, and optionally
+/// `adversarial_prompt` — the prompt itself when absent —, `source` and `answer`). Its
+/// `--scenario` name is the file name without extension.
+fn load_scenario_file(file: &Path, hasher: &mut Sha256, problems: &mut Vec<PackError>) -> Option<Scenario> {
+    let name = file
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "scenario".to_string());
+    let bytes = keep(read_bytes(file, hasher), problems)?;
+    let is_json = file.extension().is_some_and(|e| e == "json");
+    let parsed: Result<Value, PackError> = if is_json {
+        serde_json::from_slice(&bytes).map_err(|source| PackError::Json {
+            file: file.to_path_buf(),
+            source,
+        })
+    } else {
+        std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_saphyr::from_str::<Value>(text).map_err(|e| e.to_string()))
+            .map_err(|problem| PackError::Field {
+                file: file.to_path_buf(),
+                index: None,
+                field: "(file)".into(),
+                problem: format!("invalid YAML: {problem}"),
+            })
+    };
+    let value = keep(parsed, problems)?;
+    if !value.is_object() {
+        problems.push(PackError::Field {
+            file: file.to_path_buf(),
+            index: None,
+            field: "(top level)".into(),
+            problem: format!("expected a scenario object, found {}", kind(&value)),
+        });
+        return None;
+    }
+    let before = problems.len();
+    let title = keep(meta_string(&value, file, "name"), problems);
+    let description = keep(meta_string(&value, file, "description"), problems);
+    let safety = keep(rule_list(&value, file, "safety_specifications"), problems);
+    let behavioral = keep(rule_list(&value, file, "behavioral_specifications"), problems);
+    let items = match value.get("prompts") {
+        Some(Value::Array(entries)) if !entries.is_empty() => {
+            let filled: Vec<Value> = entries
+                .iter()
+                .map(|entry| {
+                    let mut entry = entry.clone();
+                    if let Some(object) = entry.as_object_mut() {
+                        if !object.contains_key("adversarial_prompt")
+                            && let Some(prompt) = object.get("prompt").cloned()
+                        {
+                            object.insert("adversarial_prompt".into(), prompt);
+                        }
+                        object.entry("source").or_insert_with(|| Value::String("custom".into()));
+                    }
+                    entry
+                })
+                .collect();
+            items_of(&filled, file, problems)
+        }
+        other => {
+            problems.push(PackError::Field {
+                file: file.to_path_buf(),
+                index: None,
+                field: "prompts".into(),
+                problem: match other {
+                    None => "missing".into(),
+                    Some(Value::Array(_)) => "the list is empty".into(),
+                    Some(v) => format!("expected a list of prompts, found {}", kind(v)),
+                },
+            });
+            None
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(Scenario {
+        name,
+        title: title?,
+        description: description?,
+        rules: Rules {
+            safety: safety?,
+            behavioral: behavioral?,
+        },
+        items: items?,
+        items_file: file.to_path_buf(),
     })
 }
 
@@ -442,7 +634,7 @@ impl ItemSelection {
                         .get(index)
                         .cloned()
                         .ok_or_else(|| PackError::UnknownItem {
-                            file: scenario.dir.join(ITEMS_FILE),
+                            file: scenario.items_file.clone(),
                             index,
                             count: scenario.items.len(),
                         })
