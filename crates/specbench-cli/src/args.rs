@@ -150,6 +150,23 @@ pub enum DataAction {
     Validate(PackArg),
     /// Items per scenario, label and source; prompt lengths; rules; reference answers.
     Stats(PackArg),
+    /// Download the official pack from the upstream repository (scenarios, configs, chat
+    /// templates; protocol texts read from its source), check it, record checksums.
+    Pull(PullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Where the pack goes. Default: `data/` in the per-user cache folder, which commands use
+    /// when neither --data nor SPECBENCH_DATA is given.
+    #[arg(long, value_name = "DIR")]
+    pub dest: Option<PathBuf>,
+    /// Base URL laid out as the upstream repository (a mirror, or a test server).
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// Replace a pack already at the destination.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -188,9 +205,10 @@ pub struct MergeArgs {
     /// Where the joined run is written (may be one of the shards' folders).
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
-    /// The scenario pack the shards ran on.
+    /// The scenario pack the shards ran on. Default: SPECBENCH_DATA, else the pack
+    /// `specbench data pull` fetched.
     #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -329,9 +347,10 @@ pub struct MethodArgs {
 #[derive(Debug, Args)]
 pub struct DataArgs {
     /// The scenario pack: a folder with `scenarios/` (and `protocol/`, `config/`), the upstream
-    /// `data/` folder, or one scenario folder.
+    /// `data/` folder, one scenario folder or one scenario file. Default: SPECBENCH_DATA, else
+    /// the pack `specbench data pull` fetched.
     #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// Scenarios to run, comma-separated or repeated (`Child,Code`); default: all.
     #[arg(long, value_delimiter = ',')]
     pub scenario: Vec<String>,

@@ -90,6 +90,23 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
 }
 
 /// Recomputes `<judge>_score.json` from `<judge>_evaluate.json`; sends nothing.
+/// The pack a command reads: --data, else SPECBENCH_DATA (clap reads both), else the pack
+/// `specbench data pull` fetched.
+pub(crate) fn resolve_pack(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let pulled = specbench::pack::pull::default_dir();
+    if pulled.is_dir() {
+        return Ok(pulled);
+    }
+    Err(UsageError(format!(
+        "no scenario pack: give --data DIR, set SPECBENCH_DATA, or run `specbench data pull` (into {})",
+        pulled.display()
+    ))
+    .into())
+}
+
 fn cache_dir(location: &CacheLocation) -> PathBuf {
     location.cache_dir.clone().unwrap_or_else(specbench::cache::default_dir)
 }
@@ -342,7 +359,8 @@ impl Session {
         if !(exec.timeout.is_finite() && exec.timeout > 0.0) {
             bail!(UsageError("--timeout must be a positive number of seconds".into()));
         }
-        let pack = pack::load(&data.data).map_err(|e| UsageError(e.to_string()))?;
+        let pack_dir = resolve_pack(data.data.as_deref())?;
+        let pack = pack::load(&pack_dir).map_err(|e| UsageError(e.to_string()))?;
         let cache = if exec.no_cache {
             None
         } else {

@@ -6,25 +6,53 @@ use std::path::PathBuf;
 
 use specbench::pack::{self, Label};
 
-use crate::args::{DataAction, DataCommand, PackArg, ScenarioAction, ScenarioCommand};
+use crate::args::{DataAction, DataCommand, PackArg, PullArgs, ScenarioAction, ScenarioCommand};
 use crate::commands::{ExitStatus, UsageError};
 
 fn pack_dir(arg: &PackArg) -> anyhow::Result<PathBuf> {
-    arg.pack
-        .clone()
-        .or_else(|| arg.data.clone())
-        .ok_or_else(|| UsageError("name the pack: DIR, --data or SPECBENCH_DATA".into()).into())
+    crate::commands::resolve_pack(arg.pack.as_deref().or(arg.data.as_deref()))
 }
 
 pub fn data(command: DataCommand) -> anyhow::Result<ExitStatus> {
     match command.action {
         DataAction::Validate(arg) => validate(&pack_dir(&arg)?),
         DataAction::Stats(arg) => stats(&pack_dir(&arg)?),
+        DataAction::Pull(args) => pull(args),
     }
 }
 
+fn pull(args: PullArgs) -> anyhow::Result<ExitStatus> {
+    let dest = args.dest.unwrap_or_else(pack::pull::default_dir);
+    let from = args.from.unwrap_or_else(|| pack::pull::UPSTREAM.to_string());
+    let from = if from.ends_with('/') { from } else { format!("{from}/") };
+    let runtime = tokio::runtime::Handle::current();
+    let pulled =
+        tokio::task::block_in_place(|| runtime.block_on(pack::pull::pull(&from, &dest, args.force))).map_err(|e| {
+            match e {
+                pack::pull::PullError::Exists { .. } => anyhow::Error::new(UsageError(e.to_string())),
+                other => anyhow::Error::new(other),
+            }
+        })?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}: {} files from {from}, checked; checksums in manifest.json",
+        pulled.dest.display(),
+        pulled.files.len()
+    )?;
+    Ok(ExitStatus::Success)
+}
+
 fn validate(dir: &std::path::Path) -> anyhow::Result<ExitStatus> {
-    let problems = pack::validate(dir);
+    let mut problems: Vec<String> = pack::validate(dir).iter().map(ToString::to_string).collect();
+    // A pulled pack records its files' checksums: an edit since is worth knowing about.
+    if let Some(changed) = pack::pull::changed_since_pull(dir) {
+        problems.extend(changed.iter().map(|path| {
+            format!(
+                "{}: changed since `data pull` (checksum in manifest.json)",
+                dir.join(path).display()
+            )
+        }));
+    }
     if problems.is_empty() {
         let pack = pack::load(dir).map_err(|e| UsageError(e.to_string()))?;
         let items: usize = pack.scenarios.iter().map(|s| s.items.len()).sum();

@@ -105,7 +105,8 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
             anyhow::bail!(UsageError(format!("{}: no such results folder", shard.display())));
         }
     }
-    let pack = Arc::new(pack::load(&args.data).map_err(|e| UsageError(e.to_string()))?);
+    let pack_dir = crate::commands::resolve_pack(args.data.as_deref())?;
+    let pack = Arc::new(pack::load(&pack_dir).map_err(|e| UsageError(e.to_string()))?);
     let protocol = Arc::new(Protocol::for_pack(pack.protocol_dir.as_deref()).map_err(|e| UsageError(e.to_string()))?);
     let mut folders = BTreeSet::new();
     for shard in &args.shards {

@@ -332,6 +332,72 @@ pub fn joint_counts(user: &str) -> Option<(usize, usize)> {
     Some((safety, behavioral))
 }
 
+/// A loopback server answering `GET /<path>` with fixed files (404 for any other path), and
+/// counting requests: a stand-in for a repository's raw-file host.
+pub struct FileServer {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileServer {
+    pub fn start(files: std::collections::HashMap<String, Vec<u8>>) -> anyhow::Result<FileServer> {
+        let files = Arc::new(files);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = Router::new().route(
+            "/{*path}",
+            axum::routing::get(move |axum::extract::Path(path): axum::extract::Path<String>| {
+                let files = files.clone();
+                async move {
+                    match files.get(&path) {
+                        Some(bytes) => (StatusCode::OK, bytes.clone()).into_response(),
+                        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+                    }
+                }
+            }),
+        );
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        Ok(FileServer {
+            addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

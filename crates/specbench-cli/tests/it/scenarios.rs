@@ -176,3 +176,145 @@ fn the_example_scenario_runs_every_method_and_both_judge_modes_and_is_reported()
     );
     Ok(())
 }
+
+/// A Python string constant as upstream writes them.
+fn python_string(text: &str) -> String {
+    assert!(
+        !text.contains("\"\"\"") && !text.contains('\\'),
+        "the fixture writer needs plain texts"
+    );
+    format!("\"\"\"{text}\"\"\"")
+}
+
+/// The upstream repository's layout, built from the shared pack: data files as they are, and
+/// the protocol texts as the string constants of Python modules shaped like upstream's.
+fn upstream_layout(pack: &std::path::Path) -> anyhow::Result<std::collections::HashMap<String, Vec<u8>>> {
+    let mut files = std::collections::HashMap::new();
+    for scenario in ["Biochem", "Child", "Code", "Health", "Travel"] {
+        for file in ["scenario.json", "specifications.json", "prompts.json"] {
+            files.insert(
+                format!("data/{scenario}/{file}"),
+                std::fs::read(pack.join("scenarios").join(scenario).join(file))?,
+            );
+        }
+    }
+    for file in ["config_model.yaml", "config_eval_model.yaml", "config_ttd.yaml"] {
+        files.insert(format!("config/{file}"), std::fs::read(pack.join("config").join(file))?);
+    }
+    for file in ["Qwen3.jinja", "deepseek.jinja", "config.json"] {
+        files.insert(
+            format!("specbench/chat_templates/{file}"),
+            std::fs::read(pack.join("chat_templates").join(file))?,
+        );
+    }
+    let protocol = |name: &str| std::fs::read_to_string(pack.join("protocol").join(name));
+    files.insert(
+        "specbench/utils.py".into(),
+        format!(
+            "import os\n\nclass LLMEngine(ABC):\n    DEFAULT_SYSTEM_PROMPT = \"{}\"\n    def __init__(self):\n        pass\n",
+            protocol("system.txt")?
+        )
+        .into_bytes(),
+    );
+    files.insert(
+        "specbench/prompt_ttd.py".into(),
+        format!(
+            "from dataclasses import dataclass\n\nAugmentPrompt: str = {}\n\n@dataclass\nclass Align3Prompt:\n    FirstStage: str = {}\n    SecondStage: str = {}\n    ThirdStage: str = {}\n\n@dataclass\nclass SelfRefinePrompt:\n    FeedBackSystem: str = {}\n    FeedBackUser: str = {}\n\n    RefineSystem: str = {}\n\n    RefineUser: str = {}\n\n@dataclass\nclass MoreThinkPrompt:\n    Rethink: str = {}\n",
+            python_string(&protocol("augment.txt")?),
+            python_string(&protocol("align3_stage1.txt")?),
+            python_string(&protocol("align3_stage2.txt")?),
+            python_string(&protocol("align3_stage3.txt")?),
+            python_string(&protocol("self_refine_feedback_system.txt")?),
+            python_string(&protocol("self_refine_feedback_user.txt")?),
+            python_string(&protocol("self_refine_refine_system.txt")?),
+            python_string(&protocol("self_refine_refine_user.txt")?),
+            python_string(&protocol("more_think_rethink.txt")?),
+        )
+        .into_bytes(),
+    );
+    files.insert(
+        "specbench/prompt_eval.py".into(),
+        format!(
+            "SYSTEM_EVAL_PROMPT = {}\n\nUSER_EVAL_PROMPT = {}\n\nSYSTEM_EVAL_PROMPT_STEPWISE = {}\n\nUSER_EVAL_PROMPT_STEPWISE = {}\n",
+            python_string(&protocol("judge_joint_system.txt")?),
+            python_string(&protocol("judge_joint_user.txt")?),
+            python_string(&protocol("judge_sequential_system.txt")?),
+            python_string(&protocol("judge_sequential_user.txt")?),
+        )
+        .into_bytes(),
+    );
+    Ok(files)
+}
+
+#[test]
+fn data_pull_rebuilds_the_official_pack_file_by_file() -> anyhow::Result<()> {
+    let shared = specbench_test::golden::pack_dir()?;
+    let files = upstream_layout(&shared)?;
+    let server = specbench_test::FileServer::start(files.clone())?;
+    let ctx = TestContext::with_pack("minimal")?;
+    let pulled = ctx.run(&["data", "pull", "--from", &server.base_url(), "--dest", "pack-pulled"])?;
+    assert_eq!(pulled.code, Some(0), "{pulled:?}");
+    let dest = ctx.dir.path().join("pack-pulled");
+    let mut compared = 0;
+    for folder in ["scenarios", "config", "chat_templates", "protocol"] {
+        for entry in walk(&shared.join(folder))? {
+            let relative = entry.strip_prefix(&shared)?;
+            let ours =
+                std::fs::read(dest.join(relative)).map_err(|e| anyhow::anyhow!("{}: {e}", relative.display()))?;
+            assert!(ours == std::fs::read(&entry)?, "{} differs", relative.display());
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 15 + 3 + 3 + 14);
+    let valid = ctx.run(&["data", "validate", "pack-pulled"])?;
+    assert_eq!(valid.code, Some(0), "{valid:?}");
+
+    // A second pull does not overwrite without --force; an edit shows in validate.
+    let again = ctx.run(&["data", "pull", "--from", &server.base_url(), "--dest", "pack-pulled"])?;
+    assert_eq!(again.code, Some(2), "{again:?}");
+    std::fs::write(dest.join("config/config_ttd.yaml"), "edited: true\n")?;
+    let edited = ctx.run(&["data", "validate", "pack-pulled"])?;
+    assert_eq!(edited.code, Some(2), "{edited:?}");
+    assert!(
+        edited.stderr.contains("config_ttd.yaml: changed since `data pull`"),
+        "{}",
+        edited.stderr
+    );
+
+    // The default location: commands find the pulled pack with no --data and no SPECBENCH_DATA.
+    let default = ctx.run_without_data(&["data", "pull", "--from", &server.base_url()])?;
+    assert_eq!(default.code, Some(0), "{default:?}");
+    let stats = ctx.run_without_data(&["data", "stats"])?;
+    assert!(
+        stats.stdout.contains("total: 5 scenarios, 103 rules, 1500 items"),
+        "{stats:?}"
+    );
+
+    // A server that breaks a file: nothing is left behind.
+    let mut broken = files;
+    broken.insert("data/Child/prompts.json".into(), b"[{\"prompt\": ".to_vec());
+    let bad = specbench_test::FileServer::start(broken)?;
+    let failed = ctx.run(&["data", "pull", "--from", &bad.base_url(), "--dest", "pack-broken"])?;
+    assert_eq!(failed.code, Some(2), "{failed:?}");
+    assert!(failed.stderr.contains("data/Child/prompts.json"), "{}", failed.stderr);
+    assert!(!ctx.dir.path().join("pack-broken").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(ctx.dir.path())?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".specbench-pull-"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging folders left behind");
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(walk(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}

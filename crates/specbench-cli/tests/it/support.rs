@@ -48,6 +48,11 @@ impl TestContext {
         self.dir.path().join("cache")
     }
 
+    /// Like `run`, with neither SPECBENCH_DATA nor --data: commands look for a pulled pack.
+    pub fn run_without_data(&self, args: &[&str]) -> anyhow::Result<Finished> {
+        finish(self.specbench().env_remove("SPECBENCH_DATA").args(args))
+    }
+
     pub fn run(&self, args: &[&str]) -> anyhow::Result<Finished> {
         finish(self.specbench().args(args))
     }

@@ -4,6 +4,8 @@
 //! scenario folder), the checks that make a bad file fail with file, item and field named, and
 //! the content hash of the data a run used. Knows nothing of models, methods or scores.
 
+pub mod pull;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
