@@ -1,5 +1,5 @@
 //! Scenario packs: `data validate`, `data stats`, `scenario new`, and an authored scenario (the
-//! shipped example) run with every method and both judge modes, then reported.
+//! shipped example) run with every method and both judge modes, then reported and viewed.
 
 use std::path::PathBuf;
 
@@ -109,7 +109,7 @@ fn a_new_scenario_file_validates_and_is_never_overwritten() -> anyhow::Result<()
 }
 
 #[test]
-fn the_example_scenario_runs_every_method_and_both_judge_modes_and_is_reported() -> anyhow::Result<()> {
+fn the_example_scenario_runs_every_method_and_both_judge_modes_and_shows_in_report_and_viewer() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
     let url = server.base_url();
@@ -173,6 +173,17 @@ fn the_example_scenario_runs_every_method_and_both_judge_modes_and_is_reported()
     assert!(
         rules.stdout.contains("Do not ask for or accept full card numbers"),
         "rule texts from the scenario file"
+    );
+
+    // And in the viewer, like the official scenarios.
+    let (_viewer, base) = crate::viewer::start_viewer(&ctx)?;
+    let (status, _, body) = crate::viewer::get(&base, "/api/runs")?;
+    assert_eq!(status, 200);
+    let runs: Vec<Value> = serde_json::from_str(&body)?;
+    assert_eq!(runs.len(), 16);
+    assert!(
+        runs.iter().all(|r| r["scenario"] == "BankSupport" && r["items"] == 4),
+        "{body}"
     );
     Ok(())
 }

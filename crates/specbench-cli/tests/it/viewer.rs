@@ -15,7 +15,7 @@ use crate::support::TestContext;
 const HOSTILE: &str = "Here you go <script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\"> MARK";
 
 /// Kills a child process when dropped.
-struct Guard(Child);
+pub(crate) struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -56,7 +56,7 @@ fn stub() -> anyhow::Result<StubServer> {
     })
 }
 
-fn start_viewer(ctx: &TestContext) -> anyhow::Result<(Guard, String)> {
+pub(crate) fn start_viewer(ctx: &TestContext) -> anyhow::Result<(Guard, String)> {
     let mut child = ctx
         .specbench()
         .args(["view", "result", "--port", "0"])
@@ -248,7 +248,7 @@ async fn check(client: &Client, base: &str, ctx: &TestContext) -> anyhow::Result
 }
 
 /// A plain HTTP/1.1 GET: status line, headers and body as text.
-fn get(base: &str, path: &str) -> anyhow::Result<(u16, String, String)> {
+pub(crate) fn get(base: &str, path: &str) -> anyhow::Result<(u16, String, String)> {
     use std::io::{Read, Write};
     let address = base.trim_start_matches("http://").trim_end_matches('/').to_string();
     let mut stream = std::net::TcpStream::connect(&address)?;
