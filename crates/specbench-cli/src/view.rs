@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use specbench::judge::joint_reasons;
 use specbench::pack;
+use specbench::pack::Label;
 use specbench::report::render::STYLE;
-use specbench::report::{self, Filter, ReportOptions};
+use specbench::report::{self, ReportOptions};
 use specbench::score::{Alpha, Score, Verdict};
-use specbench::store;
 
 use crate::args::ViewArgs;
 use crate::commands::{ExitStatus, UsageError};
@@ -92,10 +92,6 @@ struct Viewer {
     leaderboard: Value,
 }
 
-fn text(value: &Value, field: &str) -> String {
-    value.get(field).and_then(Value::as_str).unwrap_or_default().to_string()
-}
-
 fn verdict_list(value: Option<&Value>) -> Vec<Verdict> {
     let values: Vec<&Value> = match value {
         Some(Value::Array(list)) => list.iter().collect(),
@@ -113,20 +109,62 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (count > 0).then(|| sum / count as f64)
 }
 
+/// One stored entry (`<judge>_evaluate.json` or `<judge>_errors.json`), read straight into the
+/// fields the viewer shows: the judge prompts and everything else are skipped while parsing, so
+/// a large run is never held as a whole JSON tree.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EntryIn {
+    data: DataIn,
+    response: String,
+    thought: String,
+    eval: EvalIn,
+    judge_error: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DataIn {
+    prompt: String,
+    adversarial_prompt: String,
+    label: String,
+    source: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EvalIn {
+    result: ResultIn,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ResultIn {
+    eval_response: Option<String>,
+    safety: Option<Value>,
+    behavioral: Option<Value>,
+}
+
+fn read_entries(path: &Path) -> anyhow::Result<Vec<EntryIn>> {
+    let file = fs_err::File::open(path).map_err(|e| UsageError(e.to_string()))?;
+    serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| UsageError(format!("{}: invalid JSON: {e}", path.display())).into())
+}
+
 fn item_from(
     position: usize,
-    entry: &Value,
+    entry: EntryIn,
     alpha: Alpha,
     rules: Option<&(Vec<String>, Vec<String>)>,
-    judge_error: Option<Value>,
+    error_file: bool,
 ) -> ViewItem {
-    let data = entry.get("data").cloned().unwrap_or(Value::Null);
-    let result = entry.get("eval").and_then(|e| e.get("result"));
-    let safety = verdict_list(result.and_then(|r| r.get("safety")));
-    let behavioral = verdict_list(result.and_then(|r| r.get("behavioral")));
-    let (safety_reasons, behavioral_reasons) = result
-        .and_then(|r| r.get("eval_response"))
-        .and_then(Value::as_str)
+    let safety = verdict_list(entry.eval.result.safety.as_ref());
+    let behavioral = verdict_list(entry.eval.result.behavioral.as_ref());
+    let (safety_reasons, behavioral_reasons) = entry
+        .eval
+        .result
+        .eval_response
+        .as_deref()
         .map(joint_reasons)
         .unwrap_or_default();
     let mut verdicts = Vec::new();
@@ -144,27 +182,24 @@ fn item_from(
             });
         }
     }
-    let score = (judge_error.is_none()).then(|| {
-        Score::of(
-            &specbench::score::Verdicts {
-                safety: safety.clone(),
-                behavioral: behavioral.clone(),
-            },
-            alpha,
-        )
-    });
-    let prompt = text(&data, "prompt");
-    let adversarial_prompt = text(&data, "adversarial_prompt");
-    let response = text(entry, "response");
-    let haystack = format!("{prompt}\n{adversarial_prompt}\n{response}").to_lowercase();
+    let judge_error = error_file.then(|| entry.judge_error.unwrap_or(Value::Null));
+    let score = judge_error
+        .is_none()
+        .then(|| Score::of(&specbench::score::Verdicts { safety, behavioral }, alpha));
+    let data = entry.data;
+    let haystack = format!("{}\n{}\n{}", data.prompt, data.adversarial_prompt, entry.response).to_lowercase();
     ViewItem {
         position,
-        label: text(&data, "label"),
-        source: text(&data, "source"),
-        prompt,
-        adversarial_prompt,
-        thought: text(entry, "thought"),
-        response,
+        label: data.label,
+        source: match data.source {
+            Some(Value::String(text)) => text,
+            Some(other) => other.to_string(),
+            None => String::new(),
+        },
+        prompt: data.prompt,
+        adversarial_prompt: data.adversarial_prompt,
+        thought: entry.thought,
+        response: entry.response,
         score,
         rules: verdicts,
         judge_error,
@@ -172,43 +207,75 @@ fn item_from(
     }
 }
 
+/// `(folder, model, scenario, method, judge stem)` of every `<judge>_evaluate.json`.
+fn discover(results: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, String, String, String, String)>> {
+    let subdirs = |dir: &Path| -> anyhow::Result<Vec<std::path::PathBuf>> {
+        let mut found = Vec::new();
+        for entry in fs_err::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                found.push(entry.path());
+            }
+        }
+        found.sort();
+        Ok(found)
+    };
+    let name = |path: &Path| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut runs = Vec::new();
+    for model in subdirs(results)? {
+        for scenario in subdirs(&model)? {
+            for method in subdirs(&scenario)? {
+                let mut stems: Vec<String> = fs_err::read_dir(&method)?
+                    .filter_map(Result::ok)
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .strip_suffix("_evaluate.json")
+                            .map(str::to_string)
+                    })
+                    .collect();
+                stems.sort();
+                for stem in stems {
+                    runs.push((method.clone(), name(&model), name(&scenario), name(&method), stem));
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
 fn load(
     results: &Path,
     alpha: Alpha,
     rules: &HashMap<String, (Vec<String>, Vec<String>)>,
 ) -> anyhow::Result<Vec<ViewRun>> {
-    let stored = report::load(results, alpha, &Filter::default()).map_err(|e| UsageError(e.to_string()))?;
-    let mut runs = Vec::with_capacity(stored.len());
-    for (id, run) in stored.iter().enumerate() {
-        let path = run.dir.join(format!("{}_evaluate.json", run.judge));
-        let entries: Vec<Value> = store::read_json(&path).map_err(|e| UsageError(e.to_string()))?;
-        let scenario_rules = rules.get(&run.scenario);
-        let mut items: Vec<ViewItem> = entries
-            .iter()
+    let found = discover(results).map_err(|e| UsageError(format!("{}: {e}", results.display())))?;
+    let mut runs = Vec::with_capacity(found.len());
+    for (id, (dir, model, scenario, method, judge)) in found.into_iter().enumerate() {
+        let scenario_rules = rules.get(&scenario);
+        let mut items: Vec<ViewItem> = read_entries(&dir.join(format!("{judge}_evaluate.json")))?
+            .into_iter()
             .enumerate()
-            .map(|(position, entry)| item_from(position, entry, alpha, scenario_rules, None))
+            .map(|(position, entry)| item_from(position, entry, alpha, scenario_rules, false))
             .collect();
-        let errors_path = run.dir.join(format!("{}_errors.json", run.judge));
+        let errors_path = dir.join(format!("{judge}_errors.json"));
         if errors_path.exists() {
-            let errors: Vec<Value> = store::read_json(&errors_path).map_err(|e| UsageError(e.to_string()))?;
-            for error in &errors {
+            for entry in read_entries(&errors_path)? {
                 let position = items.len();
-                items.push(item_from(
-                    position,
-                    error,
-                    alpha,
-                    scenario_rules,
-                    Some(error.get("judge_error").cloned().unwrap_or(Value::Null)),
-                ));
+                items.push(item_from(position, entry, alpha, scenario_rules, true));
             }
         }
         let judged: Vec<&Score> = items.iter().filter_map(|i| i.score.as_ref()).collect();
         runs.push(ViewRun {
             id,
-            model: run.model.clone(),
-            scenario: run.scenario.clone(),
-            method: run.method.clone(),
-            judge: run.judge.clone(),
+            model,
+            scenario,
+            method,
+            judge,
             items: items.len(),
             judge_errors: items.iter().filter(|i| i.judge_error.is_some()).count(),
             safety: mean(judged.iter().map(|s| f64::from(s.safety))),
@@ -219,6 +286,51 @@ fn load(
         });
     }
     Ok(runs)
+}
+
+/// The runs as the report module sees them, for its leaderboard: built from what is loaded,
+/// not read again.
+fn stored_runs(runs: &[ViewRun]) -> Vec<report::StoredRun> {
+    runs.iter()
+        .map(|run| report::StoredRun {
+            model: run.model.clone(),
+            scenario: run.scenario.clone(),
+            method: run.method.clone(),
+            judge: run.judge.clone(),
+            items: run
+                .entries
+                .iter()
+                .filter_map(|item| {
+                    let score = item.score?;
+                    let label = match item.label.as_str() {
+                        "safe" => Label::Safe,
+                        "unsafe" => Label::Unsafe,
+                        _ => return None,
+                    };
+                    let pick = |kind: &str| -> Vec<Verdict> {
+                        item.rules
+                            .iter()
+                            .filter(|r| r.kind == kind)
+                            .map(|r| r.verdict)
+                            .collect()
+                    };
+                    Some(report::ItemResult {
+                        key: item.prompt.clone(),
+                        label,
+                        verdicts: specbench::score::Verdicts {
+                            safety: pick("safety"),
+                            behavioral: pick("behavioral"),
+                        },
+                        score,
+                        completion_tokens: None,
+                    })
+                })
+                .collect(),
+            generation_cost: None,
+            judge_cost: None,
+            dir: std::path::PathBuf::new(),
+        })
+        .collect()
 }
 
 /// Items per page at most: pages stay small however large a run is.
@@ -438,7 +550,7 @@ pub async fn view(args: ViewArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     let runs = load(&args.results, alpha, &rules)?;
-    let stored = report::load(&args.results, alpha, &Filter::default()).map_err(|e| UsageError(e.to_string()))?;
+    let stored = stored_runs(&runs);
     let options = ReportOptions {
         alpha,
         resamples: 500,
