@@ -207,8 +207,17 @@ fn item_from(
     }
 }
 
-/// `(folder, model, scenario, method, judge stem)` of every `<judge>_evaluate.json`.
-fn discover(results: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, String, String, String, String)>> {
+/// A stored run's place: `model/scenario/method/<judge>_evaluate.json`.
+struct Found {
+    dir: std::path::PathBuf,
+    model: String,
+    scenario: String,
+    method: String,
+    judge: String,
+}
+
+/// Every `<judge>_evaluate.json` under `results`, in folder order.
+fn discover(results: &Path) -> anyhow::Result<Vec<Found>> {
     let subdirs = |dir: &Path| -> anyhow::Result<Vec<std::path::PathBuf>> {
         let mut found = Vec::new();
         for entry in fs_err::read_dir(dir)? {
@@ -239,8 +248,14 @@ fn discover(results: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, String, S
                     })
                     .collect();
                 stems.sort();
-                for stem in stems {
-                    runs.push((method.clone(), name(&model), name(&scenario), name(&method), stem));
+                for judge in stems {
+                    runs.push(Found {
+                        dir: method.clone(),
+                        model: name(&model),
+                        scenario: name(&scenario),
+                        method: name(&method),
+                        judge,
+                    });
                 }
             }
         }
@@ -255,7 +270,17 @@ fn load(
 ) -> anyhow::Result<Vec<ViewRun>> {
     let found = discover(results).map_err(|e| UsageError(format!("{}: {e}", results.display())))?;
     let mut runs = Vec::with_capacity(found.len());
-    for (id, (dir, model, scenario, method, judge)) in found.into_iter().enumerate() {
+    for (
+        id,
+        Found {
+            dir,
+            model,
+            scenario,
+            method,
+            judge,
+        },
+    ) in found.into_iter().enumerate()
+    {
         let scenario_rules = rules.get(&scenario);
         let mut items: Vec<ViewItem> = read_entries(&dir.join(format!("{judge}_evaluate.json")))?
             .into_iter()
