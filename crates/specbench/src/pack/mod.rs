@@ -107,15 +107,26 @@ pub struct Item {
 impl Item {
     /// Reads and checks one item object; `file` and `index` only name the place in errors.
     pub fn from_json(value: &Value, file: &Path, index: usize) -> Result<Item, PackError> {
+        Item::from_owned(value.clone(), file, index)
+    }
+
+    /// Like `from_json`, keeping `value` itself as the raw entry rather than a copy of it.
+    pub fn from_owned(value: Value, file: &Path, index: usize) -> Result<Item, PackError> {
         let field_error = |field: &str, problem: String| PackError::Field {
             file: file.to_path_buf(),
             index: Some(index),
             field: field.to_string(),
             problem,
         };
-        let object = value
-            .as_object()
-            .ok_or_else(|| field_error("(item)", format!("expected an object, found {}", kind(value))))?;
+        let object = match value {
+            Value::Object(map) => map,
+            other => {
+                return Err(field_error(
+                    "(item)",
+                    format!("expected an object, found {}", kind(&other)),
+                ));
+            }
+        };
         let required_string = |field: &str| -> Result<String, PackError> {
             match object.get(field) {
                 Some(Value::String(s)) => Ok(s.clone()),
@@ -141,15 +152,20 @@ impl Item {
             }
             None => return Err(field_error("label", "missing".to_string())),
         };
+        let adversarial_prompt = required_string("adversarial_prompt")?;
+        let prompt = required_string("prompt")?;
+        let source = optional_string("source")?.unwrap_or_default();
+        let answer = optional_string("answer")?;
+        let prompt_comment = optional_string("prompt_comment")?;
         Ok(Item {
             index,
-            adversarial_prompt: required_string("adversarial_prompt")?,
-            prompt: required_string("prompt")?,
+            adversarial_prompt,
+            prompt,
             label,
-            source: optional_string("source")?.unwrap_or_default(),
-            answer: optional_string("answer")?,
-            prompt_comment: optional_string("prompt_comment")?,
-            raw: Arc::new(object.clone()),
+            source,
+            answer,
+            prompt_comment,
+            raw: Arc::new(object),
         })
     }
 
@@ -444,12 +460,12 @@ fn keep<T>(result: Result<T, PackError>, problems: &mut Vec<PackError>) -> Optio
 }
 
 /// Every item of a list, each checked; the problems of all bad items are recorded.
-fn items_of(entries: &[Value], file: &Path, problems: &mut Vec<PackError>) -> Option<Vec<Arc<Item>>> {
+fn items_of(entries: Vec<Value>, file: &Path, problems: &mut Vec<PackError>) -> Option<Vec<Arc<Item>>> {
     let before = problems.len();
     let items: Vec<Arc<Item>> = entries
-        .iter()
+        .into_iter()
         .enumerate()
-        .filter_map(|(index, value)| keep(Item::from_json(value, file, index).map(Arc::new), problems))
+        .filter_map(|(index, value)| keep(Item::from_owned(value, file, index).map(Arc::new), problems))
         .collect();
     (problems.len() == before).then_some(items)
 }
@@ -481,7 +497,7 @@ fn load_scenario(dir: &Path, hasher: &mut Sha256, problems: &mut Vec<PackError>)
 
     let items_file = dir.join(ITEMS_FILE);
     let items = match keep(read_json(&items_file, hasher), problems) {
-        Some(Value::Array(entries)) => items_of(&entries, &items_file, problems),
+        Some(Value::Array(entries)) => items_of(entries, &items_file, problems),
         Some(other) => {
             problems.push(PackError::Field {
                 file: items_file.clone(),
@@ -568,7 +584,7 @@ fn load_scenario_file(file: &Path, hasher: &mut Sha256, problems: &mut Vec<PackE
                     entry
                 })
                 .collect();
-            items_of(&filled, file, problems)
+            items_of(filled, file, problems)
         }
         other => {
             problems.push(PackError::Field {
