@@ -358,8 +358,12 @@ pub struct DataArgs {
     #[arg(long, conflicts_with = "items")]
     pub limit: Option<usize>,
     /// Only these item positions of each scenario (`0,5,200`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "sample")]
     pub items: Vec<usize>,
+    /// N items of each scenario with both labels: half unsafe, half safe, each spread evenly
+    /// (--limit takes the first N, which in the official scenarios are all unsafe).
+    #[arg(long, value_name = "N", conflicts_with = "limit")]
+    pub sample: Option<usize>,
     /// Where results are written (upstream layout: DIR/<model>/<scenario>/<method>/).
     #[arg(long, default_value = "result", value_name = "DIR")]
     pub results: PathBuf,

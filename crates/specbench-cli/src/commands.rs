@@ -380,6 +380,7 @@ impl Session {
                 scenario: data.scenario.clone(),
                 limit: data.limit,
                 items: data.items.clone(),
+                sample: data.sample,
                 results: data.results.clone(),
                 shard: data.shard,
             },
@@ -634,10 +635,11 @@ impl Session {
     }
 
     fn plan(&self, args: &GenerateArgs, model_key: &str, method: MethodConfig) -> anyhow::Result<RunPlan> {
-        let items = match (self.data.limit, self.data.items.is_empty()) {
-            (Some(limit), _) => ItemSelection::First(limit),
-            (None, false) => ItemSelection::Indices(self.data.items.clone()),
-            (None, true) => ItemSelection::All,
+        let items = match (self.data.limit, self.data.sample, self.data.items.is_empty()) {
+            (Some(limit), _, _) => ItemSelection::First(limit),
+            (None, Some(sample), _) => ItemSelection::Balanced(sample),
+            (None, None, false) => ItemSelection::Indices(self.data.items.clone()),
+            (None, None, true) => ItemSelection::All,
         };
         Ok(RunPlan {
             scenarios: self.data.scenario.clone(),

@@ -514,3 +514,29 @@ fn each_method_reports_its_own_requests() -> anyhow::Result<()> {
     assert!(lines[3].contains("3 from cache"), "{}", lines[3]);
     Ok(())
 }
+
+#[test]
+fn a_balanced_sample_reaches_both_labels() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let pack = specbench_test::golden::pack_dir()?;
+    let finished = ctx.run(&run_args(
+        &url,
+        &[
+            "--data",
+            &pack.to_string_lossy(),
+            "--scenario",
+            "Child",
+            "--sample",
+            "6",
+        ],
+    ))?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let scores = ctx.read_json("test-model/Child/vanilla/test-judge_score.json")?;
+    assert_eq!(scores["unsafe_subset_SAR"]["count"], 3);
+    assert_eq!(scores["safe_subset_SAR"]["count"], 3);
+    let both = ctx.run(&run_args(&url, &["--sample", "2", "--limit", "2"]))?;
+    assert_eq!(both.code, Some(2), "--sample and --limit conflict: {both:?}");
+    Ok(())
+}

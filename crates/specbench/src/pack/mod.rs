@@ -637,6 +637,16 @@ pub enum ItemSelection {
     First(usize),
     /// These positions, in the given order.
     Indices(Vec<usize>),
+    /// N items with both labels: half unsafe (one more when N is odd), half safe, each half
+    /// spread evenly over its label's items, in position order. The official scenarios list all
+    /// unsafe items first, so `First(N)` never reaches a safe one.
+    Balanced(usize),
+}
+
+/// `count` positions spread evenly over `0..len` (the first, then every len/count-th).
+fn spread(len: usize, count: usize) -> impl Iterator<Item = usize> {
+    let count = count.min(len);
+    (0..count).map(move |i| i * len / count)
 }
 
 impl ItemSelection {
@@ -644,6 +654,24 @@ impl ItemSelection {
         match self {
             ItemSelection::All => Ok(scenario.items.clone()),
             ItemSelection::First(n) => Ok(scenario.items.iter().take(*n).cloned().collect()),
+            ItemSelection::Balanced(n) => {
+                let of =
+                    |label: Label| -> Vec<&Arc<Item>> { scenario.items.iter().filter(|i| i.label == label).collect() };
+                let (unsafe_items, safe_items) = (of(Label::Unsafe), of(Label::Safe));
+                let unsafe_count = n.div_ceil(2).min(unsafe_items.len());
+                let safe_count = (n - unsafe_count).min(safe_items.len());
+                // If one label runs short, the other fills the rest.
+                let unsafe_count = (n - safe_count).min(unsafe_items.len());
+                let mut chosen: Vec<Arc<Item>> = spread(unsafe_items.len(), unsafe_count)
+                    .filter_map(|i| unsafe_items.get(i).map(|item| Arc::clone(item)))
+                    .chain(
+                        spread(safe_items.len(), safe_count)
+                            .filter_map(|i| safe_items.get(i).map(|item| Arc::clone(item))),
+                    )
+                    .collect();
+                chosen.sort_by_key(|item| item.index);
+                Ok(chosen)
+            }
             ItemSelection::Indices(indices) => indices
                 .iter()
                 .map(|&index| {
@@ -680,6 +708,58 @@ mod tests {
         assert_eq!(item.prompt_comment, None);
         assert_eq!(item.generation_prompt(PromptVariant::Adversarial), "a");
         assert_eq!(item.generation_prompt(PromptVariant::Original), "p");
+        Ok(())
+    }
+
+    fn scenario(labels: &[Label]) -> Result<Scenario, PackError> {
+        let items = labels
+            .iter()
+            .enumerate()
+            .map(|(i, label)| {
+                Item::from_json(
+                    &json!({"adversarial_prompt": "a", "prompt": format!("p{i}"), "label": label.as_str()}),
+                    Path::new("p.json"),
+                    i,
+                )
+                .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Scenario {
+            name: "S".into(),
+            title: "S".into(),
+            description: "d".into(),
+            rules: Rules {
+                safety: vec!["s".into()],
+                behavioral: vec!["b".into()],
+            },
+            items,
+            items_file: PathBuf::from("p.json"),
+        })
+    }
+
+    #[test]
+    fn a_balanced_sample_spreads_over_both_labels() -> Result<(), PackError> {
+        // Like the official scenarios: 200 unsafe items, then 100 safe ones.
+        let mut labels = vec![Label::Unsafe; 200];
+        labels.extend(vec![Label::Safe; 100]);
+        let pick = |n| -> Result<Vec<usize>, PackError> {
+            Ok(ItemSelection::Balanced(n)
+                .select(&scenario(&labels)?)?
+                .iter()
+                .map(|i| i.index)
+                .collect())
+        };
+        assert_eq!(pick(6)?, vec![0, 66, 133, 200, 233, 266]);
+        assert_eq!(pick(3)?, vec![0, 100, 200]);
+        assert_eq!(pick(1000)?.len(), 300, "never more than there are");
+        // One label short: the other fills the sample.
+        let few_safe = [Label::Unsafe, Label::Unsafe, Label::Unsafe, Label::Safe];
+        let chosen: Vec<usize> = ItemSelection::Balanced(4)
+            .select(&scenario(&few_safe)?)?
+            .iter()
+            .map(|i| i.index)
+            .collect();
+        assert_eq!(chosen, vec![0, 1, 2, 3]);
         Ok(())
     }
 
