@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use specbench::backend::template::ChatTemplate;
-use specbench::backend::{ConcurrencyLimits, Model, OpenAiBackend, PrefillStyle, Preset, RetryPolicy};
+use specbench::backend::{ConcurrencyLimits, Model, ModelTotals, OpenAiBackend, PrefillStyle, Preset, RetryPolicy};
 use specbench::config::{MethodParams, ModelEntry, ModelFile};
 use specbench::judge::{Judge, JudgeMode};
 use specbench::method::{MethodConfig, MethodKind, Scorer, ScorerKind};
@@ -310,7 +310,7 @@ fn scorer(args: &MethodArgs, exec: &ExecArgs, judge: Option<&Judge>) -> anyhow::
     }
 }
 
-fn alpha(value: f64) -> anyhow::Result<Alpha> {
+pub(crate) fn alpha(value: f64) -> anyhow::Result<Alpha> {
     Alpha::new(value).ok_or_else(|| UsageError(format!("--alpha {value}: must lie between 0 and 1")).into())
 }
 
@@ -732,29 +732,23 @@ fn print_report(report: &RunReport) {
         }
     }
     if let Some(totals) = &report.generator {
-        let _ = writeln!(
-            out,
-            "generation: {} requests ({} retried, {} failed), {} from cache, tokens {} prompt / {} completion",
-            totals.requests,
-            totals.retries,
-            totals.failures,
-            totals.cache_hits,
-            totals.prompt_tokens,
-            totals.completion_tokens
-        );
+        let _ = writeln!(out, "generation: {}", totals_line(totals));
     }
     for (key, totals) in &report.judges {
-        let _ = writeln!(
-            out,
-            "judge {key}: {} requests ({} retried, {} failed), {} from cache, tokens {} prompt / {} completion",
-            totals.requests,
-            totals.retries,
-            totals.failures,
-            totals.cache_hits,
-            totals.prompt_tokens,
-            totals.completion_tokens
-        );
+        let _ = writeln!(out, "judge {key}: {}", totals_line(totals));
     }
+}
+
+fn totals_line(totals: &ModelTotals) -> String {
+    format!(
+        "{} requests ({} retried, {} failed), {} from cache, tokens {} prompt / {} completion",
+        totals.requests,
+        totals.retries,
+        totals.failures,
+        totals.cache_hits,
+        totals.prompt_tokens,
+        totals.completion_tokens
+    )
 }
 
 /// The score table: one block per scenario and judge, a row per subset.

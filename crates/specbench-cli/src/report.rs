@@ -1,25 +1,42 @@
 //! `specbench report`: stored results in, tables and plots out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 
 use specbench::pack;
 use specbench::report::render::{self, Format};
-use specbench::report::{self, Filter, Price, ReportOptions};
-use specbench::score::Alpha;
+use specbench::report::{self, Filter, Price, ReportOptions, RuleTexts};
 
 use crate::args::{ReportArgs, ReportFormat};
-use crate::commands::{ExitStatus, UsageError};
+use crate::commands::{ExitStatus, UsageError, alpha};
+
+/// A results folder to read, or a usage error naming it.
+pub(crate) fn results_folder(results: &Path) -> anyhow::Result<()> {
+    if results.is_dir() {
+        Ok(())
+    } else {
+        Err(UsageError(format!("{}: no such results folder", results.display())).into())
+    }
+}
+
+/// Rule texts by scenario from the pack at `data`, for tables and pages that show them; none
+/// without a pack.
+pub(crate) fn rule_texts(data: Option<&Path>) -> anyhow::Result<RuleTexts> {
+    let Some(data) = data else {
+        return Ok(RuleTexts::new());
+    };
+    let pack = pack::load(data).map_err(|e| UsageError(e.to_string()))?;
+    Ok(pack
+        .scenarios
+        .into_iter()
+        .map(|scenario| (scenario.name, (scenario.rules.safety, scenario.rules.behavioral)))
+        .collect())
+}
 
 pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
-    if !args.results.is_dir() {
-        anyhow::bail!(UsageError(format!(
-            "{}: no such results folder",
-            args.results.display()
-        )));
-    }
-    let alpha = Alpha::new(args.alpha)
-        .ok_or_else(|| UsageError(format!("--alpha {}: must lie between 0 and 1", args.alpha)))?;
+    results_folder(&args.results)?;
+    let alpha = alpha(args.alpha)?;
     if args.resamples == 0 || args.permutations == 0 {
         anyhow::bail!(UsageError("--resamples and --permutations must be at least 1".into()));
     }
@@ -30,16 +47,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
         }
         None => BTreeMap::new(),
     };
-    let mut rules = HashMap::new();
-    if let Some(data) = &args.data {
-        let pack = pack::load(data).map_err(|e| UsageError(e.to_string()))?;
-        for scenario in &pack.scenarios {
-            rules.insert(
-                scenario.name.clone(),
-                (scenario.rules.safety.clone(), scenario.rules.behavioral.clone()),
-            );
-        }
-    }
+    let rules = rule_texts(args.data.as_deref())?;
     let compare = match args.compare.as_slice() {
         [] => None,
         [a, b] => Some((a.clone(), b.clone())),

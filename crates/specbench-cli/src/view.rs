@@ -27,14 +27,14 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use specbench::judge::joint_reasons;
-use specbench::pack;
 use specbench::pack::Label;
 use specbench::report::render::STYLE;
 use specbench::report::{self, ReportOptions};
 use specbench::score::{Alpha, Score, Verdict};
 
 use crate::args::ViewArgs;
-use crate::commands::{ExitStatus, UsageError};
+use crate::commands::{ExitStatus, UsageError, alpha};
+use crate::report::{results_folder, rule_texts};
 
 const INDEX_HTML: &str = include_str!("../assets/viewer/index.html");
 const APP_JS: &str = include_str!("../assets/viewer/app.js");
@@ -263,11 +263,7 @@ fn discover(results: &Path) -> anyhow::Result<Vec<Found>> {
     Ok(runs)
 }
 
-fn load(
-    results: &Path,
-    alpha: Alpha,
-    rules: &HashMap<String, (Vec<String>, Vec<String>)>,
-) -> anyhow::Result<Vec<ViewRun>> {
+fn load(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> anyhow::Result<Vec<ViewRun>> {
     let found = discover(results).map_err(|e| UsageError(format!("{}: {e}", results.display())))?;
     let mut runs = Vec::with_capacity(found.len());
     for (
@@ -556,24 +552,9 @@ fn router(viewer: Arc<Viewer>) -> Router {
 }
 
 pub async fn view(args: ViewArgs) -> anyhow::Result<ExitStatus> {
-    if !args.results.is_dir() {
-        anyhow::bail!(UsageError(format!(
-            "{}: no such results folder",
-            args.results.display()
-        )));
-    }
-    let alpha = Alpha::new(args.alpha)
-        .ok_or_else(|| UsageError(format!("--alpha {}: must lie between 0 and 1", args.alpha)))?;
-    let mut rules = HashMap::new();
-    if let Some(data) = &args.data {
-        let pack = pack::load(data).map_err(|e| UsageError(e.to_string()))?;
-        for scenario in &pack.scenarios {
-            rules.insert(
-                scenario.name.clone(),
-                (scenario.rules.safety.clone(), scenario.rules.behavioral.clone()),
-            );
-        }
-    }
+    results_folder(&args.results)?;
+    let alpha = alpha(args.alpha)?;
+    let rules = rule_texts(args.data.as_deref())?;
     let runs = load(&args.results, alpha, &rules)?;
     let stored = stored_runs(&runs);
     let options = ReportOptions {

@@ -59,8 +59,63 @@ struct Shared {
 pub struct StubServer {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
+    background: Background,
+}
+
+/// An axum app served on 127.0.0.1 (a free port) by its own thread and runtime, stopped and
+/// joined when dropped. Bound with std, so it starts from inside another runtime too.
+struct Background {
+    addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(app: Router, threads: usize) -> anyhow::Result<Background> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        Ok(Background {
+            addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves until the process is killed.
+    fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Options of a stub server.
@@ -99,33 +154,12 @@ impl StubServer {
             requests: Mutex::new(Vec::new()),
             record: options.record,
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(options.threads.max(1))
-            .enable_all()
-            .build()?;
-        // Bound with std so that this works from inside another runtime too.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new().route("/{*path}", post(answer)).with_state(shared.clone());
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-        });
+        let background = Background::start(app, options.threads)?;
         Ok(StubServer {
-            addr,
+            addr: background.addr,
             shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            background,
         })
     }
 
@@ -140,21 +174,8 @@ impl StubServer {
     }
 
     /// Serves until the process is killed (the benchmark's stub process).
-    pub fn wait(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for StubServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn wait(self) {
+        self.background.wait();
     }
 }
 
@@ -332,25 +353,16 @@ pub fn joint_counts(user: &str) -> Option<(usize, usize)> {
     Some((safety, behavioral))
 }
 
-/// A loopback server answering `GET /<path>` with fixed files (404 for any other path), and
-/// counting requests: a stand-in for a repository's raw-file host.
+/// A loopback server answering `GET /<path>` with fixed files (404 for any other path):
+/// a stand-in for a repository's raw-file host.
 pub struct FileServer {
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _background: Background,
 }
 
 impl FileServer {
     pub fn start(files: std::collections::HashMap<String, Vec<u8>>) -> anyhow::Result<FileServer> {
         let files = Arc::new(files);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new().route(
             "/{*path}",
             axum::routing::get(move |axum::extract::Path(path): axum::extract::Path<String>| {
@@ -363,38 +375,15 @@ impl FileServer {
                 }
             }),
         );
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-        });
+        let background = Background::start(app, 1)?;
         Ok(FileServer {
-            addr,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            addr: background.addr,
+            _background: background,
         })
     }
 
     pub fn base_url(&self) -> String {
         format!("http://{}/", self.addr)
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -69,6 +69,18 @@ fn journal(path: &Path, id: &str) -> anyhow::Result<(BTreeMap<String, usize>, Ve
     Ok((statuses, duplicates))
 }
 
+/// A stub answering with synthetic replies through `mix`'s faults.
+fn fault_server(mix: &Arc<FaultMix>) -> anyhow::Result<StubServer> {
+    let mix = mix.clone();
+    StubServer::start_with(
+        StubOptions {
+            threads: 2,
+            ..StubOptions::default()
+        },
+        move |request| mix.reply(request, synthetic_reply),
+    )
+}
+
 fn files_of(results: &Path, model: &str, scenario: &str) -> PathBuf {
     results.join(model).join(scenario).join("vanilla")
 }
@@ -77,16 +89,7 @@ fn files_of(results: &Path, model: &str, scenario: &str) -> PathBuf {
 fn a_fault_mix_loses_no_item_and_duplicates_none() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let mix = Arc::new(FaultMix::new(&Fault::ALL, 0.2, Duration::from_secs(3)));
-    let server = {
-        let mix = mix.clone();
-        StubServer::start_with(
-            StubOptions {
-                threads: 2,
-                ..StubOptions::default()
-            },
-            move |request| mix.reply(request, synthetic_reply),
-        )?
-    };
+    let server = fault_server(&mix)?;
     let args = three_hundred_items(&server.base_url())?;
     let started = Instant::now();
     let finished = run_owned(&ctx, &args)?;
@@ -158,17 +161,8 @@ fn with_transient_faults_only_the_scores_equal_a_fault_free_run() -> anyhow::Res
     assert_eq!(finished.code, Some(0), "{finished:?}");
 
     let ctx = TestContext::with_pack("minimal")?;
-    let mix = Arc::new(FaultMix::new(&Fault::TRANSIENT, 0.3, Duration::from_secs(3)));
-    let faulty = {
-        let mix = mix.clone();
-        StubServer::start_with(
-            StubOptions {
-                threads: 2,
-                ..StubOptions::default()
-            },
-            move |request| mix.reply(request, synthetic_reply),
-        )?
-    };
+    let mix = Arc::new(FaultMix::new(Fault::TRANSIENT, 0.3, Duration::from_secs(3)));
+    let faulty = fault_server(&mix)?;
     let finished = run_owned(&ctx, &three_hundred_items(&faulty.base_url())?)?;
     assert_eq!(finished.code, Some(0), "{finished:?}");
     eprintln!(

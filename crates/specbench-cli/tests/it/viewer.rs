@@ -56,6 +56,27 @@ fn stub() -> anyhow::Result<StubServer> {
     })
 }
 
+/// vanilla and zero_think on the fixture pack, answered and judged by `stub`.
+fn make_results(ctx: &TestContext) -> anyhow::Result<()> {
+    let server = stub()?;
+    let url = server.base_url();
+    let finished = ctx.run(&[
+        "run",
+        "--model",
+        "view-model",
+        "--base-url",
+        &url,
+        "--judge",
+        "view-judge",
+        "--judge-base-url",
+        &url,
+        "--method",
+        "vanilla,zero_think",
+    ])?;
+    anyhow::ensure!(finished.code == Some(0), "{finished:?}");
+    Ok(())
+}
+
 pub(crate) fn start_viewer(ctx: &TestContext) -> anyhow::Result<(Guard, String)> {
     let mut child = ctx
         .specbench()
@@ -142,22 +163,7 @@ async fn texts(client: &Client, css: &str) -> anyhow::Result<Vec<String>> {
 #[test]
 fn the_viewer_in_a_real_browser() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
-    let server = stub()?;
-    let url = server.base_url();
-    let finished = ctx.run(&[
-        "run",
-        "--model",
-        "view-model",
-        "--base-url",
-        &url,
-        "--judge",
-        "view-judge",
-        "--judge-base-url",
-        &url,
-        "--method",
-        "vanilla,zero_think",
-    ])?;
-    assert_eq!(finished.code, Some(0), "{finished:?}");
+    make_results(&ctx)?;
     let (_viewer, base) = start_viewer(&ctx)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -266,22 +272,7 @@ pub(crate) fn get(base: &str, path: &str) -> anyhow::Result<(u16, String, String
 #[test]
 fn the_viewer_api_is_strict_and_pages_filters_and_searches() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
-    let server = stub()?;
-    let url = server.base_url();
-    let finished = ctx.run(&[
-        "run",
-        "--model",
-        "view-model",
-        "--base-url",
-        &url,
-        "--judge",
-        "view-judge",
-        "--judge-base-url",
-        &url,
-        "--method",
-        "vanilla,zero_think",
-    ])?;
-    assert_eq!(finished.code, Some(0), "{finished:?}");
+    make_results(&ctx)?;
     let (_viewer, base) = start_viewer(&ctx)?;
 
     let (status, head, page) = get(&base, "/")?;

@@ -70,6 +70,9 @@ pub struct Report {
     pub plots: Vec<Plot>,
 }
 
+/// Rule texts by scenario: (safety rules, behavioral rules).
+pub type RuleTexts = HashMap<String, (Vec<String>, Vec<String>)>;
+
 /// Prices per million tokens, by model key (a judge's key without `-sequential`).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 pub struct Price {
@@ -88,8 +91,7 @@ pub struct ReportOptions {
     pub level: f64,
     pub seed: u64,
     pub prices: BTreeMap<String, Price>,
-    /// Rule texts by scenario: (safety rules, behavioral rules).
-    pub rules: HashMap<String, (Vec<String>, Vec<String>)>,
+    pub rules: RuleTexts,
     /// Two models to compare; when `None`, each model is compared with the next one down the
     /// leaderboard (is the gap between neighbours real?).
     pub compare: Option<(String, String)>,
