@@ -74,29 +74,11 @@ fn recorded_model(entry: &Value) -> anyhow::Result<Model> {
 
 /// `<model>/<scenario>/<method>` folders holding a journal, relative to `root`.
 fn run_folders(root: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
-    let subdirs = |dir: &Path| -> anyhow::Result<Vec<PathBuf>> {
-        let mut found = Vec::new();
-        for entry in fs_err::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
-                found.push(entry.path());
-            }
-        }
-        Ok(found)
-    };
-    let mut folders = BTreeSet::new();
-    for model in subdirs(root)? {
-        for scenario in subdirs(&model)? {
-            for method in subdirs(&scenario)? {
-                if method.join(".journal").is_dir()
-                    && let Ok(relative) = method.strip_prefix(root)
-                {
-                    folders.insert(relative.to_path_buf());
-                }
-            }
-        }
-    }
-    Ok(folders)
+    Ok(store::run_folders(root)?
+        .into_iter()
+        .filter(|folder| folder.dir.join(".journal").is_dir())
+        .filter_map(|folder| folder.dir.strip_prefix(root).ok().map(Path::to_path_buf))
+        .collect())
 }
 
 pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {

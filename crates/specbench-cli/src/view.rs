@@ -31,6 +31,7 @@ use specbench::pack::Label;
 use specbench::report::render::STYLE;
 use specbench::report::{self, ReportOptions};
 use specbench::score::{Alpha, Score, Verdict};
+use specbench::store;
 
 use crate::args::ViewArgs;
 use crate::commands::{ExitStatus, UsageError, alpha};
@@ -218,46 +219,26 @@ struct Found {
 
 /// Every `<judge>_evaluate.json` under `results`, in folder order.
 fn discover(results: &Path) -> anyhow::Result<Vec<Found>> {
-    let subdirs = |dir: &Path| -> anyhow::Result<Vec<std::path::PathBuf>> {
-        let mut found = Vec::new();
-        for entry in fs_err::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
-                found.push(entry.path());
-            }
-        }
-        found.sort();
-        Ok(found)
-    };
-    let name = |path: &Path| {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
     let mut runs = Vec::new();
-    for model in subdirs(results)? {
-        for scenario in subdirs(&model)? {
-            for method in subdirs(&scenario)? {
-                let mut stems: Vec<String> = fs_err::read_dir(&method)?
-                    .filter_map(Result::ok)
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .strip_suffix("_evaluate.json")
-                            .map(str::to_string)
-                    })
-                    .collect();
-                stems.sort();
-                for judge in stems {
-                    runs.push(Found {
-                        dir: method.clone(),
-                        model: name(&model),
-                        scenario: name(&scenario),
-                        method: name(&method),
-                        judge,
-                    });
-                }
-            }
+    for folder in store::run_folders(results)? {
+        let mut stems: Vec<String> = fs_err::read_dir(&folder.dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_suffix("_evaluate.json")
+                    .map(str::to_string)
+            })
+            .collect();
+        stems.sort();
+        for judge in stems {
+            runs.push(Found {
+                dir: folder.dir.clone(),
+                model: folder.model.clone(),
+                scenario: folder.scenario.clone(),
+                method: folder.method.clone(),
+                judge,
+            });
         }
     }
     Ok(runs)

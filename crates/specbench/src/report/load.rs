@@ -54,29 +54,6 @@ impl Filter {
     }
 }
 
-fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let read = |source| StoreError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut found = Vec::new();
-    for entry in fs_err::read_dir(dir).map_err(read)? {
-        let entry = entry.map_err(read)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type().map_err(read)?.is_dir() && !name.starts_with('.') {
-            found.push(entry.path());
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-fn name_of(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 fn usage_of(value: &Value) -> Option<Usage> {
     serde_json::from_value(value.clone()).ok()
 }
@@ -100,23 +77,19 @@ fn completion_tokens(path: &Path) -> Result<HashMap<String, u64>, StoreError> {
 /// Every stored run under `results` that `filter` admits, scored with `alpha`, in folder order.
 pub fn load(results: &Path, alpha: Alpha, filter: &Filter) -> Result<Vec<StoredRun>, StoreError> {
     let mut runs = Vec::new();
-    for model_dir in subdirs(results)? {
-        let model = name_of(&model_dir);
-        if !Filter::admits(&filter.models, &model) {
-            continue;
-        }
-        for scenario_dir in subdirs(&model_dir)? {
-            let scenario = name_of(&scenario_dir);
-            if !Filter::admits(&filter.scenarios, &scenario) {
-                continue;
-            }
-            for method_dir in subdirs(&scenario_dir)? {
-                let method = name_of(&method_dir);
-                if !Filter::admits(&filter.methods, &method) {
-                    continue;
-                }
-                runs.extend(load_folder(&method_dir, &model, &scenario, &method, alpha, filter)?);
-            }
+    for folder in store::run_folders(results)? {
+        if Filter::admits(&filter.models, &folder.model)
+            && Filter::admits(&filter.scenarios, &folder.scenario)
+            && Filter::admits(&filter.methods, &folder.method)
+        {
+            runs.extend(load_folder(
+                &folder.dir,
+                &folder.model,
+                &folder.scenario,
+                &folder.method,
+                alpha,
+                filter,
+            )?);
         }
     }
     Ok(runs)

@@ -378,6 +378,54 @@ impl Store {
     }
 }
 
+/// A `<model>/<scenario>/<method>` folder found under a results folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFolder {
+    pub dir: PathBuf,
+    pub model: String,
+    pub scenario: String,
+    pub method: String,
+}
+
+/// Every `<model>/<scenario>/<method>` folder under `root`, in name order; hidden folders
+/// (`.journal`, `.cache`) are skipped.
+pub fn run_folders(root: &Path) -> Result<Vec<RunFolder>, StoreError> {
+    fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let read = |source| StoreError::Read {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut found = Vec::new();
+        for entry in fs_err::read_dir(dir).map_err(read)? {
+            let entry = entry.map_err(read)?;
+            if entry.file_type().map_err(read)?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                found.push(entry.path());
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+    let name = |path: &Path| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut folders = Vec::new();
+    for model in subdirs(root)? {
+        for scenario in subdirs(&model)? {
+            for method in subdirs(&scenario)? {
+                folders.push(RunFolder {
+                    model: name(&model),
+                    scenario: name(&scenario),
+                    method: name(&method),
+                    dir: method,
+                });
+            }
+        }
+    }
+    Ok(folders)
+}
+
 /// The folder of one model × scenario × method.
 #[derive(Debug, Clone)]
 pub struct RunDir {
