@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use specbench::backend::template::ChatTemplate;
-use specbench::backend::{Backend, BackendError, Generation, Request, Usage};
+use specbench::backend::{Backend, BackendError, Generation, ReplyFormat, Request, Usage};
 
 pub use grammar::{joint_grammar, sequential_grammar};
 use worker::{Job, Worker};
@@ -208,27 +208,30 @@ impl LocalBackend {
     }
 }
 
+/// `sampling` for a request of reply `format`: a constrained reply must be able to finish, since
+/// a grammar cut off by `max_tokens` would not parse, so the budget is raised to room for every
+/// line at its longest typical length (analysis plus verdict).
+fn sampling_for(mut sampling: Sampling, format: Option<ReplyFormat>) -> Sampling {
+    if let Some(format) = format {
+        let lines = match format {
+            ReplyFormat::Joint { safety, behavioral } => safety + behavioral + 4,
+            ReplyFormat::Sequential => 1,
+        };
+        let needed = (lines * (grammar::MAX_ANALYSIS_CHARS / 2 + 8) + 16) as u32;
+        sampling.max_tokens = sampling.max_tokens.max(needed);
+    }
+    sampling
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
         let prompt = self.prompt(request)?;
         let grammar = request.format.map(|format| match format {
-            specbench::backend::ReplyFormat::Joint { safety, behavioral } => {
-                joint_grammar(safety, behavioral, grammar::MAX_ANALYSIS_CHARS)
-            }
-            specbench::backend::ReplyFormat::Sequential => sequential_grammar(grammar::MAX_ANALYSIS_CHARS),
+            ReplyFormat::Joint { safety, behavioral } => joint_grammar(safety, behavioral, grammar::MAX_ANALYSIS_CHARS),
+            ReplyFormat::Sequential => sequential_grammar(grammar::MAX_ANALYSIS_CHARS),
         });
-        // A constrained reply must be able to finish: a grammar cut off by `max_tokens` would not
-        // parse. Room for every line at its longest typical length (analysis plus verdict).
-        let mut sampling = self.sampling;
-        if let Some(format) = request.format {
-            let lines = match format {
-                specbench::backend::ReplyFormat::Joint { safety, behavioral } => safety + behavioral + 4,
-                specbench::backend::ReplyFormat::Sequential => 1,
-            };
-            let needed = (lines * (grammar::MAX_ANALYSIS_CHARS / 2 + 8) + 16) as u32;
-            sampling.max_tokens = sampling.max_tokens.max(needed);
-        }
+        let sampling = sampling_for(self.sampling, request.format);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             prompt,
@@ -272,5 +275,42 @@ impl Backend for LocalBackend {
             // Judge replies are decoded under a grammar of the reply format.
             "constrained_judging": true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_constrained_reply_gets_room_for_every_line() {
+        let sampling = Sampling::default();
+        assert_eq!(sampling_for(sampling, None).max_tokens, sampling.max_tokens);
+        // Child's joint format: 12 safety and 10 behavioral lines do not fit in 256 tokens.
+        let joint = sampling_for(
+            sampling,
+            Some(ReplyFormat::Joint {
+                safety: 12,
+                behavioral: 10,
+            }),
+        );
+        assert!(joint.max_tokens >= 26 * 50, "{}", joint.max_tokens);
+        assert!(sampling_for(sampling, Some(ReplyFormat::Sequential)).max_tokens >= sampling.max_tokens);
+        let generous = Sampling {
+            max_tokens: 5000,
+            ..sampling
+        };
+        assert_eq!(
+            sampling_for(
+                generous,
+                Some(ReplyFormat::Joint {
+                    safety: 12,
+                    behavioral: 10
+                })
+            )
+            .max_tokens,
+            5000,
+            "a larger configured budget stands"
+        );
     }
 }

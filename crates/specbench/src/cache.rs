@@ -60,12 +60,11 @@ impl CacheKey {
             format: request.format.map(|format| format!("{format:?}")),
             sample: request.sample,
         };
+        // Serialized straight into the hash: no copy of the request per call. Writing plain
+        // strings and numbers to a hasher cannot fail; were it to, the error text is hashed too.
         let mut hasher = Sha256::new();
-        // Serializing plain strings and numbers cannot fail; an empty hash input would still
-        // give a valid (if useless) key, so the error is folded into the hash rather than raised.
-        match serde_json::to_vec(&hashed) {
-            Ok(bytes) => hasher.update(&bytes),
-            Err(error) => hasher.update(error.to_string().as_bytes()),
+        if let Err(error) = serde_json::to_writer(&mut hasher, &hashed) {
+            hasher.update(error.to_string().as_bytes());
         }
         CacheKey(hasher.finalize().into())
     }

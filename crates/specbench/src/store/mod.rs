@@ -749,6 +749,21 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
+    #[test]
+    fn result_files_are_as_readable_as_any_file_the_user_writes() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "x")?;
+        let written = dir.path().join("written.json");
+        write_json(&written, &serde_json::json!({"a": 1}))?;
+        let mode = |path: &Path| -> std::io::Result<u32> { Ok(std::fs::metadata(path)?.permissions().mode() & 0o777) };
+        // A plain file gets 0666 less the umask; a result file the same, less write for others.
+        assert_eq!(mode(&written)?, mode(&plain)? & 0o644);
+        Ok(())
+    }
+
     fn failed(index: usize) -> GenerationRecord {
         GenerationRecord::Failed {
             index,
