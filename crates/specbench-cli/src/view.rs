@@ -541,16 +541,14 @@ pub async fn view(args: ViewArgs) -> anyhow::Result<ExitStatus> {
     let options = ReportOptions {
         alpha,
         resamples: 500,
-        permutations: 1,
         ..ReportOptions::default()
     };
-    let built = report::build(&stored, &options);
-    let leaderboard = built
-        .tables
-        .iter()
-        .find(|t| t.name == "leaderboard")
-        .map(|t| json!({"title": t.title, "columns": t.columns, "rows": t.rows, "note": t.note}))
-        .unwrap_or(Value::Null);
+    let leaderboard = if stored.is_empty() {
+        Value::Null
+    } else {
+        let table = report::leaderboard_table(&stored, &options);
+        json!({"title": table.title, "columns": table.columns, "rows": table.rows, "note": table.note})
+    };
     let viewer = Arc::new(Viewer { runs, leaderboard });
     let address = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(address)

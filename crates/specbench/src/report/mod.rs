@@ -235,6 +235,11 @@ pub fn build(runs: &[StoredRun], options: &ReportOptions) -> Report {
     Report { tables, plots }
 }
 
+/// The leaderboard alone (what the viewer shows first), without the rest of the report.
+pub fn leaderboard_table(runs: &[StoredRun], options: &ReportOptions) -> Table {
+    leaderboard(&systems(runs), options)
+}
+
 /// Averages per system, for plots.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SystemSummary {
