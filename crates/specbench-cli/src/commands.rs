@@ -495,6 +495,7 @@ impl Session {
                     sequences: exec.concurrency as u32,
                     context_per_sequence: exec.local_context,
                     threads: exec.local_threads.unwrap_or(LocalOptions::default().threads),
+                    ..LocalOptions::default()
                 };
                 let kwargs = entry
                     .extra_body

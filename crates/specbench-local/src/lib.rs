@@ -8,14 +8,17 @@
 //!
 //! Prompts are built with the GGUF's own chat template (`tokenizer.chat_template`), rendered by
 //! the same engine as the HTTP completions path; an assistant prefill is continued. Judge
-//! requests carry their reply format, which becomes a GBNF grammar: a local judge cannot produce
-//! an unparseable reply.
+//! requests carry their reply format, which becomes a grammar enforced by llguidance: a local
+//! judge cannot produce an unparseable reply, and the text the format fixes is read in batches
+//! rather than decoded token by token. Prompt prefixes already in a sequence's KV cache (shared
+//! judge instructions, earlier deliberation stages) are not read again.
 
 mod grammar;
 mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -23,7 +26,7 @@ use specbench::backend::template::ChatTemplate;
 use specbench::backend::{Backend, BackendError, Generation, ReplyFormat, Request, Usage};
 
 pub use grammar::{joint_grammar, sequential_grammar};
-use worker::{Job, Worker};
+use worker::{Counters, Job, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -54,6 +57,9 @@ pub struct LocalOptions {
     /// Tokens of context each sequence has (prompt plus reply).
     pub context_per_sequence: u32,
     pub threads: i32,
+    /// Keep each sequence's KV cache after its request and start later prompts with the same
+    /// first tokens from it (or from a running sequence's copy). Off only to compare against.
+    pub prefix_reuse: bool,
 }
 
 impl Default for LocalOptions {
@@ -64,8 +70,21 @@ impl Default for LocalOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get() as i32)
                 .unwrap_or(2),
+            prefix_reuse: true,
         }
     }
+}
+
+/// Token totals of one loaded model since it was loaded, over every request it served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalStats {
+    /// Prompt tokens of every request, as the prompts are long.
+    pub prompt_tokens: u64,
+    /// Prompt tokens actually read; the rest were already in a KV cache.
+    pub evaluated_prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Completion tokens the reply grammar forced, read in batches.
+    pub forced_tokens: u64,
 }
 
 /// Decoding settings, from the model's config entry (the same fields an HTTP server gets).
@@ -132,6 +151,7 @@ impl Sampling {
 /// The GGUF model as a `Backend`.
 pub struct LocalBackend {
     worker: Arc<Worker>,
+    counters: Arc<Counters>,
     template: Arc<ChatTemplate>,
     /// `bos_token`, `eos_token` as the template sees them, then `chat_template_kwargs`.
     variables: Map<String, Value>,
@@ -153,7 +173,8 @@ impl LocalBackend {
                 path: path.to_path_buf(),
             });
         }
-        let (worker, facts) = Worker::start(path, options).map_err(|reason| LocalError::Load {
+        let counters = Arc::new(Counters::default());
+        let (worker, facts) = Worker::start(path, options, counters.clone()).map_err(|reason| LocalError::Load {
             path: path.to_path_buf(),
             reason,
         })?;
@@ -175,6 +196,7 @@ impl LocalBackend {
         variables.extend(template_kwargs);
         Ok(LocalBackend {
             worker: Arc::new(worker),
+            counters,
             template: Arc::new(template),
             variables,
             sampling,
@@ -188,6 +210,7 @@ impl LocalBackend {
     pub fn with_sampling(&self, sampling: Sampling) -> LocalBackend {
         LocalBackend {
             worker: self.worker.clone(),
+            counters: self.counters.clone(),
             template: self.template.clone(),
             variables: self.variables.clone(),
             sampling,
@@ -198,6 +221,17 @@ impl LocalBackend {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Token totals of the loaded model (shared by every `with_sampling` sibling).
+    pub fn stats(&self) -> LocalStats {
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        LocalStats {
+            prompt_tokens: read(&self.counters.prompt_tokens),
+            evaluated_prompt_tokens: read(&self.counters.evaluated_prompt_tokens),
+            completion_tokens: read(&self.counters.completion_tokens),
+            forced_tokens: read(&self.counters.forced_tokens),
+        }
     }
 
     /// The prompt text `request` becomes: the chat template applied, a prefill continued.

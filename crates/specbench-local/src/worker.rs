@@ -1,11 +1,25 @@
 //! The decoding thread: owns the model and its context (llama.cpp contexts are not shareable
 //! across threads), admits requests as KV-cache slots free up, and decodes all of them together.
+//!
+//! Two things keep it from reading tokens one by one or twice:
+//! - **Shared prefixes are read once.** A sequence's KV cache is kept when its request ends. A
+//!   new request whose prompt starts with tokens a sequence holds reads only the rest: from that
+//!   sequence itself when it is free, or from a copy (llama.cpp's sequence copy) when it is still
+//!   running; when the running one is still reading that prefix, the new one waits for it. The
+//!   joint judge prompts of a scenario share their instructions and rule list, and each Align3
+//!   stage or MoreThink round extends the previous call's text, so most of their prompts are
+//!   read once. Reused entries hold the same tokens at the same positions, so the reply at
+//!   temperature 0 is the one a fresh read gives (a test checks it).
+//! - **Forced text is read, not decoded.** In a constrained judge reply, the bytes the grammar
+//!   forces (line numbers, the rest of a tag, section tags) go into the next batch at once, as a
+//!   prompt would, instead of taking one decode step per token.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -17,12 +31,15 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
 
 use crate::{LocalOptions, Sampling};
 
 /// One request for the worker.
 pub(crate) struct Job {
     pub prompt: String,
+    /// The reply format's grammar (llguidance's Lark dialect).
     pub grammar: Option<String>,
     pub stops: Vec<String>,
     pub sampling: Sampling,
@@ -35,6 +52,17 @@ pub(crate) struct Done {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub finish_reason: &'static str,
+}
+
+/// Running totals of the worker's tokens, read by benchmarks and summaries.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub prompt_tokens: AtomicU64,
+    /// Prompt tokens actually read; the rest came from kept or copied KV caches.
+    pub evaluated_prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    /// Completion tokens the reply grammar forced and that were read in batches.
+    pub forced_tokens: AtomicU64,
 }
 
 /// What the GGUF says about its prompt format.
@@ -62,13 +90,13 @@ fn backend() -> Result<&'static LlamaBackend, String> {
 }
 
 impl Worker {
-    pub fn start(path: &Path, options: LocalOptions) -> Result<(Worker, Facts), String> {
+    pub fn start(path: &Path, options: LocalOptions, counters: Arc<Counters>) -> Result<(Worker, Facts), String> {
         let (jobs, incoming) = std::sync::mpsc::channel::<Job>();
         let (ready, is_ready) = std::sync::mpsc::channel::<Result<Facts, String>>();
         let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("specbench-local".into())
-            .spawn(move || serve(path, options, incoming, ready))
+            .spawn(move || serve(path, options, incoming, ready, counters))
             .map_err(|e| format!("cannot start the decoding thread: {e}"))?;
         let facts = is_ready
             .recv()
@@ -109,7 +137,13 @@ fn token_text(model: &LlamaModel, token: LlamaToken) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-fn serve(path: PathBuf, options: LocalOptions, incoming: Receiver<Job>, ready: Sender<Result<Facts, String>>) {
+fn serve(
+    path: PathBuf,
+    options: LocalOptions,
+    incoming: Receiver<Job>,
+    ready: Sender<Result<Facts, String>>,
+    counters: Arc<Counters>,
+) {
     let loaded = (|| {
         let backend = backend()?;
         let model =
@@ -147,19 +181,32 @@ fn serve(path: PathBuf, options: LocalOptions, incoming: Receiver<Job>, ready: S
     if ready.send(Ok(facts)).is_err() {
         return;
     }
-    Scheduler::new(&model, options).run(&mut context, &incoming);
+    Scheduler::new(&model, options, counters).run(&mut context, &incoming);
 }
+
+/// How many prompt tokens a copy from another sequence must save over a free sequence's own kept
+/// cache before it is worth a copy (which moves the whole of that sequence's KV buffer).
+const MIN_COPY_GAIN: usize = 16;
 
 /// A request being decoded: its KV-cache slot, the tokens still to read, its sampler.
 struct Slot {
     seq: i32,
-    position: i32,
+    /// The tokens in this sequence's KV cache, in position order.
+    history: Vec<LlamaToken>,
+    /// Tokens to read next (prompt, or a sampled token and the ones the grammar forces after
+    /// it); the logits after the last one are sampled.
     pending: VecDeque<LlamaToken>,
-    last: Option<LlamaToken>,
+    /// Still reading its prompt: prompt reading yields to sequences that are generating.
+    reading: bool,
+    /// Waiting for another sequence to read the prompt prefix they share, to copy it.
+    wait: Option<Wait>,
+    /// Filled by a copy this step: llama.cpp moves the data at the next decode, so it is no
+    /// source for another copy until then.
+    fresh: bool,
     logits_at: Option<i32>,
     sampler: LlamaSampler,
-    /// The reply format's grammar, kept apart from `sampler` (see [`Slot::sample`]).
-    grammar: Option<LlamaSampler>,
+    /// The reply format's grammar.
+    matcher: Option<Matcher>,
     out: Vec<u8>,
     generated: u32,
     max_tokens: u32,
@@ -167,29 +214,98 @@ struct Slot {
     job: Job,
 }
 
+/// A prefix another sequence holds or is reading: sequence `source`, its first `upto` tokens.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    source: i32,
+    upto: usize,
+}
+
+/// What a free sequence's KV cache still holds, for a later request to start from.
+#[derive(Debug, Default)]
+struct Kept {
+    tokens: Vec<LlamaToken>,
+    /// When it was released (a step counter), so the least recently used is reused first.
+    released: u64,
+}
+
+/// The llguidance engine over this model's vocabulary, built on the first constrained request,
+/// and each reply grammar compiled once.
+struct Guidance {
+    factory: ParserFactory,
+    compiled: HashMap<String, Matcher>,
+}
+
+impl Guidance {
+    fn new(model: &LlamaModel) -> Result<Guidance, String> {
+        let env = LlamaSampler::llguidance_tok_env(model);
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| format!("cannot build the grammar engine: {e}"))?;
+        // The library never prints: grammar problems come back as errors.
+        factory.quiet();
+        Ok(Guidance {
+            factory,
+            compiled: HashMap::new(),
+        })
+    }
+
+    fn matcher(&mut self, grammar: &str) -> Result<Matcher, String> {
+        if let Some(matcher) = self.compiled.get(grammar) {
+            return Ok(matcher.deep_clone());
+        }
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_lark(grammar.to_string()));
+        let matcher = Matcher::new(parser);
+        if let Some(error) = matcher.get_error() {
+            return Err(format!("invalid reply grammar: {error}"));
+        }
+        self.compiled.insert(grammar.to_string(), matcher.deep_clone());
+        Ok(matcher)
+    }
+}
+
 struct Scheduler<'m> {
     model: &'m LlamaModel,
     free: Vec<i32>,
+    /// Indexed by sequence; meaningful for free sequences.
+    kept: Vec<Kept>,
     slots: Vec<Slot>,
     context_per_sequence: u32,
     batch: LlamaBatch<'static>,
+    prefix_reuse: bool,
+    guidance: Option<Guidance>,
+    counters: Arc<Counters>,
+    clock: u64,
 }
 
 const BATCH_TOKENS: i32 = 2048;
 
+/// The length of the common prefix of two token runs.
+fn common_prefix<'a>(a: impl IntoIterator<Item = &'a LlamaToken>, b: &[LlamaToken]) -> usize {
+    a.into_iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 impl<'m> Scheduler<'m> {
-    fn new(model: &'m LlamaModel, options: LocalOptions) -> Scheduler<'m> {
+    fn new(model: &'m LlamaModel, options: LocalOptions, counters: Arc<Counters>) -> Scheduler<'m> {
+        let sequences = options.sequences.max(1);
         Scheduler {
             model,
-            free: (0..options.sequences.max(1) as i32).rev().collect(),
+            free: (0..sequences as i32).rev().collect(),
+            kept: (0..sequences).map(|_| Kept::default()).collect(),
             slots: Vec::new(),
             context_per_sequence: options.context_per_sequence,
             batch: LlamaBatch::new(BATCH_TOKENS as usize, 1),
+            prefix_reuse: options.prefix_reuse,
+            guidance: None,
+            counters,
+            clock: 0,
         }
     }
 
     fn run(&mut self, context: &mut LlamaContext<'_>, incoming: &Receiver<Job>) {
         loop {
+            self.resolve_waits(context);
             // Admit: wait when idle, take what is queued when busy.
             while !self.free.is_empty() {
                 let job = if self.slots.is_empty() {
@@ -214,71 +330,221 @@ impl<'m> Scheduler<'m> {
         }
     }
 
+    fn kept_tokens(&self, seq: i32) -> &[LlamaToken] {
+        usize::try_from(seq)
+            .ok()
+            .and_then(|s| self.kept.get(s))
+            .map_or(&[], |kept| kept.tokens.as_slice())
+    }
+
+    fn set_kept(&mut self, seq: i32, tokens: Vec<LlamaToken>) {
+        self.clock += 1;
+        let released = self.clock;
+        if let Some(kept) = usize::try_from(seq).ok().and_then(|s| self.kept.get_mut(s)) {
+            *kept = Kept { tokens, released };
+        }
+    }
+
     fn admit(&mut self, context: &mut LlamaContext<'_>, job: Job) {
         let tokens = self.model.vocab().tokenize(job.prompt.as_bytes(), true, true);
         let room = self.context_per_sequence as usize;
-        if tokens.len() + 1 >= room {
+        if tokens.is_empty() || tokens.len() + 1 >= room {
             let _ = job.reply.send(Err(format!(
                 "the prompt has {} tokens; the local model's context per sequence is {room} (raise --local-context)",
                 tokens.len()
             )));
             return;
         }
-        let (sampler, grammar) = match sampler(self.model, &job) {
-            Ok(samplers) => samplers,
-            Err(error) => {
-                let _ = job.reply.send(Err(error));
-                return;
+        let matcher = match &job.grammar {
+            Some(grammar) => {
+                if self.guidance.is_none() {
+                    match Guidance::new(self.model) {
+                        Ok(guidance) => self.guidance = Some(guidance),
+                        Err(error) => {
+                            let _ = job.reply.send(Err(error));
+                            return;
+                        }
+                    }
+                }
+                match self.guidance.as_mut().map(|g| g.matcher(grammar)) {
+                    Some(Ok(matcher)) => Some(matcher),
+                    Some(Err(error)) => {
+                        let _ = job.reply.send(Err(error));
+                        return;
+                    }
+                    None => None,
+                }
             }
+            None => None,
         };
-        let Some(seq) = self.free.pop() else {
+        // At least the last prompt token is read, for the logits of the first reply token.
+        let reusable = if self.prefix_reuse { tokens.len() - 1 } else { 0 };
+
+        // The free sequence whose kept cache starts the prompt best; the least recently used
+        // among equals.
+        let Some((free_index, own)) = self
+            .free
+            .iter()
+            .enumerate()
+            .map(|(index, &seq)| (index, common_prefix(self.kept_tokens(seq), &tokens).min(reusable)))
+            .max_by_key(|&(index, common)| {
+                let released = usize::try_from(self.free[index])
+                    .ok()
+                    .and_then(|s| self.kept.get(s))
+                    .map_or(0, |k| k.released);
+                (common, std::cmp::Reverse(released))
+            })
+        else {
             let _ = job.reply.send(Err("no free sequence".into()));
             return;
         };
-        let _ = context.clear_kv_cache_seq(Some(seq as u32), None, None);
+        // A running sequence that holds (or is reading) a longer prefix.
+        let source = self
+            .slots
+            .iter()
+            .filter(|slot| slot.wait.is_none() && !slot.fresh)
+            .map(|slot| {
+                let common = common_prefix(slot.history.iter().chain(slot.pending.iter()), &tokens).min(reusable);
+                (slot.seq, common, slot.history.len())
+            })
+            .max_by_key(|&(_, common, _)| common)
+            .filter(|&(_, common, _)| common >= own + MIN_COPY_GAIN);
+
+        let mut slot_wait = None;
+        let mut fresh = false;
+        let (seq, start) = match source {
+            Some((source, upto, ready)) => {
+                // Copy into the least useful free sequence.
+                let Some(index) = (0..self.free.len()).min_by_key(|&index| {
+                    let seq = self.free[index];
+                    let common = common_prefix(self.kept_tokens(seq), &tokens);
+                    let released = usize::try_from(seq)
+                        .ok()
+                        .and_then(|s| self.kept.get(s))
+                        .map_or(0, |k| k.released);
+                    (common, released)
+                }) else {
+                    let _ = job.reply.send(Err("no free sequence".into()));
+                    return;
+                };
+                let seq = self.free.swap_remove(index);
+                self.set_kept(seq, Vec::new());
+                if upto <= ready {
+                    copy_prefix(context, source, seq, upto);
+                    fresh = true;
+                    (seq, upto)
+                } else {
+                    let _ = context.clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+                    slot_wait = Some(Wait { source, upto });
+                    (seq, 0)
+                }
+            }
+            None => {
+                let seq = self.free.swap_remove(free_index);
+                let seq_id = u32::try_from(seq).ok();
+                if own == 0 {
+                    let _ = context.clear_kv_cache_seq(seq_id, None, None);
+                } else {
+                    let _ = context.clear_kv_cache_seq(seq_id, u32::try_from(own).ok(), None);
+                }
+                self.set_kept(seq, Vec::new());
+                (seq, own)
+            }
+        };
+        let sampler = sampler(&job);
         let max_tokens = job.sampling.max_tokens.min((room - tokens.len()) as u32);
+        let prompt_tokens = tokens.len() as u64;
+        self.counters.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
+        // A waiting request is counted as if its copy succeeds; `resolve_waits` adds the prefix
+        // back when it does not.
+        let read_from = slot_wait.map_or(start, |wait| wait.upto);
+        self.counters
+            .evaluated_prompt_tokens
+            .fetch_add(prompt_tokens - read_from as u64, Ordering::Relaxed);
+        let mut pending: VecDeque<LlamaToken> = tokens.into();
+        let history: Vec<LlamaToken> = pending.drain(..start).collect();
         self.slots.push(Slot {
             seq,
-            position: 0,
-            prompt_tokens: tokens.len() as u64,
-            pending: tokens.into(),
-            last: None,
+            history,
+            pending,
+            reading: true,
+            wait: slot_wait,
+            fresh,
             logits_at: None,
             sampler,
-            grammar,
+            matcher,
             out: Vec::new(),
             generated: 0,
             max_tokens,
+            prompt_tokens,
             job,
         });
     }
 
-    /// One decode: a token of every generating sequence, then prompt tokens while room lasts.
-    fn step(&mut self, context: &mut LlamaContext<'_>) {
-        self.batch.clear();
-        for slot in self.slots.iter_mut().filter(|s| s.pending.is_empty()) {
-            if let Some(token) = slot.last {
-                slot.logits_at = Some(self.batch.n_tokens());
-                if self.batch.add(token, slot.position, &[slot.seq], true).is_ok() {
-                    slot.position += 1;
+    /// Sequences waiting for a prefix: copy it once the source has read it; start from scratch
+    /// when the source is gone.
+    fn resolve_waits(&mut self, context: &mut LlamaContext<'_>) {
+        for index in 0..self.slots.len() {
+            let Some(wait) = self.slots[index].wait else {
+                continue;
+            };
+            let running = self.slots.iter().find(|s| s.seq == wait.source && s.wait.is_none());
+            let ready = match running {
+                Some(source) if source.fresh => continue,
+                Some(source) if source.history.len() >= wait.upto => true,
+                Some(_) => continue,
+                // Released: its kept cache holds the prefix unless it ended early.
+                None => {
+                    self.free.contains(&wait.source)
+                        && common_prefix(
+                            self.kept_tokens(wait.source),
+                            &Vec::from(self.slots[index].pending.clone()),
+                        ) >= wait.upto
                 }
+            };
+            let slot = &mut self.slots[index];
+            slot.wait = None;
+            if ready {
+                copy_prefix(context, wait.source, slot.seq, wait.upto);
+                slot.fresh = true;
+                slot.history = slot.pending.drain(..wait.upto).collect();
+            } else {
+                // Nothing to copy after all: it reads the whole prompt.
+                self.counters
+                    .evaluated_prompt_tokens
+                    .fetch_add(wait.upto as u64, Ordering::Relaxed);
             }
         }
-        for slot in self.slots.iter_mut().filter(|s| !s.pending.is_empty()) {
-            while self.batch.n_tokens() < BATCH_TOKENS {
+    }
+
+    /// One decode: the sampled (and forced) tokens of every generating sequence, then prompt
+    /// tokens while room lasts.
+    fn step(&mut self, context: &mut LlamaContext<'_>) {
+        self.batch.clear();
+        let batch = &mut self.batch;
+        let mut feed = |slot: &mut Slot| {
+            while batch.n_tokens() < BATCH_TOKENS {
                 let Some(token) = slot.pending.pop_front() else {
                     break;
                 };
                 let last = slot.pending.is_empty();
-                if last {
-                    slot.logits_at = Some(self.batch.n_tokens());
-                }
-                if self.batch.add(token, slot.position, &[slot.seq], last).is_err() {
+                let at = batch.n_tokens();
+                let position = slot.history.len() as i32;
+                if batch.add(token, position, &[slot.seq], last).is_err() {
                     slot.pending.push_front(token);
                     break;
                 }
-                slot.position += 1;
+                if last {
+                    slot.logits_at = Some(at);
+                }
+                slot.history.push(token);
             }
+        };
+        for slot in self.slots.iter_mut().filter(|s| !s.reading && s.wait.is_none()) {
+            feed(slot);
+        }
+        for slot in self.slots.iter_mut().filter(|s| s.reading && s.wait.is_none()) {
+            feed(slot);
         }
         if self.batch.n_tokens() == 0 {
             return;
@@ -287,126 +553,185 @@ impl<'m> Scheduler<'m> {
             // The context cannot go on with these sequences: fail them, keep serving others.
             let message = format!("llama.cpp could not decode: {error}");
             for slot in std::mem::take(&mut self.slots) {
-                self.release(context, slot, Err(message.clone()));
+                self.release(context, slot, Err(message.clone()), false);
             }
             return;
         }
+        for slot in &mut self.slots {
+            slot.fresh = false;
+        }
         let vocab = self.model.vocab();
-        let mut finished: Vec<(usize, &'static str)> = Vec::new();
+        let mut finished: Vec<(usize, Result<&'static str, String>)> = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let Some(at) = slot.logits_at.take() else {
                 continue;
             };
-            let token = slot.sample(context, at);
+            slot.reading = false;
+            let token = match slot.sample(self.model, context, at) {
+                Ok(token) => token,
+                Err(error) => {
+                    finished.push((index, Err(error)));
+                    continue;
+                }
+            };
             if vocab.is_eog(token) && !slot.job.sampling.ignore_eos {
-                finished.push((index, "stop"));
+                finished.push((index, Ok("stop")));
                 continue;
             }
             let before = slot.out.len();
             vocab.token_to_piece_into(token, &mut slot.out, false, None);
             slot.generated += 1;
-            slot.last = Some(token);
+            slot.pending.push_back(token);
+            let forced = slot.forced(self.model);
+            for &token in &forced {
+                vocab.token_to_piece_into(token, &mut slot.out, false, None);
+            }
+            slot.generated += forced.len() as u32;
+            self.counters
+                .forced_tokens
+                .fetch_add(forced.len() as u64, Ordering::Relaxed);
+            slot.pending.extend(forced);
             if let Some(cut) = stop_at(&slot.out, before, &slot.job.stops) {
                 slot.out.truncate(cut);
-                finished.push((index, "stop"));
+                finished.push((index, Ok("stop")));
+            } else if slot.matcher.as_ref().is_some_and(Matcher::is_stopped) {
+                // The reply format is complete: nothing else may follow.
+                finished.push((index, Ok("stop")));
             } else if slot.generated >= slot.max_tokens {
-                finished.push((index, "length"));
+                finished.push((index, Ok("length")));
             }
         }
-        for (index, reason) in finished.into_iter().rev() {
+        for (index, outcome) in finished.into_iter().rev() {
             let slot = self.slots.swap_remove(index);
-            let done = Done {
+            let result = outcome.map(|reason| Done {
                 text: String::from_utf8_lossy(&slot.out).into_owned(),
                 prompt_tokens: slot.prompt_tokens,
                 completion_tokens: u64::from(slot.generated),
                 finish_reason: reason,
-            };
-            self.release(context, slot, Ok(done));
+            });
+            self.counters
+                .completion_tokens
+                .fetch_add(u64::from(slot.generated), Ordering::Relaxed);
+            self.release(context, slot, result, true);
         }
     }
 
-    fn release(&mut self, context: &mut LlamaContext<'_>, slot: Slot, result: Result<Done, String>) {
-        let _ = context.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+    /// Frees the slot's sequence; its KV cache is kept for a later prompt with the same start
+    /// when `keep` (the tokens read so far are exactly what the cache holds).
+    fn release(&mut self, context: &mut LlamaContext<'_>, slot: Slot, result: Result<Done, String>, keep: bool) {
+        if keep && self.prefix_reuse && slot.wait.is_none() {
+            self.set_kept(slot.seq, slot.history);
+        } else {
+            let _ = context.clear_kv_cache_seq(u32::try_from(slot.seq).ok(), None, None);
+            self.set_kept(slot.seq, Vec::new());
+        }
         self.free.push(slot.seq);
         let _ = slot.job.reply.send(result);
     }
 }
 
+/// Makes sequence `to` hold the first `upto` tokens of sequence `from`. Sequences live in
+/// separate KV streams, and llama.cpp copies between streams only whole (at the next decode),
+/// so the copy is cut back to the prefix afterwards.
+fn copy_prefix(context: &mut LlamaContext<'_>, from: i32, to: i32, upto: usize) {
+    let to_id = u32::try_from(to).ok();
+    let _ = context.clear_kv_cache_seq(to_id, None, None);
+    let _ = context.copy_kv_cache_seq(from, to, None, None);
+    let _ = context.clear_kv_cache_seq(to_id, u32::try_from(upto).ok(), None);
+}
+
 impl Slot {
     /// The next token. Without a grammar, the chain samples and accepts it. With one, as
-    /// llama.cpp's own sampler does: sample without the grammar, check that one token against
-    /// it, and only when it is rejected run the grammar over the whole vocabulary and sample
-    /// again. Checking 49,152 tokens against a grammar at every step was most of the time
-    /// constrained judging took.
-    fn sample(&mut self, context: &LlamaContext<'_>, at: i32) -> LlamaToken {
-        let Some(grammar) = self.grammar.as_mut() else {
-            return self.sampler.sample(context, at);
+    /// llama.cpp's own sampler does: sample without the grammar and check that one token
+    /// against it; only when it is rejected mask the whole vocabulary and sample again.
+    fn sample(&mut self, model: &LlamaModel, context: &LlamaContext<'_>, at: i32) -> Result<LlamaToken, String> {
+        let Some(matcher) = self.matcher.as_mut() else {
+            return Ok(self.sampler.sample(context, at));
         };
         let mut candidates = context.token_data_array_ith(at);
         self.sampler.apply(&mut candidates);
-        let token = match candidates.selected_token() {
-            Some(token) if allows(grammar, token) => token,
-            _ => resample(context, at, grammar, &mut self.sampler),
+        let allowed = |matcher: &mut Matcher, token: LlamaToken| {
+            u32::try_from(token.0)
+                .ok()
+                .is_some_and(|id| matcher.validate_tokens(&[id]).is_ok_and(|n| n == 1))
         };
-        grammar.accept(token);
+        let token = match candidates.selected_token() {
+            Some(token) if allowed(matcher, token) => token,
+            _ => {
+                let mask = matcher
+                    .compute_mask_or_eos()
+                    .map_err(|e| format!("the reply grammar failed: {e}"))?;
+                let mut candidates = context.token_data_array_ith(at);
+                for data in &mut candidates.data {
+                    if !u32::try_from(data.id().0).is_ok_and(|id| mask.is_allowed(id)) {
+                        data.set_logit(f32::NEG_INFINITY);
+                    }
+                }
+                self.sampler.apply(&mut candidates);
+                candidates
+                    .selected_token()
+                    .filter(|&token| mask.is_allowed(u32::try_from(token.0).unwrap_or(u32::MAX)))
+                    .or_else(|| best_allowed(&candidates))
+                    .ok_or_else(|| "the reply grammar allows no token".to_string())?
+            }
+        };
+        if !self.job.sampling.ignore_eos && model.vocab().is_eog(token) {
+            self.sampler.accept(token);
+            return Ok(token);
+        }
+        u32::try_from(token.0)
+            .ok()
+            .and_then(|id| matcher.consume_token(id).ok())
+            .ok_or_else(|| "the reply grammar rejected the sampled token".to_string())?;
         self.sampler.accept(token);
-        token
+        Ok(token)
     }
-}
 
-/// How many of the highest-scoring tokens the grammar is tried on before the whole vocabulary.
-const SHORTLIST: usize = 64;
-
-/// A token the grammar allows. The grammar is tried on the shortlist of highest-scoring tokens
-/// first: if it allows any of them, the best one it allows is among them (exactly so for greedy
-/// decoding), at a thousandth of the cost of the whole vocabulary, which is the fallback.
-fn resample(context: &LlamaContext<'_>, at: i32, grammar: &mut LlamaSampler, chain: &mut LlamaSampler) -> LlamaToken {
-    let mut all = context.token_data_array_ith(at).data;
-    let keep = SHORTLIST.min(all.len());
-    if keep > 0 {
-        all.select_nth_unstable_by(keep - 1, |a, b| b.logit().total_cmp(&a.logit()));
-        let mut shortlist = LlamaTokenDataArray::new(all[..keep].to_vec(), false);
-        grammar.apply(&mut shortlist);
-        if shortlist.data.iter().any(|d| d.logit().is_finite()) {
-            chain.apply(&mut shortlist);
-            if let Some(token) = shortlist.selected_token() {
-                return token;
+    /// The tokens the grammar forces next (line numbers, the rest of a tag), consumed by the
+    /// grammar: they are read in one batch like a prompt instead of one decode step each. The
+    /// last forced token is left to the model unless the reply ends with it, since the text
+    /// after it may start in the same token (`". "` then `"The"` is also `". The"`).
+    fn forced(&mut self, model: &LlamaModel) -> Vec<LlamaToken> {
+        let Some(matcher) = self.matcher.as_mut() else {
+            return Vec::new();
+        };
+        if matcher.is_stopped() {
+            return Vec::new();
+        }
+        let bytes = matcher.compute_ff_bytes();
+        if bytes.is_empty() {
+            return Vec::new();
+        }
+        let mut tokens = model.vocab().tokenize(&bytes, false, false);
+        let ids: Vec<u32> = tokens.iter().filter_map(|t| u32::try_from(t.0).ok()).collect();
+        let consumed = matcher.try_consume_tokens(&ids).unwrap_or(0);
+        tokens.truncate(consumed);
+        if !matcher.is_stopped() && !tokens.is_empty() && matcher.rollback(1).is_ok() {
+            tokens.pop();
+        }
+        let room = self.max_tokens.saturating_sub(self.generated) as usize;
+        if tokens.len() > room {
+            let extra = tokens.len() - room;
+            if matcher.rollback(extra).is_ok() {
+                tokens.truncate(room);
             }
         }
+        tokens
     }
-    let mut candidates = context.token_data_array_ith(at);
-    grammar.apply(&mut candidates);
-    chain.apply(&mut candidates);
-    candidates.selected_token().unwrap_or_else(|| token_or_eos(&candidates))
 }
 
-/// Whether the grammar, in its current state, allows `token` next.
-fn allows(grammar: &mut LlamaSampler, token: LlamaToken) -> bool {
-    let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 1.0, 0.0)], false);
-    grammar.apply(&mut single);
-    single.data.first().is_some_and(|d| d.logit().is_finite())
-}
-
-/// The best candidate left after the grammar, if the chain selected none.
-fn token_or_eos(candidates: &LlamaTokenDataArray) -> LlamaToken {
+/// The best candidate the grammar left, if the chain selected none.
+fn best_allowed(candidates: &LlamaTokenDataArray) -> Option<LlamaToken> {
     candidates
         .data
         .iter()
         .filter(|d| d.logit().is_finite())
         .max_by(|a, b| a.logit().total_cmp(&b.logit()))
         .map(LlamaTokenData::id)
-        .unwrap_or(LlamaToken::new(0))
 }
 
-/// The sampler chain of one sequence (its decoding settings; temperature 0 is greedy) and the
-/// grammar of its reply format, if any.
-fn sampler(model: &LlamaModel, job: &Job) -> Result<(LlamaSampler, Option<LlamaSampler>), String> {
-    let grammar = match &job.grammar {
-        Some(grammar) => {
-            Some(LlamaSampler::grammar(model, grammar, "root").map_err(|e| format!("invalid reply grammar: {e}"))?)
-        }
-        None => None,
-    };
+/// The sampler chain of one sequence (its decoding settings; temperature 0 is greedy).
+fn sampler(job: &Job) -> LlamaSampler {
     let mut chain = Vec::new();
     let s = job.sampling;
     if s.temperature > 0.0 {
@@ -424,7 +749,7 @@ fn sampler(model: &LlamaModel, job: &Job) -> Result<(LlamaSampler, Option<LlamaS
     } else {
         chain.push(LlamaSampler::greedy());
     }
-    Ok((LlamaSampler::chain_simple(chain), grammar))
+    LlamaSampler::chain_simple(chain)
 }
 
 /// Where the output must be cut if the bytes added since `before` completed a stop string.
