@@ -157,7 +157,9 @@ pub fn judgement_key(item: &Item, response: &str, protocol_hash: &str) -> String
 /// Appends one JSON line per finished unit and flushes it, so a killed run keeps all of them.
 pub struct Journal {
     path: PathBuf,
-    writer: Mutex<BufWriter<fs_err::File>>,
+    /// A plain file: its write errors are the OS's (`File too large (os error 27)`), and
+    /// [`StoreError::Append`] names the path once.
+    writer: Mutex<BufWriter<std::fs::File>>,
 }
 
 impl Journal {
@@ -188,7 +190,7 @@ impl Journal {
         }
         let journal = Journal {
             path: path.to_path_buf(),
-            writer: Mutex::new(BufWriter::new(file)),
+            writer: Mutex::new(BufWriter::new(file.into_file())),
         };
         Ok((journal, records))
     }
@@ -205,22 +207,8 @@ impl Journal {
             .and_then(|()| writer.flush())
             .map_err(|source| StoreError::Append {
                 path: self.path.clone(),
-                source: os_error(source),
+                source,
             })
-    }
-}
-
-/// The OS error inside fs-err's wrapper, which names the path again: the journal's error names
-/// it once, then the cause (`File too large (os error 27)`, `No space left on device`).
-fn os_error(error: std::io::Error) -> std::io::Error {
-    let code = error
-        .get_ref()
-        .and_then(|inner| inner.source())
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .and_then(std::io::Error::raw_os_error);
-    match code {
-        Some(code) => std::io::Error::from_raw_os_error(code),
-        None => error,
     }
 }
 
