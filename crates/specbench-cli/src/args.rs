@@ -23,7 +23,10 @@ fn parse_judge_mode(text: &str) -> Result<JudgeMode, String> {
 /// scenarios, 103 rules, 1,500 prompts), its LLM-as-judge protocol and the SAR score.
 ///
 /// Exit codes: 0 every item done; 1 some items failed or were not judged (they are listed and
-/// kept out of the averages); 2 bad input or configuration (nothing was written).
+/// kept out of the averages); 2 bad input or configuration, or the run folder in use by another
+/// specbench (nothing was written); 3 results could not be written, for example on a full disk
+/// (finished work is kept: run the same command again to resume); 130 and 143 stopped by Ctrl-C
+/// or SIGTERM (finished work is kept and in the files: run the same command again to resume).
 #[derive(Debug, Parser)]
 #[command(name = "specbench", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use specbench::backend::template::ChatTemplate;
-use specbench::backend::{ConcurrencyLimits, Model, ModelTotals, OpenAiBackend, PrefillStyle, Preset, RetryPolicy};
+use specbench::backend::{
+    ConcurrencyLimits, Model, ModelTotals, OpenAiBackend, PrefillStyle, Preset, RetryPolicy, Stop,
+};
 use specbench::config::{MethodParams, ModelEntry, ModelFile};
 use specbench::judge::{Judge, JudgeMode};
 use specbench::method::{MethodConfig, MethodKind, Scorer, ScorerKind};
 use specbench::pack::{self, ItemSelection, Pack, PromptVariant};
 use specbench::protocol::Protocol;
-use specbench::run::{RunPlan, RunReport, Runner};
+use specbench::run::{RunError, RunPlan, RunReport, Runner};
 use specbench::score::{Alpha, Subset, Summary};
 use specbench::store::{self, Store};
 use specbench_local::{LocalBackend, LocalOptions, Sampling};
@@ -33,6 +35,8 @@ pub enum ExitStatus {
     Success,
     /// Some items failed or were not judged; they are reported and kept out of the averages.
     Incomplete,
+    /// Stopped by SIGINT or SIGTERM; what was finished is kept and in the files.
+    Interrupted,
 }
 
 /// Bad input of any kind: exit code 2, and nothing was written.
@@ -40,8 +44,8 @@ pub enum ExitStatus {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
-    let session = Session::new(&args.generate.data, &args.generate.exec)?;
+pub async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<ExitStatus> {
+    let session = Session::new(&args.generate.data, &args.generate.exec, stop)?;
     let methods = session.methods(&args.generate.method)?;
     let generator = session.model(&args.generate.model, &args.generate.exec, &methods)?;
     let judges = session.judges(&args.judge, &args.generate.exec, Some(&generator))?;
@@ -55,8 +59,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
     execute_all(runners).await
 }
 
-pub async fn generate(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
-    let session = Session::new(&args.data, &args.exec)?;
+pub async fn generate(args: GenerateArgs, stop: Stop) -> anyhow::Result<ExitStatus> {
+    let session = Session::new(&args.data, &args.exec, stop)?;
     let methods = session.methods(&args.method)?;
     let generator = session.model(&args.model, &args.exec, &methods)?;
     let scorer = scorer(&args.method, &args.exec, None)?;
@@ -68,8 +72,8 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
     execute_all(runners).await
 }
 
-pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitStatus> {
-    let session = Session::new(&args.data, &args.exec)?;
+pub async fn evaluate(args: EvaluateArgs, stop: Stop) -> anyhow::Result<ExitStatus> {
+    let session = Session::new(&args.data, &args.exec, stop)?;
     let judges = session.judges(&args.judge, &args.exec, None)?;
     let mut runners = Vec::new();
     for method in session.methods(&args.method)? {
@@ -181,6 +185,8 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
                 dir.dir.display()
             )));
         }
+        // One writer per run folder, as for runs.
+        let _lock = dir.lock().map_err(|e| UsageError(e.to_string()))?;
         for stem in stems {
             let path = dir.evaluate_json(&stem);
             let verdicts = store::read_verdicts(&path).map_err(|e| UsageError(e.to_string()))?;
@@ -346,10 +352,12 @@ struct Session {
     /// Local models loaded so far, by file.
     local: std::sync::Mutex<Vec<Arc<LocalBackend>>>,
     cache: Option<Arc<ResponseCache>>,
+    /// Set by Ctrl-C: shared by every model and run of the command.
+    stop: Stop,
 }
 
 impl Session {
-    fn new(data: &DataArgs, exec: &ExecArgs) -> anyhow::Result<Session> {
+    fn new(data: &DataArgs, exec: &ExecArgs, stop: Stop) -> anyhow::Result<Session> {
         if exec.concurrency == 0 {
             bail!(UsageError("--concurrency must be at least 1".into()));
         }
@@ -384,9 +392,10 @@ impl Session {
                 results: data.results.clone(),
                 shard: data.shard,
             },
-            limits: ConcurrencyLimits::new(exec.concurrency),
+            limits: ConcurrencyLimits::new(exec.concurrency).with_stop(stop.clone()),
             local: std::sync::Mutex::new(Vec::new()),
             cache,
+            stop,
         })
     }
 
@@ -461,7 +470,9 @@ impl Session {
             max_attempts: exec.max_attempts,
             ..RetryPolicy::default()
         };
-        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry).with_cache(self.cache.clone()))
+        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry)
+            .with_cache(self.cache.clone())
+            .with_stop(self.stop.clone()))
     }
 
     fn methods(&self, args: &MethodArgs) -> anyhow::Result<Vec<MethodConfig>> {
@@ -514,7 +525,9 @@ impl Session {
             max_attempts: exec.max_attempts,
             ..RetryPolicy::default()
         };
-        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry).with_cache(self.cache.clone()))
+        Ok(Model::new(entry.key.clone(), Arc::new(backend), retry)
+            .with_cache(self.cache.clone())
+            .with_stop(self.stop.clone()))
     }
 
     fn model(&self, args: &ModelArgs, exec: &ExecArgs, methods: &[MethodConfig]) -> anyhow::Result<Generator> {
@@ -674,36 +687,75 @@ impl Session {
             plan,
             generator: generator.map(|model| (model, method)),
             judges,
+            stop: self.stop.clone(),
         })
     }
 }
 
-/// Runs each method in turn (one method's results are written before the next starts).
+/// Takes every run folder of `runners` (a second process with the same run stops here, having
+/// sent nothing), then runs them.
 pub(crate) async fn execute_all(runners: Vec<Runner>) -> anyhow::Result<ExitStatus> {
+    let mut locks = Vec::new();
+    for runner in &runners {
+        locks.extend(runner.lock().map_err(run_error)?);
+    }
+    let status = execute_locked(runners, Resume::Announce).await;
+    drop(locks);
+    status
+}
+
+/// Whether a run says how much earlier runs had finished (not for `merge`, which replays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resume {
+    Announce,
+    Quiet,
+}
+
+/// Runs each method in turn (one method's results are written before the next starts); the
+/// caller holds the run folders' locks.
+pub(crate) async fn execute_locked(runners: Vec<Runner>, resume: Resume) -> anyhow::Result<ExitStatus> {
     let several = runners.len() > 1;
     let mut status = ExitStatus::Success;
     for runner in runners {
         if several {
             let _ = writeln!(std::io::stdout().lock(), "== method {}", runner.plan.method.dir_name());
         }
-        if execute(runner).await? == ExitStatus::Incomplete {
-            status = ExitStatus::Incomplete;
+        match execute(runner, resume).await? {
+            ExitStatus::Success => {}
+            ExitStatus::Incomplete => status = ExitStatus::Incomplete,
+            // The methods not reached yet are left for the next run.
+            ExitStatus::Interrupted => return Ok(ExitStatus::Interrupted),
         }
     }
     Ok(status)
 }
 
-async fn execute(runner: Runner) -> anyhow::Result<ExitStatus> {
-    let progress = Arc::new(Progress::new());
+/// A run's error as the CLI reports it: a file that cannot be written keeps finished work (exit
+/// 3 in `main`); anything else is bad input, or another process holding the folder (exit 2).
+fn run_error(error: RunError) -> anyhow::Error {
+    match error {
+        RunError::Store(store @ (store::StoreError::Write { .. } | store::StoreError::Append { .. })) => {
+            anyhow::Error::new(store)
+        }
+        other => UsageError(other.to_string()).into(),
+    }
+}
+
+async fn execute(runner: Runner, resume: Resume) -> anyhow::Result<ExitStatus> {
+    let progress = Arc::new(Progress::new(resume == Resume::Announce));
     let sink = progress.clone();
     let result = Arc::new(runner).run(Arc::new(move |event| sink.handle(event))).await;
     progress.finish();
-    let report = result.map_err(|e| match e {
-        // A stored file that cannot be written: finished work is in the journal.
-        specbench::run::RunError::Store(store @ store::StoreError::Write { .. }) => anyhow::Error::new(store),
-        // A stored file that cannot be read is bad input like any other.
-        other => UsageError(other.to_string()).into(),
-    })?;
+    let report = result.map_err(run_error)?;
+    if let Some(tally) = report.stopped {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "interrupted: {} of {} done; run the same command to resume",
+            tally.done,
+            tally.total
+        );
+        return Ok(ExitStatus::Interrupted);
+    }
     print_report(&report);
     Ok(if report.problems() > 0 {
         ExitStatus::Incomplete

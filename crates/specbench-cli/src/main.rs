@@ -7,6 +7,7 @@
 mod args;
 mod commands;
 mod data;
+mod interrupt;
 mod merge;
 mod progress;
 mod report;
@@ -18,6 +19,8 @@ use clap::Parser;
 
 use args::{Cli, Command};
 use commands::{ExitStatus, UsageError};
+use interrupt::Interrupt;
+use specbench::store::StoreError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,11 +32,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut interrupt = None;
     let result = runtime.block_on(async {
+        // Only the commands that send requests stop gracefully; the others end at Ctrl-C.
+        let mut stop = || interrupt.insert(Interrupt::install()).stop();
         match cli.command {
-            Command::Run(args) => commands::run(args).await,
-            Command::Generate(args) => commands::generate(args).await,
-            Command::Evaluate(args) => commands::evaluate(args).await,
+            Command::Run(args) => commands::run(args, stop()).await,
+            Command::Generate(args) => commands::generate(args, stop()).await,
+            Command::Evaluate(args) => commands::evaluate(args, stop()).await,
             Command::Score(args) => commands::score(args),
             Command::Cache(args) => commands::cache(args),
             Command::Merge(args) => merge::merge(args).await,
@@ -46,13 +52,23 @@ fn main() -> ExitCode {
     match result {
         Ok(ExitStatus::Success) => ExitCode::SUCCESS,
         Ok(ExitStatus::Incomplete) => ExitCode::from(1),
+        Ok(ExitStatus::Interrupted) => ExitCode::from(interrupt.as_ref().map_or(130, |i| i.exit_code())),
         Err(err) => {
             // One line: the error and its causes, each naming what to fix.
             eprintln!("specbench: error: {err:#}");
-            if err.downcast_ref::<UsageError>().is_none() {
-                eprintln!("specbench: finished work is kept; run the same command again to resume");
+            let write_failed = matches!(
+                err.downcast_ref::<StoreError>(),
+                Some(StoreError::Write { .. } | StoreError::Append { .. })
+            );
+            if write_failed {
+                eprintln!("specbench: stopped; finished work is kept; run the same command again to resume");
+                ExitCode::from(3)
+            } else {
+                if err.downcast_ref::<UsageError>().is_none() {
+                    eprintln!("specbench: finished work is kept; run the same command again to resume");
+                }
+                ExitCode::from(2)
             }
-            ExitCode::from(2)
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use serde_json::Value;
-use specbench::backend::{Backend, BackendError, Generation, Model, Request, RetryPolicy};
+use specbench::backend::{Backend, BackendError, Generation, Model, Request, RetryPolicy, Stop};
 use specbench::judge::{Judge, JudgeMode};
 use specbench::method::{Method, MethodConfig, MethodError, MethodInput, Response};
 use specbench::pack::{self, ItemSelection, PromptVariant};
@@ -22,7 +22,7 @@ use specbench::score::Alpha;
 use specbench::store::{self, GenerationRecord, RunDir, Store};
 
 use crate::args::MergeArgs;
-use crate::commands::{ExitStatus, UsageError, execute_all};
+use crate::commands::{ExitStatus, Resume, UsageError, execute_locked};
 
 /// A model that the shards used: described as they recorded it, never called.
 struct Recorded {
@@ -176,6 +176,11 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
         plans.push((sources, into, generator, method, variant, scenario, judges, alpha));
     }
 
+    // One writer per run folder: the joined folders are taken before their journals are written.
+    let mut locks = Vec::with_capacity(plans.len());
+    for (_, into, ..) in &plans {
+        locks.push(into.lock().map_err(|e| UsageError(e.to_string()))?);
+    }
     let mut runners = Vec::with_capacity(plans.len());
     let mut units = 0;
     for (sources, into, generator, method, variant, scenario, judges, alpha) in plans {
@@ -205,8 +210,11 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
             plan,
             generator: Some((generator, Arc::new(Replayed))),
             judges: judges.into_values().collect(),
+            stop: Stop::default(),
         });
     }
     tracing::info!(folders = runners.len(), units, "joined the shards' journals");
-    execute_all(runners).await
+    let status = execute_locked(runners, Resume::Quiet).await;
+    drop(locks);
+    status
 }

@@ -80,17 +80,20 @@ impl StageState {
 /// Receives events from any task; draws bars or writes lines.
 pub struct Progress {
     bars: Option<MultiProgress>,
+    /// Say how much earlier runs had finished (`resuming: N of M already done`).
+    announce_resume: bool,
     stages: Mutex<(Vec<Stage>, HashMap<Stage, StageState>)>,
 }
 
 impl Progress {
     /// Bars when stderr is a terminal, plain lines otherwise.
-    pub fn new() -> Progress {
+    pub fn new(announce_resume: bool) -> Progress {
         let bars = std::io::stderr()
             .is_terminal()
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
         Progress {
             bars,
+            announce_resume,
             stages: Mutex::new((Vec::new(), HashMap::new())),
         }
     }
@@ -174,15 +177,24 @@ impl Progress {
                 }
             }
             Event::Written { scenario, dir } => {
-                let line = format!("{scenario}: results in {}", dir.display());
-                match &self.bars {
-                    Some(bars) => {
-                        let _ = bars.println(line);
-                    }
-                    None => {
-                        let _ = writeln!(std::io::stderr(), "{line}");
-                    }
+                self.line(format!("{scenario}: results in {}", dir.display()));
+            }
+            Event::Resuming { done, total } => {
+                if self.announce_resume {
+                    self.line(format!("resuming: {done} of {total} already done"));
                 }
+            }
+        }
+    }
+
+    /// A line above the bars, or on its own without them.
+    fn line(&self, line: String) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(line);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
             }
         }
     }

@@ -1,26 +1,32 @@
 //! Wiring the stages per item: generate (or read stored generations), judge, record, score.
 //!
-//! Owns: which items a run covers, concurrency across items, resuming from the journal, and the
-//! progress `Event`s that the CLI renders. Knows no wire formats or protocol bytes: it calls
-//! `Method`, `Judge` and `RunDir`.
+//! Owns: which items a run covers, concurrency across items, resuming from the journal, stopping
+//! early (a [`Stop`]: Ctrl-C, or a journal that cannot be written), and the progress `Event`s
+//! that the CLI renders. Knows no wire formats or protocol bytes: it calls `Method`, `Judge` and
+//! `RunDir`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::backend::{Model, ModelTotals, Usage};
+use crate::backend::{Model, ModelTotals, Stop, Usage};
 use crate::judge::{Judge, Judgement};
 use crate::method::{Method, MethodConfig, MethodInput};
 use crate::pack::{Item, ItemSelection, Label, Pack, PackError, PromptVariant};
 use crate::protocol::{Protocol, RuleLists};
 use crate::score::{Alpha, Score, Summary};
 use crate::store::{
-    GenerateEntry, GenerationRecord, Journal, JudgeOutput, JudgeRecord, RunDir, Store, StoreError, judgement_key,
-    read_json, write_json,
+    GenerateEntry, GenerationRecord, Journal, JudgeOutput, JudgeRecord, RunDir, RunLock, Store, StoreError,
+    judgement_key, read_json, write_json,
 };
+
+/// How long requests already sent may take to finish once a run is told to stop; after it they
+/// are abandoned (their replies are lost, the units are sent again by the next run).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -133,6 +139,15 @@ pub enum Event {
     },
     /// Result files of a scenario were written.
     Written { scenario: String, dir: std::path::PathBuf },
+    /// Earlier runs already finished `done` of this run's `total` items (emitted when `done > 0`).
+    Resuming { done: usize, total: usize },
+}
+
+/// Items finished in every stage (generated and judged by every judge), of those a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub done: usize,
+    pub total: usize,
 }
 
 /// A judge's result for one scenario.
@@ -158,6 +173,9 @@ pub struct RunReport {
     pub generator: Option<ModelTotals>,
     /// By judge model key (both modes of one model count together).
     pub judges: Vec<(String, ModelTotals)>,
+    /// Set when the run was stopped before its end: what was finished by then. The scenarios'
+    /// files hold everything finished; the same run again does the rest.
+    pub stopped: Option<Tally>,
 }
 
 impl RunReport {
@@ -184,6 +202,9 @@ pub struct Runner {
     pub plan: RunPlan,
     pub generator: Option<(Model, Arc<dyn Method>)>,
     pub judges: Vec<Judge>,
+    /// Once set, no new item is started and in-flight ones get [`STOP_GRACE`] to finish. Give
+    /// the same `Stop` to the models (`Model::with_stop`) so that no new request is sent either.
+    pub stop: Stop,
 }
 
 /// One scenario's state while a run is under way.
@@ -199,7 +220,11 @@ struct ScenarioRun {
     /// Judge calls that could not reach the judge model, per judge (not journaled).
     unreachable: Vec<Mutex<usize>>,
     /// Items of this run not yet processed; the one that brings it to 0 writes the files.
-    remaining: std::sync::atomic::AtomicUsize,
+    remaining: AtomicUsize,
+    /// Whoever sets this writes the scenario's files: its last item, or a stopped run.
+    claimed: AtomicBool,
+    /// The first journal append that failed, in any scenario of the run (shared).
+    journal_failure: Arc<Mutex<Option<StoreError>>>,
 }
 
 /// Where progress events go; the CLI renders them.
@@ -223,8 +248,16 @@ impl Runner {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.plan.item_concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut written = Vec::new();
-        for scenario in &scenarios {
-            if scenario.items.is_empty() {
+        let collect = |finished: Result<Option<Result<ScenarioReport, RunError>>, tokio::task::JoinError>,
+                       written: &mut Vec<Result<ScenarioReport, RunError>>| match finished {
+            Ok(Some(report)) => written.push(report),
+            Ok(None) => {}
+            // Abandoned after the grace period of a stop.
+            Err(join) if join.is_cancelled() => {}
+            Err(join) => written.push(Err(RunError::Worker(join.to_string()))),
+        };
+        'spawn: for scenario in &scenarios {
+            if scenario.items.is_empty() && !scenario.claimed.swap(true, Ordering::AcqRel) {
                 written.push(
                     self.clone()
                         .write_when_done(scenario.clone(), started, events.clone())
@@ -232,35 +265,89 @@ impl Runner {
                 );
             }
             for item in &scenario.items {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break;
+                let slot = tokio::select! {
+                    biased;
+                    () = self.stop.stopped() => break 'spawn,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break 'spawn,
+                    },
                 };
                 let (runner, scenario, item, events) = (self.clone(), scenario.clone(), item.clone(), events.clone());
                 tasks.spawn(async move {
                     runner.process(&scenario, &item, events.as_ref()).await;
                     drop(slot);
                     // The scenario's last item writes its files; other scenarios keep running.
-                    let done = scenario.remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1;
-                    if done {
+                    let done = scenario.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+                    // Stopping: the files are written once, after the grace period.
+                    if done && !runner.stop.is_stopped() && !scenario.claimed.swap(true, Ordering::AcqRel) {
                         Some(runner.write_when_done(scenario, started, events).await)
                     } else {
                         None
                     }
                 });
                 while let Some(finished) = tasks.try_join_next() {
-                    match finished {
-                        Ok(Some(report)) => written.push(report),
-                        Ok(None) => {}
-                        Err(join) => written.push(Err(RunError::Worker(join.to_string()))),
-                    }
+                    collect(finished, &mut written);
                 }
             }
         }
-        while let Some(finished) = tasks.join_next().await {
-            match finished {
-                Ok(Some(report)) => written.push(report),
-                Ok(None) => {}
-                Err(join) => written.push(Err(RunError::Worker(join.to_string()))),
+        // Everything started runs to its end, unless a stop comes: then what is in flight gets
+        // the grace period, and is abandoned after it.
+        let mut deadline = None;
+        loop {
+            let next = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::warn!(
+                            abandoned = tasks.len(),
+                            "grace period over; abandoning requests in flight"
+                        );
+                        tasks.shutdown().await;
+                        break;
+                    }
+                },
+                None => tokio::select! {
+                    next = tasks.join_next() => next,
+                    () = self.stop.stopped() => {
+                        deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
+                        continue;
+                    }
+                },
+            };
+            let Some(finished) = next else {
+                break;
+            };
+            collect(finished, &mut written);
+        }
+        let journal_failure = scenarios
+            .first()
+            .and_then(|scenario| lock(&scenario.journal_failure).take());
+        if let Some(error) = journal_failure {
+            // The disk refuses: writing the result files would fail too, and the journal is
+            // what the next run resumes from.
+            return Err(RunError::Store(error));
+        }
+        let stopped = self.stop.is_stopped().then(|| {
+            let tally = Tally {
+                done: scenarios.iter().map(|s| self.items_done(s)).sum(),
+                total: scenarios.iter().map(|s| s.items.len()).sum(),
+            };
+            tracing::info!(done = tally.done, total = tally.total, "stopped");
+            tally
+        });
+        if stopped.is_some() {
+            // What is finished goes to the files now; scenarios with nothing finished stay as
+            // they were.
+            for scenario in &scenarios {
+                let finished_any = !lock(&scenario.generations).is_empty();
+                if finished_any && !scenario.claimed.swap(true, Ordering::AcqRel) {
+                    written.push(
+                        self.clone()
+                            .write_when_done(scenario.clone(), started, events.clone())
+                            .await,
+                    );
+                }
             }
         }
         let mut reports = Vec::with_capacity(written.len());
@@ -284,7 +371,61 @@ impl Runner {
                 .as_ref()
                 .map(|(model, _)| model.totals().since(&generator_before.unwrap_or_default())),
             judges,
+            stopped,
         })
+    }
+
+    /// Items of `scenario` generated and judged by every judge, this run or earlier.
+    fn items_done(&self, scenario: &ScenarioRun) -> usize {
+        let generations = lock(&scenario.generations);
+        scenario
+            .items
+            .iter()
+            .filter(|item| {
+                let Some(GenerationRecord::Done { entry, .. }) = generations.get(&item.index) else {
+                    return false;
+                };
+                if scenario.judgements.is_empty() {
+                    return true;
+                }
+                let key = judgement_key(item, &entry.response, &self.protocol.hash);
+                scenario.judgements.iter().all(|judged| lock(judged).contains_key(&key))
+            })
+            .count()
+    }
+
+    fn scenario_names(&self) -> Vec<String> {
+        if self.plan.scenarios.is_empty() {
+            self.pack.scenarios.iter().map(|s| s.name.clone()).collect()
+        } else {
+            self.plan.scenarios.clone()
+        }
+    }
+
+    /// Takes every run folder this run writes to, so that a second process with the same run
+    /// stops before it sends anything ([`StoreError::Locked`]). Hold the locks until the run
+    /// has ended. Checks the input first: bad input creates no folder.
+    pub fn lock(&self) -> Result<Vec<RunLock>, RunError> {
+        let mut dirs = Vec::new();
+        for name in self.scenario_names() {
+            let scenario = self.pack.scenario(&name)?;
+            let dir = self
+                .store
+                .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name());
+            if self.generator.is_some() {
+                self.plan.items.select(scenario)?;
+            } else if !dir.generate_json().exists() {
+                return Err(RunError::NothingToJudge {
+                    path: dir.generate_json(),
+                });
+            } else {
+                // Read once more by `prepare`; a broken file must be named before the lock
+                // file is written beside it.
+                dir.read_generations()?;
+            }
+            dirs.push(dir);
+        }
+        Ok(dirs.iter().map(RunDir::lock).collect::<Result<_, _>>()?)
     }
 
     /// Request and token totals per judge model: modes of one model share its counters.
@@ -321,11 +462,7 @@ impl Runner {
 
     /// Selects items, opens journals and reads what earlier runs finished.
     fn prepare(&self) -> Result<Vec<ScenarioRun>, RunError> {
-        let names: Vec<String> = if self.plan.scenarios.is_empty() {
-            self.pack.scenarios.iter().map(|s| s.name.clone()).collect()
-        } else {
-            self.plan.scenarios.clone()
-        };
+        let names = self.scenario_names();
         // First every check, then the first folder: bad input must leave nothing behind.
         let mut chosen = Vec::with_capacity(names.len());
         for name in &names {
@@ -366,6 +503,7 @@ impl Runner {
             }
         }
         let mut runs = Vec::with_capacity(chosen.len());
+        let journal_failure = Arc::new(Mutex::new(None));
         for (scenario, dir, items, mut generations) in chosen {
             let generation_journal = if self.generator.is_some() {
                 let (journal, records) = Journal::open::<GenerationRecord>(&dir.generation_journal())?;
@@ -401,7 +539,9 @@ impl Runner {
                 generations: Mutex::new(generations),
                 judgements,
                 unreachable: self.judges.iter().map(|_| Mutex::new(0)).collect(),
-                remaining: std::sync::atomic::AtomicUsize::new(items_len),
+                remaining: AtomicUsize::new(items_len),
+                claimed: AtomicBool::new(false),
+                journal_failure: journal_failure.clone(),
             });
         }
         Ok(runs)
@@ -409,6 +549,10 @@ impl Runner {
 
     fn announce(&self, scenarios: &[Arc<ScenarioRun>], events: &(dyn Fn(Event) + Send + Sync)) {
         let total: usize = scenarios.iter().map(|s| s.items.len()).sum();
+        let done: usize = scenarios.iter().map(|s| self.items_done(s)).sum();
+        if done > 0 {
+            events(Event::Resuming { done, total });
+        }
         if self.generator.is_some() {
             events(Event::Planned {
                 stage: Stage::Generate,
@@ -482,6 +626,8 @@ impl Runner {
                     unit(Outcome::Done, response.cost),
                 )
             }
+            // Not sent because the run is stopping: not a failure, nothing to record.
+            Err(_) if self.stop.is_stopped() => return None,
             Err(error) => {
                 let message = error.to_string();
                 tracing::warn!(scenario = %scenario.name, item = item.index, %message, "generation failed");
@@ -497,7 +643,7 @@ impl Runner {
         if let Some(journal) = &scenario.generation_journal
             && let Err(error) = journal.append(&record)
         {
-            tracing::error!(%error, "cannot append to the journal");
+            self.journal_failed(scenario, error);
         }
         let entry = match &record {
             GenerationRecord::Done { entry, .. } => Some(entry.clone()),
@@ -566,6 +712,7 @@ impl Runner {
                     unit(Outcome::JudgeError, cost, None),
                 )
             }
+            Err(_) if self.stop.is_stopped() => return,
             Err(error) => {
                 let message = error.to_string();
                 tracing::warn!(scenario = %scenario.name, item = item.index, %message, "judging failed");
@@ -579,10 +726,22 @@ impl Runner {
         if let Some(journal) = scenario.judge_journals.get(position)
             && let Err(error) = journal.append(&record)
         {
-            tracing::error!(%error, "cannot append to the journal");
+            self.journal_failed(scenario, error);
         }
         lock(judgements).insert(key, record);
         events(event);
+    }
+
+    /// The first failed append stops the run: sending more would pay for work that cannot be
+    /// kept. Later failures (units in flight meanwhile) add nothing to the one error reported.
+    fn journal_failed(&self, scenario: &ScenarioRun, error: StoreError) {
+        let mut first = lock(&scenario.journal_failure);
+        if first.is_none() {
+            tracing::debug!(%error, "journal append failed; stopping");
+            *first = Some(error);
+        }
+        drop(first);
+        self.stop.stop();
     }
 
     /// Writes a scenario's result files from everything finished, this run and earlier ones.

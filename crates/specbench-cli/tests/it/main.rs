@@ -7,5 +7,6 @@ mod reliability;
 mod report;
 mod run;
 mod scenarios;
+mod stops;
 mod support;
 mod viewer;

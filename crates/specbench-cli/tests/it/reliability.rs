@@ -181,7 +181,7 @@ fn with_transient_faults_only_the_scores_equal_a_fault_free_run() -> anyhow::Res
 }
 
 /// Waits until `path` holds at least `lines` lines.
-fn wait_for_lines(path: &Path, lines: usize, limit: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_for_lines(path: &Path, lines: usize, limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < limit {
         let count = std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0);

@@ -11,7 +11,7 @@ pub mod template;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -170,6 +170,9 @@ pub enum BackendError {
     EmptyContent { endpoint: String },
     #[error("{0}")]
     Config(String),
+    /// Not sent: the run is stopping (see [`Stop`]).
+    #[error("not sent: the run is stopping")]
+    Stopped,
 }
 
 impl BackendError {
@@ -182,7 +185,7 @@ impl BackendError {
             | BackendError::Timeout { .. }
             | BackendError::InvalidResponse { .. }
             | BackendError::EmptyContent { .. } => true,
-            BackendError::Config(_) => false,
+            BackendError::Config(_) | BackendError::Stopped => false,
         }
     }
 
@@ -201,6 +204,49 @@ pub trait Backend: Send + Sync {
 
     /// What the manifest records of this backend: provider, endpoints, parameters; never a key.
     fn describe(&self) -> serde_json::Value;
+}
+
+/// Tells every model, limiter and run sharing it to stop: from then on no request is sent
+/// (nor retried), while those already sent are still answered, cached and journaled. Set by
+/// Ctrl-C or by a journal that cannot be written; never reset. Clones share one state.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    stopped: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Stop {
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Stops; `true` the first time.
+    pub fn stop(&self) -> bool {
+        let first = !self.0.stopped.swap(true, Ordering::SeqCst);
+        self.0.wake.notify_waiters();
+        first
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Returns once [`Stop::stop`] was called (at once if it was already).
+    pub async fn stopped(&self) {
+        loop {
+            let woken = self.0.wake.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a stop between the two is not missed.
+            woken.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            woken.await;
+        }
+    }
 }
 
 /// How often and how patiently a model is retried.
@@ -281,6 +327,7 @@ pub struct Model {
     retry: RetryPolicy,
     stats: Arc<ModelStats>,
     cache: Option<(Arc<ResponseCache>, Arc<str>)>,
+    stop: Stop,
 }
 
 impl fmt::Debug for Model {
@@ -298,7 +345,15 @@ impl Model {
             retry,
             stats: Arc::default(),
             cache: None,
+            stop: Stop::default(),
         }
+    }
+
+    /// Sends nothing more once `stop` is set: no new attempt, no retry (cache hits are still
+    /// served). Default: a `Stop` of its own, never set.
+    pub fn with_stop(mut self, stop: Stop) -> Model {
+        self.stop = stop;
+        self
     }
 
     /// Serves repeated requests from `cache` and stores every reply this model returns. The
@@ -368,7 +423,16 @@ impl Model {
             .with_jitter()
             .build();
         let mut attempts = 0;
+        let stopped = |attempts| ModelError {
+            model: self.key.clone(),
+            attempts,
+            elapsed: started.elapsed(),
+            last: BackendError::Stopped,
+        };
         loop {
+            if self.stop.is_stopped() {
+                return Err(stopped(attempts));
+            }
             attempts += 1;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let error = match self.backend.send(request).await {
@@ -404,7 +468,10 @@ impl Model {
             };
             tracing::debug!(model = %self.key, attempt = attempts, wait_ms = wait.as_millis() as u64, %error, "retrying");
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.stop.stopped() => return Err(stopped(attempts)),
+            }
         }
     }
 }
@@ -501,6 +568,43 @@ mod tests {
         let model = model(vec![Err(status(401)), Ok(generation("never"))]);
         let err = model.generate(&Request::chat(vec![])).await.err();
         assert_eq!(err.as_ref().map(|e| e.attempts), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_model_sends_nothing_and_a_stop_ends_a_retry_wait() {
+        let stop = Stop::new();
+        let stopped = model(vec![Ok(generation("never"))]).with_stop(stop.clone());
+        stop.stop();
+        let err = stopped.generate(&Request::chat(vec![])).await.err();
+        assert!(matches!(err.map(|e| e.last), Some(BackendError::Stopped)));
+        assert_eq!(stopped.totals().requests, 0);
+
+        // A 503 whose Retry-After is an hour: only the stop ends the wait.
+        let stop = Stop::new();
+        let waiting = Model::new(
+            "m",
+            Arc::new(Scripted {
+                outcomes: Mutex::new(vec![Err(BackendError::Status {
+                    endpoint: "e".into(),
+                    status: 503,
+                    body: String::new(),
+                    retry_after: Some(Duration::from_secs(3600)),
+                })]),
+            }),
+            RetryPolicy {
+                max_retry_after: Duration::from_secs(3600),
+                ..fast()
+            },
+        )
+        .with_stop(stop.clone());
+        let call = tokio::spawn(async move { waiting.generate(&Request::chat(vec![])).await.err() });
+        tokio::task::yield_now().await;
+        stop.stop();
+        let err = call.await.ok().flatten();
+        assert!(matches!(
+            err.map(|e| (e.attempts, e.last)),
+            Some((1, BackendError::Stopped))
+        ));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::template::ChatTemplate;
-use super::{Backend, BackendError, Generation, Message, Request, Usage};
+use super::{Backend, BackendError, Generation, Message, Request, Stop, Usage};
 
 /// What a provider needs beyond the base URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,6 +106,7 @@ impl ApiKey {
 pub struct ConcurrencyLimits {
     per_endpoint: usize,
     semaphores: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    stop: Stop,
 }
 
 impl ConcurrencyLimits {
@@ -113,7 +114,15 @@ impl ConcurrencyLimits {
         ConcurrencyLimits {
             per_endpoint: per_endpoint.max(1),
             semaphores: Arc::default(),
+            stop: Stop::default(),
         }
+    }
+
+    /// Once `stop` is set, a request waiting for a slot is not sent: only those already sent
+    /// finish. Default: never stopped.
+    pub fn with_stop(mut self, stop: Stop) -> ConcurrencyLimits {
+        self.stop = stop;
+        self
     }
 
     fn for_endpoint(&self, base: &str) -> Arc<Semaphore> {
@@ -130,6 +139,7 @@ struct Endpoint {
     chat_url: Url,
     completions_url: Url,
     limit: Arc<Semaphore>,
+    stop: Stop,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -325,6 +335,7 @@ fn endpoint(raw: &str, limits: &ConcurrencyLimits) -> Result<Endpoint, BackendEr
     let completions_url = join("completions")?;
     Ok(Endpoint {
         limit: limits.for_endpoint(&shown),
+        stop: limits.stop.clone(),
         shown,
         chat_url,
         completions_url,
@@ -487,11 +498,13 @@ impl OpenAiBackend {
     }
 
     async fn send_to(&self, endpoint: &Endpoint, body: Vec<u8>, completions: bool) -> Result<Generation, BackendError> {
-        let _slot = endpoint
-            .limit
-            .acquire()
-            .await
-            .map_err(|_| BackendError::Config("the concurrency limiter was closed".into()))?;
+        let _slot = tokio::select! {
+            biased;
+            () = endpoint.stop.stopped() => return Err(BackendError::Stopped),
+            slot = endpoint.limit.acquire() => {
+                slot.map_err(|_| BackendError::Config("the concurrency limiter was closed".into()))?
+            }
+        };
         let url = if completions {
             &endpoint.completions_url
         } else {

@@ -6,6 +6,7 @@
 //! `manifest.json`, `<judge>_errors.json` (judge replies that never parsed) and `.journal/`.
 //! Every finished generation or judgement is appended to the journal the moment it completes;
 //! the JSON files are rebuilt from it and written atomically (temporary file, then rename).
+//! One process at a time writes a run folder: it holds an OS lock on the folder's `.lock`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
@@ -44,6 +45,29 @@ pub enum StoreError {
         index: usize,
         problem: String,
     },
+    /// A finished unit could not be kept: the run stops rather than send work it cannot record.
+    #[error("{}: cannot append to the journal", path.display())]
+    Append {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: another specbench process ({}) is writing to this run folder; wait for it to end or stop it",
+        dir.display(),
+        holder(*pid)
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("{}: cannot lock", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn holder(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "PID unknown".to_string(), |pid| format!("PID {pid}"))
 }
 
 /// The last path segment of a model key (`Qwen/Qwen3-14B` → `Qwen3-14B`), as upstream names
@@ -133,7 +157,9 @@ pub fn judgement_key(item: &Item, response: &str, protocol_hash: &str) -> String
 /// Appends one JSON line per finished unit and flushes it, so a killed run keeps all of them.
 pub struct Journal {
     path: PathBuf,
-    writer: Mutex<BufWriter<fs_err::File>>,
+    /// A plain file: its write errors are the OS's (`File too large (os error 27)`), and
+    /// [`StoreError::Append`] names the path once.
+    writer: Mutex<BufWriter<std::fs::File>>,
 }
 
 impl Journal {
@@ -164,7 +190,7 @@ impl Journal {
         }
         let journal = Journal {
             path: path.to_path_buf(),
-            writer: Mutex::new(BufWriter::new(file)),
+            writer: Mutex::new(BufWriter::new(file.into_file())),
         };
         Ok((journal, records))
     }
@@ -179,11 +205,34 @@ impl Journal {
         writer
             .write_all(&line)
             .and_then(|()| writer.flush())
-            .map_err(|source| StoreError::Write {
+            .map_err(|source| StoreError::Append {
                 path: self.path.clone(),
                 source,
             })
     }
+}
+
+/// An exclusive hold on one run folder, so that two processes never journal the same units
+/// twice. An OS lock on `<run folder>/.lock` (`flock` on Unix, `LockFileEx` on Windows): the OS
+/// releases it when the process ends, however it ends, so `kill -9` leaves no stale lock. The
+/// file holds the holder's PID, for the second process's message. Released when dropped.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: fs_err::File,
+}
+
+/// The PID in a lock file. The holder writes it just after locking: a moment is allowed for that.
+fn holder_pid(path: &Path) -> Option<u32> {
+    for _ in 0..10 {
+        let pid = fs_err::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        if pid.is_some() {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 /// The records of a journal, and whether its last line was cut short by a crash; a missing
@@ -455,6 +504,47 @@ impl RunDir {
 
     pub fn manifest_json(&self) -> PathBuf {
         self.dir.join("manifest.json")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join(".lock")
+    }
+
+    /// Takes this folder for this process, creating the folder; fails at once with
+    /// [`StoreError::Locked`] while another process holds it.
+    pub fn lock(&self) -> Result<RunLock, StoreError> {
+        fs_err::create_dir_all(&self.dir).map_err(|source| StoreError::Write {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let path = self.lock_file();
+        let error = |source| StoreError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = fs_err::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(error)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    dir: self.dir.clone(),
+                    pid: holder_pid(&path),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(error(source)),
+        }
+        // Truncated only once held: the last holder's PID stays until then.
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.flush())
+            .map_err(error)?;
+        Ok(RunLock { _file: file })
     }
 
     pub fn generation_journal(&self) -> PathBuf {
@@ -807,6 +897,30 @@ mod tests {
         assert_eq!((count.generations, count.overlapping), (3, 2));
         let merged = read_journal::<GenerationRecord>(&into.generation_journal())?;
         assert_eq!(merged, vec![done(0), done(1), done(2)]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_folder_has_one_holder_at_a_time() -> Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        let dir = RunDir {
+            dir: root.path().join("m/Child/vanilla"),
+        };
+        let held = dir.lock()?;
+        // Another open file description conflicts even in this process, as another process would.
+        match dir.lock() {
+            Err(StoreError::Locked { dir: named, pid }) => {
+                assert_eq!(named, dir.dir);
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(held);
+        let _again = dir.lock()?;
+        assert_eq!(
+            std::fs::read_to_string(dir.lock_file())?,
+            format!("{}\n", std::process::id())
+        );
         Ok(())
     }
 

@@ -130,6 +130,7 @@ async fn every_method_and_judge_matches_upstream_byte_for_byte() -> anyhow::Resu
             },
             generator: Some((generator, case.method.build(None)?)),
             judges,
+            stop: specbench::backend::Stop::default(),
         };
         let report = Arc::new(runner).run(Arc::new(|_| {})).await?;
         let unmatched = replay.unmatched();
