@@ -127,12 +127,25 @@ pub struct ViewArgs {
     /// The results folder to show.
     #[arg(default_value = "result", value_name = "RESULTS_DIR")]
     pub results: PathBuf,
-    /// Address to listen on; only loopback unless told otherwise.
+    /// Address to listen on; only loopback unless told otherwise. Off loopback a token is
+    /// required (see --token); 0.0.0.0 or :: (every address) answers to any Host name.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
     /// Port to listen on (0: any free port; the URL is printed).
     #[arg(long, default_value_t = 8350)]
     pub port: u16,
+    /// Require this token instead of a random one (also on loopback, where none is required
+    /// otherwise). Letters, digits and `-._~`, at least 16 of them.
+    #[arg(long, env = specbench::env::Env::VIEW_TOKEN, hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<crate::view::GivenToken>,
+    /// Require no token, even off loopback (and whatever --token or its variable say): anyone
+    /// who can reach the port reads every prompt, response and judge reason.
+    #[arg(long)]
+    pub no_token: bool,
+    /// Also answer requests whose Host header names this (a name behind which the viewer is
+    /// reached: a proxy, a DNS name); repeatable. Other names get 403, against DNS rebinding.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
     /// SAR's α.
     #[arg(long, default_value_t = 0.3)]
     pub alpha: f64,

@@ -13,9 +13,13 @@
 //! Untrusted text (prompts, responses, judge replies) only ever leaves as JSON strings; the page
 //! puts it in the DOM as text. Routes are fixed and take numbers, never paths. A strict
 //! Content-Security-Policy forbids inline scripts and every other origin.
+//! Every request first passes [`access::guard`]: the Host check against DNS rebinding and,
+//! off loopback, the token.
+
+mod access;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,6 +37,8 @@ use specbench::report::{self, ReportOptions};
 use specbench::score::{Alpha, Score, Verdict};
 use specbench::store;
 
+pub use self::access::GivenToken;
+use self::access::{Access, Token};
 use crate::args::ViewArgs;
 use crate::commands::{ExitStatus, UsageError, alpha};
 use crate::report::{results_folder, rule_texts};
@@ -514,7 +520,7 @@ async fn harden(request: axum::extract::Request, next: axum::middleware::Next) -
     response
 }
 
-fn router(viewer: Arc<Viewer>) -> Router {
+fn router(viewer: Arc<Viewer>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route(
@@ -528,11 +534,39 @@ fn router(viewer: Arc<Viewer>) -> Router {
         .route("/api/runs/{id}/items/{position}", get(item))
         .route("/api/compare", get(compare))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such page") })
+        .layer(axum::middleware::from_fn_with_state(access, access::guard))
         .layer(axum::middleware::from_fn(harden))
         .with_state(viewer)
 }
 
+/// Whether a token is required, and where it came from.
+enum TokenChoice {
+    None,
+    Given(Token),
+    Generated(Token),
+}
+
+/// The token rule: `--no-token` none (it is said on the command line, so it wins over a token
+/// in the environment); `--token` (or the variable) that one; otherwise a random one off
+/// loopback and none on it.
+fn choose_token(args: &ViewArgs) -> anyhow::Result<TokenChoice> {
+    if args.no_token {
+        return Ok(TokenChoice::None);
+    }
+    if let Some(given) = &args.token {
+        let token = Token::given(given.clone())
+            .map_err(|problem| UsageError(format!("--token (or {}): {problem}", specbench::env::Env::VIEW_TOKEN)))?;
+        return Ok(TokenChoice::Given(token));
+    }
+    if args.host.to_canonical().is_loopback() {
+        return Ok(TokenChoice::None);
+    }
+    let token = Token::generate().map_err(|e| anyhow::anyhow!("cannot draw a random token from the system: {e}"))?;
+    Ok(TokenChoice::Generated(token))
+}
+
 pub async fn view(args: ViewArgs) -> anyhow::Result<ExitStatus> {
+    let choice = choose_token(&args)?;
     results_folder(&args.results)?;
     let alpha = alpha(args.alpha)?;
     let rules = rule_texts(args.data.as_deref())?;
@@ -555,15 +589,56 @@ pub async fn view(args: ViewArgs) -> anyhow::Result<ExitStatus> {
         .await
         .map_err(|e| UsageError(format!("cannot listen on {address}: {e}")))?;
     let bound = listener.local_addr()?;
+    // Bound to every address, the URL names loopback: browsers refuse 0.0.0.0.
+    let shown = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), bound.port()),
+        _ => bound,
+    };
+    let mut url = format!("http://{shown}/");
+    let (token, note) = match choice {
+        TokenChoice::None => (None, None),
+        TokenChoice::Given(token) => (
+            Some(token),
+            Some(format!(
+                "the token from --token or {} is required (open {url}?token=TOKEN)",
+                specbench::env::Env::VIEW_TOKEN
+            )),
+        ),
+        TokenChoice::Generated(token) => {
+            url.push_str("?token=");
+            url.push_str(token.reveal());
+            (Some(token), None)
+        }
+    };
+    let access = Access::new(bound, token, &args.allow_host).map_err(UsageError)?;
+    let every_address = bound.ip().is_unspecified();
+    if args.no_token {
+        let reach = if every_address {
+            format!("port {} on any address of this machine", bound.port())
+        } else {
+            bound.to_string()
+        };
+        eprintln!(
+            "specbench view: WARNING: --no-token: no token is required. Anyone who can reach {reach} \
+             can read every prompt, response and judge reason in these results."
+        );
+    }
+    if every_address {
+        eprintln!("specbench view: listening on every address ({bound}): any Host name is answered");
+    }
+    if let Some(note) = note {
+        eprintln!("specbench view: {note}");
+    }
     {
         let mut out = std::io::stdout().lock();
         std::io::Write::write_fmt(
             &mut out,
-            format_args!("specbench view: http://{bound}/ ({} runs)\n", viewer.runs.len()),
+            format_args!("specbench view: {url} ({} runs)\n", viewer.runs.len()),
         )?;
         std::io::Write::flush(&mut out)?;
     }
-    axum::serve(listener, router(viewer))
+    axum::serve(listener, router(viewer, Arc::new(access)))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -10,6 +10,8 @@ impl Env {
     pub const MODEL_PATH: &'static str = "SPECBENCH_MODEL_PATH";
     /// The response cache folder, when `--cache-dir` is not given.
     pub const CACHE_DIR: &'static str = "SPECBENCH_CACHE_DIR";
+    /// The token `specbench view` requires, when `--token` is not given.
+    pub const VIEW_TOKEN: &'static str = "SPECBENCH_VIEW_TOKEN";
     /// Tracing filter for log lines (`specbench=debug`).
     pub const LOG: &'static str = "SPECBENCH_LOG";
 }

@@ -30,7 +30,8 @@ impl TestContext {
         Ok(TestContext { dir, pack, results })
     }
 
-    /// The binary, run in the temp folder, with no key variables of the caller's environment.
+    /// The binary, run in the temp folder, with no key or token variables of the caller's
+    /// environment.
     pub fn specbench(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
         command
@@ -39,7 +40,8 @@ impl TestContext {
             .env("SPECBENCH_CACHE_DIR", self.cache_dir())
             .env_remove("OPENAI_API_KEY")
             .env_remove("DEEPSEEK_API_KEY")
-            .env_remove("SPECBENCH_LOG");
+            .env_remove("SPECBENCH_LOG")
+            .env_remove("SPECBENCH_VIEW_TOKEN");
         command
     }
 
