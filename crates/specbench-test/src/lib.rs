@@ -44,6 +44,9 @@ pub enum Reply {
     Hang(Duration),
     /// Send a 200's headers, then drop the connection mid-body.
     Reset,
+    /// A 200 whose body is `chunk` sent `count` times, streamed without a `Content-Length`
+    /// (a runaway reply whose size is only known by reading it).
+    Streamed { chunk: String, count: usize },
 }
 
 type Handler = dyn Fn(&Value) -> Reply + Send + Sync;
@@ -259,6 +262,16 @@ async fn answer(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, body: B
         Reply::Hang(duration) => {
             tokio::time::sleep(duration).await;
             completion(&request, "too late", None)
+        }
+        Reply::Streamed { chunk, count } => {
+            let chunk = Bytes::from(chunk);
+            let body = futures::stream::iter((0..count).map(move |_| Ok::<Bytes, std::io::Error>(chunk.clone())));
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
         }
         Reply::Reset => {
             let broken = futures::stream::once(async { Err::<Bytes, _>(std::io::Error::other("connection reset")) });

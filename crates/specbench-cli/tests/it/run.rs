@@ -630,28 +630,47 @@ fn url_secrets_and_an_echoed_key_are_redacted_everywhere() -> anyhow::Result<()>
 #[test]
 fn a_reply_over_the_size_cap_fails_once_with_its_reason() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
+    // The garlic item's reply announces its length; the tomato item's is streamed without one
+    // (about 1 GiB if it were read to the end).
     let server = StubServer::start(|request| {
-        if !is_judge(request) && user_text(request).contains("garlic") {
+        let user = user_text(request);
+        if !is_judge(request) && user.contains("garlic") {
             return Reply::Content("x".repeat(4096));
+        }
+        if !is_judge(request) && user.contains("tomato") {
+            return Reply::Streamed {
+                chunk: "y".repeat(1024),
+                count: 1 << 20,
+            };
         }
         Reply::Content(synthetic_reply(request))
     })?;
     let url = server.base_url();
     let finished = ctx.run(&run_args(&url, &["--scenario", "Garden", "--max-reply-bytes", "2048"]))?;
     assert_eq!(finished.code, Some(1), "{finished:?}");
-    let garlic = server
-        .requests()
-        .iter()
-        .filter(|r| !is_judge(r) && user_text(r).contains("garlic"))
-        .count();
-    assert_eq!(garlic, 1, "an oversized reply is not asked for again");
+    let asked = |word: &str| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| !is_judge(r) && user_text(r).contains(word))
+            .count()
+    };
+    assert_eq!(
+        (asked("garlic"), asked("tomato")),
+        (1, 1),
+        "an oversized reply is not asked for again"
+    );
     let journal = std::fs::read_to_string(ctx.results.join("test-model/Garden/vanilla/.journal/generate.jsonl"))?;
-    assert!(
-        journal.contains("the answer is larger than 2048 bytes (--max-reply-bytes); not retried"),
+    assert_eq!(
+        journal
+            .matches("the answer is larger than 2048 bytes (--max-reply-bytes); not retried")
+            .count(),
+        2,
         "{journal}"
     );
     let generated = ctx.read_json("test-model/Garden/vanilla/generate.json")?;
     assert_eq!(generated[1], Value::Null, "the item is failed, not stored");
+    assert_eq!(generated[2], Value::Null, "the streamed one too");
     assert!(generated[0]["response"].is_string(), "other items are unaffected");
     Ok(())
 }
