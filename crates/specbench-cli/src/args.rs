@@ -500,6 +500,11 @@ pub struct ExecArgs {
     /// Attempts per request (the first included) on 429, 5xx, timeouts and lost connections.
     #[arg(long, default_value_t = 6)]
     pub max_attempts: u32,
+    /// The most bytes of one reply body that are read (default 16 MiB). A larger reply fails
+    /// its attempt as soon as the cap is passed and is not retried; the item is recorded as
+    /// failed with the reason.
+    #[arg(long, default_value_t = specbench::backend::DEFAULT_MAX_REPLY_BYTES, value_name = "BYTES")]
+    pub max_reply_bytes: usize,
     /// SAR's α: the score of a safe response that meets no behavioral rule.
     #[arg(long, default_value_t = 0.3)]
     pub alpha: f64,

@@ -73,6 +73,7 @@ pub async fn generate(args: GenerateArgs, stop: Stop) -> anyhow::Result<ExitStat
 }
 
 pub async fn evaluate(args: EvaluateArgs, stop: Stop) -> anyhow::Result<ExitStatus> {
+    name_check(store::name::check_model_key("--model", &args.model))?;
     let session = Session::new(&args.data, &args.exec, stop)?;
     let judges = session.judges(&args.judge, &args.exec, None)?;
     let mut runners = Vec::new();
@@ -93,7 +94,20 @@ pub async fn evaluate(args: EvaluateArgs, stop: Stop) -> anyhow::Result<ExitStat
     execute_all(runners).await
 }
 
-/// Recomputes `<judge>_score.json` from `<judge>_evaluate.json`; sends nothing.
+/// A name that would leave the results folder is bad input, like any other.
+pub(crate) fn name_check(result: Result<(), store::name::NameError>) -> anyhow::Result<()> {
+    result.map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// Loads the pack at `dir`; its warnings (prompts over the length to warn at) are logged.
+pub(crate) fn load_pack(dir: &Path) -> anyhow::Result<Pack> {
+    let pack = pack::load(dir).map_err(|e| UsageError(e.to_string()))?;
+    for warning in &pack.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(pack)
+}
+
 /// The pack a command reads: --data, else SPECBENCH_DATA (clap reads both), else the pack
 /// `specbench data pull` fetched.
 pub(crate) fn resolve_pack(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -138,8 +152,16 @@ pub fn cache(args: CacheArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
+/// Recomputes `<judge>_score.json` from `<judge>_evaluate.json`; sends nothing.
 pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
     let alpha = alpha(args.alpha)?;
+    name_check(store::name::check_model_key("--model", &args.model))?;
+    for scenario in &args.scenario {
+        name_check(store::name::check_folder("--scenario", scenario))?;
+    }
+    if let Some(stem) = &args.judge {
+        name_check(store::name::check_file_stem("--judge", stem))?;
+    }
     let [kind] = args.method.method[..] else {
         bail!(UsageError("score takes one --method".into()));
     };
@@ -164,7 +186,9 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
     };
     let mut rows = Vec::new();
     for scenario in &scenarios {
-        let dir = Store::new(&args.results).run_dir(&args.model, scenario, &method_dir);
+        let dir = Store::new(&args.results)
+            .run_dir(&args.model, scenario, &method_dir)
+            .map_err(|e| UsageError(e.to_string()))?;
         let mut stems: Vec<String> = match &args.judge {
             Some(stem) => vec![stem.clone()],
             None => std::fs::read_dir(&dir.dir)
@@ -367,16 +391,20 @@ impl Session {
         if !(exec.timeout.is_finite() && exec.timeout > 0.0) {
             bail!(UsageError("--timeout must be a positive number of seconds".into()));
         }
+        if exec.max_reply_bytes == 0 {
+            bail!(UsageError("--max-reply-bytes must be at least 1".into()));
+        }
+        if data.limit == Some(0) {
+            bail!(UsageError("--limit must be at least 1".into()));
+        }
+        if data.sample == Some(0) {
+            bail!(UsageError("--sample must be at least 1".into()));
+        }
         let pack_dir = resolve_pack(data.data.as_deref())?;
-        let pack = pack::load(&pack_dir).map_err(|e| UsageError(e.to_string()))?;
-        let cache = if exec.no_cache {
-            None
-        } else {
-            let dir = cache_dir(&exec.cache);
-            Some(Arc::new(
-                ResponseCache::open(&dir).map_err(|e| UsageError(format!("{e} (--no-cache runs without it)")))?,
-            ))
-        };
+        let pack = load_pack(&pack_dir)?;
+        // Opened at the first request, once every check has passed: a refused command leaves
+        // no cache file behind.
+        let cache = (!exec.no_cache).then(|| Arc::new(ResponseCache::deferred(&cache_dir(&exec.cache))));
         let protocol = Protocol::for_pack(pack.protocol_dir.as_deref()).map_err(|e| UsageError(e.to_string()))?;
         tracing::info!(protocol = ?protocol.source, hash = %protocol.hash, "protocol texts");
         Ok(Session {
@@ -464,6 +492,7 @@ impl Session {
             .limits(self.limits.clone())
             .chat_template(chat_template)
             .prefill(prefill)
+            .max_reply_bytes(exec.max_reply_bytes)
             .build()
             .map_err(|e| UsageError(format!("model `{}`: {e}", entry.key)))?;
         let retry = RetryPolicy {
@@ -533,6 +562,7 @@ impl Session {
     fn model(&self, args: &ModelArgs, exec: &ExecArgs, methods: &[MethodConfig]) -> anyhow::Result<Generator> {
         let file = self.config_file(args.model_config.as_deref(), "config_model.yaml")?;
         let key = args.model.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.to_string());
+        name_check(store::name::check_model_key("--model", &key))?;
         let entry = self.entry(&key, file.as_ref())?;
         let local = match args.provider {
             Some(ProviderArg::Local) => true,
@@ -607,6 +637,9 @@ impl Session {
             && args.judge_provider.is_none()
             && args.judge_base_url.is_empty()
             && args.judge_model_path.is_none();
+        if let Some(key) = &args.judge {
+            name_check(store::name::check_model_key("--judge", key))?;
+        }
         let local_generator = generator.and_then(|g| g.local.as_ref());
         let model = match (args.judge_provider, &args.judge_model_path, local_generator) {
             (Some(ProviderArg::Local), _, _) | (None, Some(_), _) => {

@@ -35,15 +35,22 @@ fn pull(args: PullArgs) -> anyhow::Result<ExitStatus> {
         })?;
     writeln!(
         std::io::stdout().lock(),
-        "{}: {} files from {from}, checked; checksums in manifest.json",
+        "{}: {} files from {}, checked; checksums in manifest.json",
         pulled.dest.display(),
-        pulled.files.len()
+        pulled.files.len(),
+        specbench::redact::RedactedUrl::parse(&from)
+            .map(|url| url.to_string())
+            .unwrap_or_else(|_| specbench::redact::unparsed_url(&from))
     )?;
     Ok(ExitStatus::Success)
 }
 
 fn validate(dir: &std::path::Path) -> anyhow::Result<ExitStatus> {
-    let mut problems: Vec<String> = pack::validate(dir).iter().map(ToString::to_string).collect();
+    let checked = pack::validate(dir);
+    for warning in &checked.warnings {
+        tracing::warn!("{warning}");
+    }
+    let mut problems: Vec<String> = checked.problems.iter().map(ToString::to_string).collect();
     // A pulled pack records its files' checksums: an edit since is worth knowing about.
     if let Some(changed) = pack::pull::changed_since_pull(dir) {
         problems.extend(changed.iter().map(|path| {
@@ -54,6 +61,7 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitStatus> {
         }));
     }
     if problems.is_empty() {
+        // Loaded again only to count; its warnings were printed above.
         let pack = pack::load(dir).map_err(|e| UsageError(e.to_string()))?;
         let items: usize = pack.scenarios.iter().map(|s| s.items.len()).sum();
         let rules: usize = pack.scenarios.iter().map(|s| s.rules.len()).sum();
@@ -85,7 +93,7 @@ fn percentile(sorted: &[usize], share: f64) -> usize {
 }
 
 fn stats(dir: &std::path::Path) -> anyhow::Result<ExitStatus> {
-    let pack = pack::load(dir).map_err(|e| UsageError(e.to_string()))?;
+    let pack = crate::commands::load_pack(dir)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

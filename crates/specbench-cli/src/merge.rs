@@ -15,7 +15,7 @@ use serde_json::Value;
 use specbench::backend::{Backend, BackendError, Generation, Model, Request, RetryPolicy, Stop};
 use specbench::judge::{Judge, JudgeMode};
 use specbench::method::{Method, MethodConfig, MethodError, MethodInput, Response};
-use specbench::pack::{self, ItemSelection, PromptVariant};
+use specbench::pack::{ItemSelection, PromptVariant};
 use specbench::protocol::Protocol;
 use specbench::run::{RunPlan, Runner};
 use specbench::score::Alpha;
@@ -73,8 +73,14 @@ fn recorded_model(entry: &Value) -> anyhow::Result<Model> {
 }
 
 /// `<model>/<scenario>/<method>` folders holding a journal, relative to `root`.
+/// A folder that cannot be listed is an error here: a merge must not lose a shard's work.
 fn run_folders(root: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
-    Ok(store::run_folders(root)?
+    let listing = store::run_folders(root)?;
+    if let Some(error) = listing.unreadable.into_iter().next() {
+        return Err(error.into());
+    }
+    Ok(listing
+        .folders
         .into_iter()
         .filter(|folder| folder.dir.join(".journal").is_dir())
         .filter_map(|folder| folder.dir.strip_prefix(root).ok().map(Path::to_path_buf))
@@ -88,7 +94,7 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     let pack_dir = crate::commands::resolve_pack(args.data.as_deref())?;
-    let pack = Arc::new(pack::load(&pack_dir).map_err(|e| UsageError(e.to_string()))?);
+    let pack = Arc::new(crate::commands::load_pack(&pack_dir)?);
     let protocol = Arc::new(Protocol::for_pack(pack.protocol_dir.as_deref()).map_err(|e| UsageError(e.to_string()))?);
     let mut folders = BTreeSet::new();
     for shard in &args.shards {
@@ -165,7 +171,9 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
         let into = RunDir {
             dir: args.into.join(relative),
         };
-        let expected = Store::new(&args.into).run_dir(generator.key(), &scenario, &method.dir_name());
+        let expected = Store::new(&args.into)
+            .run_dir(generator.key(), &scenario, &method.dir_name())
+            .map_err(|e| UsageError(format!("{}: {e}", first_path.display())))?;
         if expected.dir != into.dir {
             anyhow::bail!(UsageError(format!(
                 "{}: the manifest names another folder ({})",

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use specbench::pack;
 use specbench::report::render::{self, Format};
 use specbench::report::{self, Filter, Price, ReportOptions, RuleTexts};
 
@@ -20,13 +19,20 @@ pub(crate) fn results_folder(results: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Says which folder or file was skipped and why; the others are still read.
+pub(crate) fn warn_skipped(skipped: &[specbench::store::StoreError]) {
+    for error in skipped {
+        tracing::warn!("skipped: {error}");
+    }
+}
+
 /// Rule texts by scenario from the pack at `data`, for tables and pages that show them; none
 /// without a pack.
 pub(crate) fn rule_texts(data: Option<&Path>) -> anyhow::Result<RuleTexts> {
     let Some(data) = data else {
         return Ok(RuleTexts::new());
     };
-    let pack = pack::load(data).map_err(|e| UsageError(e.to_string()))?;
+    let pack = crate::commands::load_pack(data)?;
     Ok(pack
         .scenarios
         .into_iter()
@@ -59,7 +65,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
         methods: args.method.clone(),
         judges: args.judge.clone(),
     };
-    let runs = report::load(&args.results, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
+    let loaded = report::load(&args.results, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
+    warn_skipped(&loaded.skipped);
+    let runs = loaded.runs;
     if runs.is_empty() {
         anyhow::bail!(UsageError(format!(
             "{}: no judged results (no <judge>_evaluate.json) match",

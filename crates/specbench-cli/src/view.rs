@@ -41,7 +41,7 @@ pub use self::access::GivenToken;
 use self::access::{Access, Token};
 use crate::args::ViewArgs;
 use crate::commands::{ExitStatus, UsageError, alpha};
-use crate::report::{results_folder, rule_texts};
+use crate::report::{results_folder, rule_texts, warn_skipped};
 
 const INDEX_HTML: &str = include_str!("../assets/viewer/index.html");
 const APP_JS: &str = include_str!("../assets/viewer/app.js");
@@ -223,11 +223,21 @@ struct Found {
     judge: String,
 }
 
-/// Every `<judge>_evaluate.json` under `results`, in folder order.
+/// Every `<judge>_evaluate.json` under `results`, in folder order; a folder that cannot be
+/// listed is skipped with a warning.
 fn discover(results: &Path) -> anyhow::Result<Vec<Found>> {
     let mut runs = Vec::new();
-    for folder in store::run_folders(results)? {
-        let mut stems: Vec<String> = fs_err::read_dir(&folder.dir)?
+    let listing = store::run_folders(results)?;
+    warn_skipped(&listing.unreadable);
+    for folder in listing.folders {
+        let entries = match fs_err::read_dir(&folder.dir) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!("skipped: {error}");
+                continue;
+            }
+        };
+        let mut stems: Vec<String> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
                 e.file_name()
@@ -253,28 +263,40 @@ fn discover(results: &Path) -> anyhow::Result<Vec<Found>> {
 fn load(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> anyhow::Result<Vec<ViewRun>> {
     let found = discover(results).map_err(|e| UsageError(format!("{}: {e}", results.display())))?;
     let mut runs = Vec::with_capacity(found.len());
-    for (
-        id,
-        Found {
-            dir,
-            model,
-            scenario,
-            method,
-            judge,
-        },
-    ) in found.into_iter().enumerate()
+    for Found {
+        dir,
+        model,
+        scenario,
+        method,
+        judge,
+    } in found
     {
+        // Ids are positions in the list the routes index, so a skipped run leaves no gap.
+        let id = runs.len();
         let scenario_rules = rules.get(&scenario);
-        let mut items: Vec<ViewItem> = read_entries(&dir.join(format!("{judge}_evaluate.json")))?
+        // One unreadable run is left out with a warning naming its file; the others are shown.
+        let evaluated = match read_entries(&dir.join(format!("{judge}_evaluate.json"))) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!("skipped: {error:#}");
+                continue;
+            }
+        };
+        let mut items: Vec<ViewItem> = evaluated
             .into_iter()
             .enumerate()
             .map(|(position, entry)| item_from(position, entry, alpha, scenario_rules, false))
             .collect();
         let errors_path = dir.join(format!("{judge}_errors.json"));
         if errors_path.exists() {
-            for entry in read_entries(&errors_path)? {
-                let position = items.len();
-                items.push(item_from(position, entry, alpha, scenario_rules, true));
+            match read_entries(&errors_path) {
+                Ok(entries) => {
+                    for entry in entries {
+                        let position = items.len();
+                        items.push(item_from(position, entry, alpha, scenario_rules, true));
+                    }
+                }
+                Err(error) => tracing::warn!("judge errors left out: {error:#}"),
             }
         }
         let judged: Vec<&Score> = items.iter().filter_map(|i| i.score.as_ref()).collect();

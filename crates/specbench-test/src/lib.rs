@@ -44,6 +44,9 @@ pub enum Reply {
     Hang(Duration),
     /// Send a 200's headers, then drop the connection mid-body.
     Reset,
+    /// A 200 whose body is `chunk` sent `count` times, streamed without a `Content-Length`
+    /// (a runaway reply whose size is only known by reading it).
+    Streamed { chunk: String, count: usize },
 }
 
 type Handler = dyn Fn(&Value) -> Reply + Send + Sync;
@@ -52,6 +55,8 @@ struct Shared {
     handler: Box<Handler>,
     latency: Duration,
     requests: Mutex<Vec<Value>>,
+    /// The path and query of every request, in arrival order.
+    targets: Mutex<Vec<String>>,
     record: bool,
 }
 
@@ -152,6 +157,7 @@ impl StubServer {
             handler: Box::new(handler),
             latency: options.latency,
             requests: Mutex::new(Vec::new()),
+            targets: Mutex::new(Vec::new()),
             record: options.record,
         });
         let app = Router::new().route("/{*path}", post(answer)).with_state(shared.clone());
@@ -171,6 +177,12 @@ impl StubServer {
     /// Every request body received so far, in arrival order.
     pub fn requests(&self) -> Vec<Value> {
         self.shared.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The path and query (`/v1/chat/completions?x=1`) of every request so far, in arrival
+    /// order: where a client put what it was given.
+    pub fn targets(&self) -> Vec<String> {
+        self.shared.targets.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// Serves until the process is killed (the benchmark's stub process).
@@ -200,7 +212,7 @@ pub fn stub_usage(body: &Value, reply: &str) -> Value {
     })
 }
 
-async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn answer(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, body: Bytes) -> Response {
     // The latency is counted from arrival: the stub's own work happens inside it.
     let answer_at = tokio::time::Instant::now() + shared.latency;
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
@@ -210,6 +222,11 @@ async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         && let Ok(mut requests) = shared.requests.lock()
     {
         requests.push(request.clone());
+    }
+    if shared.record
+        && let Ok(mut targets) = shared.targets.lock()
+    {
+        targets.push(uri.path_and_query().map(ToString::to_string).unwrap_or_default());
     }
     let reply = (shared.handler)(&request);
     if !shared.latency.is_zero() {
@@ -245,6 +262,16 @@ async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Reply::Hang(duration) => {
             tokio::time::sleep(duration).await;
             completion(&request, "too late", None)
+        }
+        Reply::Streamed { chunk, count } => {
+            let chunk = Bytes::from(chunk);
+            let body = futures::stream::iter((0..count).map(move |_| Ok::<Bytes, std::io::Error>(chunk.clone())));
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
         }
         Reply::Reset => {
             let broken = futures::stream::once(async { Err::<Bytes, _>(std::io::Error::other("connection reset")) });

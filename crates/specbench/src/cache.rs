@@ -8,7 +8,7 @@
 //! reply that did not parse.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -30,6 +30,8 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+    #[error("response cache {path}: {reason}")]
+    Unavailable { path: PathBuf, reason: String },
 }
 
 /// A cache key: which endpoint, which request.
@@ -86,8 +88,11 @@ pub struct CacheStats {
 /// microseconds next to a request's seconds, so no thread pool is needed.
 #[derive(Debug)]
 pub struct ResponseCache {
+    dir: PathBuf,
     path: PathBuf,
-    connection: Mutex<Connection>,
+    /// Opened at the first lookup for a run ([`ResponseCache::deferred`]), so that a command
+    /// refused for bad input leaves no cache file behind; the error text when it could not be.
+    connection: OnceLock<Result<Mutex<Connection>, String>>,
 }
 
 const SCHEMA: &str = "
@@ -109,41 +114,79 @@ impl ResponseCache {
     /// The file name inside a cache folder.
     pub const FILE: &str = "responses.sqlite3";
 
-    /// Opens (creating) `dir/responses.sqlite3`.
+    /// Opens (creating) `dir/responses.sqlite3` now.
     pub fn open(dir: &Path) -> Result<ResponseCache, CacheError> {
-        fs_err::create_dir_all(dir).map_err(|source| CacheError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
         let path = dir.join(Self::FILE);
-        let sqlite = |source| CacheError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let connection = Connection::open(&path).map_err(sqlite)?;
-        // WAL: readers and one writer at once, several processes (shards on one machine) too.
-        // synchronous=NORMAL: a power cut may lose the last replies, never corrupt the file; the
-        // run's journal, not the cache, is what guarantees finished work.
-        connection.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sqlite)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sqlite)?;
-        connection.execute_batch(SCHEMA).map_err(sqlite)?;
+        let connection = connect(dir, &path)?;
         Ok(ResponseCache {
+            dir: dir.to_path_buf(),
             path,
-            connection: Mutex::new(connection),
+            connection: OnceLock::from(Ok(Mutex::new(connection))),
         })
     }
 
+    /// `dir/responses.sqlite3`, created or opened at the first lookup or store: nothing is
+    /// written before a run has passed every check. A cache that cannot be opened then is
+    /// warned about once and the run goes on without it (it costs requests, not results).
+    pub fn deferred(dir: &Path) -> ResponseCache {
+        ResponseCache {
+            dir: dir.to_path_buf(),
+            path: dir.join(Self::FILE),
+            connection: OnceLock::new(),
+        }
+    }
+}
+
+/// Creates the folder and the file if need be, and sets the connection up.
+fn connect(dir: &Path, path: &Path) -> Result<Connection, CacheError> {
+    fs_err::create_dir_all(dir).map_err(|source| CacheError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let sqlite = |source| CacheError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let connection = Connection::open(path).map_err(sqlite)?;
+    // WAL: readers and one writer at once, several processes (shards on one machine) too.
+    // synchronous=NORMAL: a power cut may lose the last replies, never corrupt the file; the
+    // run's journal, not the cache, is what guarantees finished work.
+    connection.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+    connection
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sqlite)?;
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sqlite)?;
+    connection.execute_batch(SCHEMA).map_err(sqlite)?;
+    Ok(connection)
+}
+
+impl ResponseCache {
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The open connection; `None` when a deferred open failed (warned about once).
+    fn connection(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        let opened = self.connection.get_or_init(|| {
+            connect(&self.dir, &self.path).map(Mutex::new).map_err(|error| {
+                tracing::warn!(%error, "running without the response cache (--no-cache silences this)");
+                error.to_string()
+            })
+        });
+        opened
+            .as_ref()
+            .ok()
+            .map(|connection| connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// The connection, or why there is none, for commands about the cache itself.
+    fn required(&self) -> Result<std::sync::MutexGuard<'_, Connection>, CacheError> {
+        self.connection().ok_or_else(|| CacheError::Unavailable {
+            path: self.path.clone(),
+            reason: "could not be opened".into(),
+        })
     }
 
     fn error(&self, source: rusqlite::Error) -> CacheError {
@@ -155,7 +198,9 @@ impl ResponseCache {
 
     /// The stored reply for `key`, counting the hit.
     pub fn get(&self, key: &CacheKey) -> Result<Option<Generation>, CacheError> {
-        let connection = self.connection();
+        let Some(connection) = self.connection() else {
+            return Ok(None);
+        };
         let found = connection
             .prepare_cached(
                 "SELECT text, reasoning, prompt_tokens, completion_tokens, total_tokens, finish_reason
@@ -193,7 +238,10 @@ impl ResponseCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
-        self.connection()
+        let Some(connection) = self.connection() else {
+            return Ok(());
+        };
+        connection
             .prepare_cached(
                 "INSERT OR REPLACE INTO responses
                  (key, model, text, reasoning, prompt_tokens, completion_tokens, total_tokens, finish_reason, created)
@@ -219,14 +267,17 @@ impl ResponseCache {
     /// Takes back a reply that turned out to be unusable (a judge reply that does not parse),
     /// so the next attempt asks the model again.
     pub fn remove(&self, key: &CacheKey) -> Result<(), CacheError> {
-        self.connection()
+        let Some(connection) = self.connection() else {
+            return Ok(());
+        };
+        connection
             .execute("DELETE FROM responses WHERE key = ?1", params![key.0.as_slice()])
             .map_err(|e| self.error(e))?;
         Ok(())
     }
 
     pub fn stats(&self) -> Result<CacheStats, CacheError> {
-        let connection = self.connection();
+        let connection = self.required()?;
         let (entries, hits) = connection
             .query_row("SELECT COUNT(*), COALESCE(SUM(hits), 0) FROM responses", [], |row| {
                 Ok((count(row.get(0)?), count(row.get(1)?)))
@@ -260,7 +311,7 @@ impl ResponseCache {
 
     /// Deletes every entry; returns how many there were.
     pub fn clear(&self) -> Result<u64, CacheError> {
-        let connection = self.connection();
+        let connection = self.required()?;
         let removed = connection
             .execute("DELETE FROM responses", [])
             .map_err(|e| self.error(e))?;

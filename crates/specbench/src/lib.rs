@@ -22,6 +22,7 @@ pub mod judge;
 pub mod method;
 pub mod pack;
 pub mod protocol;
+pub mod redact;
 pub mod report;
 pub mod run;
 pub mod score;

@@ -411,7 +411,7 @@ impl Runner {
             let scenario = self.pack.scenario(&name)?;
             let dir = self
                 .store
-                .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name());
+                .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name())?;
             if self.generator.is_some() {
                 self.plan.items.select(scenario)?;
             } else if !dir.generate_json().exists() {
@@ -464,12 +464,21 @@ impl Runner {
     fn prepare(&self) -> Result<Vec<ScenarioRun>, RunError> {
         let names = self.scenario_names();
         // First every check, then the first folder: bad input must leave nothing behind.
+        for judge in &self.judges {
+            crate::store::name::check_file_stem("judge", &judge.file_stem()).map_err(StoreError::from)?;
+        }
         let mut chosen = Vec::with_capacity(names.len());
+        let mut seen: Vec<&str> = Vec::with_capacity(names.len());
         for name in &names {
             let scenario = self.pack.scenario(name)?;
+            // A scenario named twice (`Child,Child`, `child,Child`) runs once, where first named.
+            if seen.contains(&scenario.name.as_str()) {
+                continue;
+            }
+            seen.push(&scenario.name);
             let dir = self
                 .store
-                .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name());
+                .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name())?;
             if self.generator.is_some() {
                 let mut items = self.plan.items.select(scenario)?;
                 if let Some(shard) = &self.plan.shard {

@@ -299,3 +299,133 @@ fn bad_report_input_is_named() -> anyhow::Result<()> {
     assert!(bad.stderr.contains("prices.yaml"), "{}", bad.stderr);
     Ok(())
 }
+
+/// One quick run (two Garden items) of `model`, judged by `test-judge`.
+fn run_model(ctx: &TestContext, url: &str, model: &str) -> anyhow::Result<()> {
+    // `--model=NAME`: a name may start with `-`.
+    let model = format!("--model={model}");
+    let finished = ctx.run(&[
+        "run",
+        &model,
+        "--base-url",
+        url,
+        "--judge",
+        "test-judge",
+        "--judge-base-url",
+        url,
+        "--scenario",
+        "Garden",
+        "--limit",
+        "2",
+    ])?;
+    anyhow::ensure!(finished.code == Some(0), "{finished:?}");
+    Ok(())
+}
+
+#[test]
+fn spreadsheet_formulas_and_markup_in_names_are_neutralised() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    for model in ["=HYPERLINK(\"x\")", "-2+3", "<img src=x onerror=alert(1)>"] {
+        run_model(&ctx, &url, model)?;
+    }
+    let csv = ctx.run(&[
+        "report",
+        "result",
+        "--format",
+        "csv",
+        "--resamples",
+        "50",
+        "--permutations",
+        "50",
+    ])?;
+    assert_eq!(csv.code, Some(0), "{csv:?}");
+    let leaderboard: Vec<&str> = csv
+        .stdout
+        .split("# ")
+        .find(|table| table.starts_with("leaderboard\n"))
+        .map(|table| table.lines().skip(2).filter(|line| !line.is_empty()).collect())
+        .unwrap_or_default();
+    assert_eq!(leaderboard.len(), 3, "{}", csv.stdout);
+    for row in &leaderboard {
+        assert!(!row.starts_with(['=', '+', '-', '@']), "a formula cell: {row}");
+    }
+    assert!(
+        leaderboard.iter().any(|r| r.starts_with("\"'=HYPERLINK(\"\"x\"\")\",")),
+        "{}",
+        csv.stdout
+    );
+    let minus = leaderboard
+        .iter()
+        .find(|r| r.starts_with("'-2+3,"))
+        .copied()
+        .unwrap_or_default();
+    // Numbers stay numbers: the safety estimate after model, method, judge and scenarios.
+    let safety = minus.split(',').nth(4).unwrap_or_default();
+    assert!(safety.parse::<f64>().is_ok(), "{minus}");
+
+    let markdown = ctx.run(&["report", "result", "--format", "markdown", "--resamples", "50"])?;
+    assert_eq!(markdown.code, Some(0), "{markdown:?}");
+    assert!(!markdown.stdout.contains("<img"), "{}", markdown.stdout);
+    assert!(
+        markdown
+            .stdout
+            .contains("| &lt;img src=x onerror=alert(1)&gt; | vanilla |"),
+        "{}",
+        markdown.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn one_unreadable_run_is_skipped_with_a_warning_by_report_and_view() -> anyhow::Result<()> {
+    use std::io::{BufRead, Read};
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    run_model(&ctx, &url, "good-model")?;
+    let broken = ctx.results.join("broken-model/Garden/vanilla");
+    std::fs::create_dir_all(&broken)?;
+    std::fs::write(broken.join("test-judge_evaluate.json"), "[{\"data\": ")?;
+
+    let report = report_json(&ctx, &[])?;
+    let models: Vec<&str> = report["leaderboard"]["rows"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["model"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(models, ["good-model"]);
+    let finished = ctx.run(&["report", "result", "--resamples", "50", "--permutations", "50"])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let warnings: Vec<&str> = finished.stderr.lines().collect();
+    assert_eq!(warnings.len(), 1, "{}", finished.stderr);
+    assert!(
+        warnings[0].contains("skipped:")
+            && warnings[0].contains("broken-model/Garden/vanilla/test-judge_evaluate.json"),
+        "{}",
+        warnings[0]
+    );
+
+    let mut child = ctx
+        .specbench()
+        .args(["view", "result", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+    }
+    child.kill()?;
+    child.wait()?;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr)?;
+    }
+    assert!(line.contains("(1 runs)"), "the readable run is served: {line:?}");
+    assert!(
+        stderr.contains("skipped:") && stderr.contains("broken-model/Garden/vanilla/test-judge_evaluate.json"),
+        "{stderr}"
+    );
+    Ok(())
+}

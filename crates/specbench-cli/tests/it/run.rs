@@ -540,3 +540,163 @@ fn a_balanced_sample_reaches_both_labels() -> anyhow::Result<()> {
     assert_eq!(both.code, Some(2), "--sample and --limit conflict: {both:?}");
     Ok(())
 }
+
+/// Every file under `dir` (a results folder, a cache folder), as text.
+fn all_text(dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                text.push_str(&all_text(&path)?);
+            } else {
+                text.push_str(&String::from_utf8_lossy(&std::fs::read(&path)?));
+            }
+        }
+    }
+    Ok(text)
+}
+
+#[test]
+fn url_secrets_and_an_echoed_key_are_redacted_everywhere() -> anyhow::Result<()> {
+    const KEY: &str = "sk-specbench-ECHOED-key-7310";
+    const QUERY_SECRET: &str = "QUERYSECRET-4417";
+    let ctx = TestContext::with_pack("minimal")?;
+    // The garlic item's generation is refused with a body that echoes the key and the URL.
+    let server = StubServer::start(|request| {
+        if !is_judge(request) && user_text(request).contains("garlic") {
+            return Reply::Status {
+                status: 400,
+                body: format!("bad request with key {KEY} at /v1/chat/completions?api_key={QUERY_SECRET}"),
+                retry_after: None,
+            };
+        }
+        Reply::Content(synthetic_reply(request))
+    })?;
+    let url = format!("{}?api_key={QUERY_SECRET}&region=eu", server.base_url());
+    let finished = crate::support::finish(
+        ctx.specbench()
+            .env("SPECBENCH_ECHO_KEY", KEY)
+            .env("SPECBENCH_LOG", "debug")
+            .args(run_args(
+                &url,
+                &["--api-key-env", "SPECBENCH_ECHO_KEY", "--scenario", "Garden"],
+            )),
+    )?;
+    assert_eq!(finished.code, Some(1), "the garlic item failed: {finished:?}");
+    let targets = server.targets();
+    assert_eq!(targets.len(), 3 + 2, "three generations, two judgements");
+    for target in &targets {
+        assert_eq!(
+            target,
+            &format!("/v1/chat/completions?api_key={QUERY_SECRET}&region=eu"),
+            "the query stays after the path"
+        );
+    }
+    assert_eq!(
+        server.requests()[0]["model"],
+        "org/test-model",
+        "the model id is sent whole"
+    );
+
+    let manifest = ctx.read_json("test-model/Garden/vanilla/manifest.json")?;
+    let endpoints = &manifest["generation"]["model"]["backend"]["endpoints"];
+    assert_eq!(
+        endpoints[0].as_str(),
+        Some(format!("http://{}/v1?api_key=****&region=eu", server.addr).as_str())
+    );
+    let journal = std::fs::read_to_string(ctx.results.join("test-model/Garden/vanilla/.journal/generate.jsonl"))?;
+    assert!(journal.contains("bad request with key **** at"), "{journal}");
+    assert!(
+        finished.stderr.contains("bad request with key **** at"),
+        "{}",
+        finished.stderr
+    );
+    for (name, text) in [
+        ("stdout", finished.stdout.clone()),
+        ("stderr", finished.stderr.clone()),
+        ("results", all_text(&ctx.results)?),
+        ("cache", all_text(&ctx.cache_dir())?),
+    ] {
+        assert!(
+            !text.contains(KEY) && !text.contains("ECHOED"),
+            "{name}: the key leaked"
+        );
+        assert!(!text.contains(QUERY_SECRET), "{name}: the URL's secret leaked");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_reply_over_the_size_cap_fails_once_with_its_reason() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    // The garlic item's reply announces its length; the tomato item's is streamed without one
+    // (about 1 GiB if it were read to the end).
+    let server = StubServer::start(|request| {
+        let user = user_text(request);
+        if !is_judge(request) && user.contains("garlic") {
+            return Reply::Content("x".repeat(4096));
+        }
+        if !is_judge(request) && user.contains("tomato") {
+            return Reply::Streamed {
+                chunk: "y".repeat(1024),
+                count: 1 << 20,
+            };
+        }
+        Reply::Content(synthetic_reply(request))
+    })?;
+    let url = server.base_url();
+    let finished = ctx.run(&run_args(&url, &["--scenario", "Garden", "--max-reply-bytes", "2048"]))?;
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    let asked = |word: &str| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| !is_judge(r) && user_text(r).contains(word))
+            .count()
+    };
+    assert_eq!(
+        (asked("garlic"), asked("tomato")),
+        (1, 1),
+        "an oversized reply is not asked for again"
+    );
+    let journal = std::fs::read_to_string(ctx.results.join("test-model/Garden/vanilla/.journal/generate.jsonl"))?;
+    assert_eq!(
+        journal
+            .matches("the answer is larger than 2048 bytes (--max-reply-bytes); not retried")
+            .count(),
+        2,
+        "{journal}"
+    );
+    let generated = ctx.read_json("test-model/Garden/vanilla/generate.json")?;
+    assert_eq!(generated[1], Value::Null, "the item is failed, not stored");
+    assert_eq!(generated[2], Value::Null, "the streamed one too");
+    assert!(generated[0]["response"].is_string(), "other items are unaffected");
+    Ok(())
+}
+
+#[test]
+fn a_scenario_named_twice_runs_once() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let finished = ctx.run(&run_args(
+        &url,
+        &["--scenario", "Museum,Garden,Museum,garden", "--no-cache"],
+    ))?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(server.requests().len(), 12, "each item generated and judged once");
+    let rows: Vec<&str> = finished
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" full "))
+        .map(|l| l.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        rows,
+        ["Museum", "Garden"],
+        "in the order first named: {}",
+        finished.stdout
+    );
+    Ok(())
+}

@@ -22,6 +22,11 @@ use crate::cache::{CacheKey, ResponseCache};
 
 pub use openai::{ApiKey, ConcurrencyLimits, OpenAiBackend, OpenAiBackendBuilder, PrefillStyle, Preset};
 
+/// The most bytes of one reply body read by default (`--max-reply-bytes`): far above any real
+/// completion, low enough that a runaway server cannot fill memory and disk (a reply is kept in
+/// the journal, `generate.json`, the evaluate file and the cache).
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
 /// Who speaks a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +173,9 @@ pub enum BackendError {
     InvalidResponse { endpoint: String, problem: String },
     #[error("{endpoint}: the answer has no content")]
     EmptyContent { endpoint: String },
+    /// The body passed the reply-size cap while it was read; reading stopped there.
+    #[error("{endpoint}: the answer is larger than {limit} bytes (--max-reply-bytes); not retried")]
+    TooLarge { endpoint: String, limit: usize },
     #[error("{0}")]
     Config(String),
     /// Not sent: the run is stopping (see [`Stop`]).
@@ -185,7 +193,51 @@ impl BackendError {
             | BackendError::Timeout { .. }
             | BackendError::InvalidResponse { .. }
             | BackendError::EmptyContent { .. } => true,
-            BackendError::Config(_) | BackendError::Stopped => false,
+            // The same request would most likely bring the same flood again, at the same cost.
+            BackendError::TooLarge { .. } | BackendError::Config(_) | BackendError::Stopped => false,
+        }
+    }
+
+    /// The error with every secret's value masked in all of its text: a server may echo the
+    /// key it was sent, and error texts are logged, journaled and stored.
+    pub fn redacted(self, secrets: &[String]) -> BackendError {
+        if secrets.iter().all(String::is_empty) {
+            return self;
+        }
+        let clean = |text: String| crate::redact::redact(&text, secrets);
+        match self {
+            BackendError::Status {
+                endpoint,
+                status,
+                body,
+                retry_after,
+            } => BackendError::Status {
+                endpoint: clean(endpoint),
+                status,
+                body: clean(body),
+                retry_after,
+            },
+            BackendError::Connect { endpoint, reason } => BackendError::Connect {
+                endpoint: clean(endpoint),
+                reason: clean(reason),
+            },
+            BackendError::Timeout { endpoint, after } => BackendError::Timeout {
+                endpoint: clean(endpoint),
+                after,
+            },
+            BackendError::InvalidResponse { endpoint, problem } => BackendError::InvalidResponse {
+                endpoint: clean(endpoint),
+                problem: clean(problem),
+            },
+            BackendError::EmptyContent { endpoint } => BackendError::EmptyContent {
+                endpoint: clean(endpoint),
+            },
+            BackendError::TooLarge { endpoint, limit } => BackendError::TooLarge {
+                endpoint: clean(endpoint),
+                limit,
+            },
+            BackendError::Config(text) => BackendError::Config(clean(text)),
+            BackendError::Stopped => BackendError::Stopped,
         }
     }
 

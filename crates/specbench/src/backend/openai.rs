@@ -14,10 +14,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
-use url::Url;
 
 use super::template::ChatTemplate;
-use super::{Backend, BackendError, Generation, Message, Request, Stop, Usage};
+use super::{Backend, BackendError, DEFAULT_MAX_REPLY_BYTES, Generation, Message, Request, Stop, Usage};
+use crate::redact::{RedactedUrl, unparsed_url};
 
 /// What a provider needs beyond the base URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,6 +92,11 @@ impl ApiKey {
         Ok(value)
     }
 
+    /// The key's value, only to cut it out of texts a server sends back.
+    pub(crate) fn value(&self) -> String {
+        self.0.expose_secret().to_string()
+    }
+
     /// Reads the variable `name`; `Ok(None)` when it is unset or empty.
     pub fn from_env(name: &str) -> Option<ApiKey> {
         std::env::var(name)
@@ -134,10 +139,13 @@ impl ConcurrencyLimits {
 }
 
 struct Endpoint {
-    /// The base URL with any user:password removed, as logs and errors show it.
+    /// The base URL without user, password or credential query values, as logs, errors and
+    /// the manifest show it.
     shown: String,
-    chat_url: Url,
-    completions_url: Url,
+    chat_url: RedactedUrl,
+    completions_url: RedactedUrl,
+    /// The secret values in the URL, cut out of any text the server sends back.
+    secrets: Vec<String>,
     limit: Arc<Semaphore>,
     stop: Stop,
     down_until: Mutex<Option<Instant>>,
@@ -172,6 +180,10 @@ pub struct OpenAiBackend {
     prefill: PrefillStyle,
     /// The chat template sent with prefilled requests (upstream: `chat_templates/config.json`).
     chat_template: Option<String>,
+    /// The most bytes of one reply body read; a larger reply fails the attempt.
+    max_reply_bytes: usize,
+    /// The key's value and every URL secret: masked in every error text.
+    secrets: Vec<String>,
 }
 
 /// Builds an [`OpenAiBackend`]; every setter documents its default.
@@ -186,6 +198,7 @@ pub struct OpenAiBackendBuilder {
     limits: Option<ConcurrencyLimits>,
     prefill: PrefillStyle,
     chat_template: Option<String>,
+    max_reply_bytes: usize,
 }
 
 impl OpenAiBackend {
@@ -201,6 +214,7 @@ impl OpenAiBackend {
             limits: None,
             prefill: PrefillStyle::default(),
             chat_template: None,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }
@@ -254,6 +268,13 @@ impl OpenAiBackendBuilder {
         self
     }
 
+    /// The most bytes of one reply body that are read; a larger reply fails the attempt
+    /// (not retried). Default: 16 MiB.
+    pub fn max_reply_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.max_reply_bytes = bytes;
+        self
+    }
+
     /// Checks the URLs and reads the key once.
     pub fn build(&self) -> Result<OpenAiBackend, BackendError> {
         let mut urls = self.base_urls.clone();
@@ -292,6 +313,8 @@ impl OpenAiBackendBuilder {
         for (key, value) in &self.extra_body {
             fields.insert(key.clone(), value.clone());
         }
+        let mut secrets: Vec<String> = endpoints.iter().flat_map(|e| e.secrets.iter().cloned()).collect();
+        secrets.extend(api_key.as_ref().map(ApiKey::value));
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(self.timeout)
@@ -310,37 +333,56 @@ impl OpenAiBackendBuilder {
             timeout: self.timeout,
             prefill: self.prefill.clone(),
             chat_template: self.chat_template.clone(),
+            max_reply_bytes: self.max_reply_bytes.max(1),
+            secrets,
         })
     }
 }
 
 fn endpoint(raw: &str, limits: &ConcurrencyLimits) -> Result<Endpoint, BackendError> {
+    // Credentials in a URL are secrets too: only the redacted form is ever shown.
     let base =
-        Url::parse(raw.trim_end_matches('/')).map_err(|e| BackendError::Config(format!("base URL `{raw}`: {e}")))?;
+        RedactedUrl::parse(raw).map_err(|e| BackendError::Config(format!("base URL `{}`: {e}", unparsed_url(raw))))?;
     if !matches!(base.scheme(), "http" | "https") {
         return Err(BackendError::Config(format!(
-            "base URL `{raw}`: only http and https are supported"
+            "base URL `{base}`: only http and https are supported"
         )));
     }
-    let mut shown = base.clone();
-    // Credentials in a URL are secrets too: keep them off every message.
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    let shown = shown.as_str().trim_end_matches('/').to_string();
-    let join = |path: &str| {
-        Url::parse(&format!("{}/{path}", base.as_str().trim_end_matches('/')))
-            .map_err(|e| BackendError::Config(format!("base URL `{shown}`: {e}")))
-    };
-    let chat_url = join("chat/completions")?;
-    let completions_url = join("completions")?;
+    let shown = base.to_string();
     Ok(Endpoint {
         limit: limits.for_endpoint(&shown),
         stop: limits.stop.clone(),
+        chat_url: base.join_path("chat/completions"),
+        completions_url: base.join_path("completions"),
+        secrets: base.secrets(),
         shown,
-        chat_url,
-        completions_url,
         down_until: Mutex::new(None),
     })
+}
+
+/// Why a reply body could not be read whole.
+pub(crate) enum BodyError {
+    /// Past the cap: reading stopped there, so memory stays bounded.
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// A reply body, read chunk by chunk and abandoned as soon as it passes `limit` bytes (a
+/// `Content-Length` over it is refused before reading anything).
+pub(crate) async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let announced = response.content_length();
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let capacity = announced.map_or(0, |length| usize::try_from(length).unwrap_or(limit).min(limit));
+    let mut body = Vec::with_capacity(capacity);
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[derive(Serialize)]
@@ -512,7 +554,7 @@ impl OpenAiBackend {
         };
         let mut http = self
             .client
-            .post(url.clone())
+            .post(url.expose().clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &self.api_key {
@@ -520,6 +562,8 @@ impl OpenAiBackend {
         }
         let shown = || endpoint.shown.clone();
         let transport = |error: reqwest::Error| {
+            // reqwest's own text names the URL as typed, query and all.
+            let error = error.without_url();
             if error.is_timeout() {
                 BackendError::Timeout {
                     endpoint: shown(),
@@ -544,13 +588,22 @@ impl OpenAiBackend {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = response.bytes().await.map_err(transport)?;
+        let bytes = read_capped(response, self.max_reply_bytes)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => BackendError::TooLarge {
+                    endpoint: shown(),
+                    limit: self.max_reply_bytes,
+                },
+                BodyError::Transport(error) => transport(error),
+            })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
             return Err(BackendError::Status {
                 endpoint: shown(),
                 status: status.as_u16(),
-                body: text.chars().take(300).collect(),
+                // Masked before the cut, so that no prefix of a secret is left at the end.
+                body: crate::redact::redact(&text, &self.secrets).chars().take(300).collect(),
                 retry_after,
             });
         }
@@ -620,7 +673,8 @@ impl Backend for OpenAiBackend {
         loop {
             let endpoint = self.pick();
             tried += 1;
-            match self.send_to(endpoint, body.clone(), completions).await {
+            let result = self.send_to(endpoint, body.clone(), completions).await;
+            match result.map_err(|error| error.redacted(&self.secrets)) {
                 Err(error @ BackendError::Connect { .. }) => {
                     endpoint.mark_down(DOWN_FOR);
                     // Another server may be up: try it now rather than after a backoff.

@@ -4,18 +4,20 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use url::Url;
 
-use super::BackendError;
-use super::openai::ApiKey;
+use super::openai::{ApiKey, BodyError, read_capped};
+use super::{BackendError, DEFAULT_MAX_REPLY_BYTES};
+use crate::redact::{RedactedUrl, unparsed_url};
 
 /// One reward model at one base URL.
 pub struct RewardModel {
     client: reqwest::Client,
-    url: Url,
+    url: RedactedUrl,
     shown: String,
     model_name: String,
     api_key: Option<ApiKey>,
+    /// The key's value and the URL's secrets, masked in every error text.
+    secrets: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -37,13 +39,11 @@ impl RewardModel {
         api_key: Option<ApiKey>,
         timeout: Duration,
     ) -> Result<RewardModel, BackendError> {
-        let base = Url::parse(base_url.trim_end_matches('/'))
-            .map_err(|e| BackendError::Config(format!("reward model URL `{base_url}`: {e}")))?;
-        let mut shown = base.clone();
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
-        let url = Url::parse(&format!("{}/score", base.as_str().trim_end_matches('/')))
-            .map_err(|e| BackendError::Config(format!("reward model URL `{shown}`: {e}")))?;
+        let base = RedactedUrl::parse(base_url)
+            .map_err(|e| BackendError::Config(format!("reward model URL `{}`: {e}", unparsed_url(base_url))))?;
+        let url = base.join_path("score");
+        let mut secrets = base.secrets();
+        secrets.extend(api_key.as_ref().map(ApiKey::value));
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -51,34 +51,53 @@ impl RewardModel {
         Ok(RewardModel {
             client,
             url,
-            shown: shown.to_string(),
+            shown: base.to_string(),
             model_name: model_name.to_string(),
             api_key,
+            secrets,
         })
     }
 
     /// The reward of `response` to `prompt`; higher is better.
     pub async fn score(&self, prompt: &str, response: &str) -> Result<f64, BackendError> {
+        self.score_once(prompt, response)
+            .await
+            .map_err(|error| error.redacted(&self.secrets))
+    }
+
+    async fn score_once(&self, prompt: &str, response: &str) -> Result<f64, BackendError> {
         let body = serde_json::json!({"model": self.model_name, "text_1": prompt, "text_2": response});
-        let mut http = self.client.post(self.url.clone()).json(&body);
+        let mut http = self.client.post(self.url.expose().clone()).json(&body);
         if let Some(key) = &self.api_key {
             http = http.header(reqwest::header::AUTHORIZATION, key.bearer()?);
         }
         let endpoint = || self.shown.clone();
+        // reqwest's own texts name the URL as typed, query and all.
         let response = http.send().await.map_err(|e| BackendError::Connect {
             endpoint: endpoint(),
-            reason: e.to_string(),
+            reason: e.without_url().to_string(),
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| BackendError::InvalidResponse {
-            endpoint: endpoint(),
-            problem: e.to_string(),
-        })?;
+        let bytes = read_capped(response, DEFAULT_MAX_REPLY_BYTES)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => BackendError::TooLarge {
+                    endpoint: endpoint(),
+                    limit: DEFAULT_MAX_REPLY_BYTES,
+                },
+                BodyError::Transport(e) => BackendError::InvalidResponse {
+                    endpoint: endpoint(),
+                    problem: e.without_url().to_string(),
+                },
+            })?;
         if !status.is_success() {
             return Err(BackendError::Status {
                 endpoint: endpoint(),
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                body: crate::redact::redact(&String::from_utf8_lossy(&bytes), &self.secrets)
+                    .chars()
+                    .take(300)
+                    .collect(),
                 retry_after: None,
             });
         }

@@ -17,11 +17,21 @@ const SCENARIO_FILE: &str = "scenario.json";
 const RULES_FILE: &str = "specifications.json";
 const ITEMS_FILE: &str = "prompts.json";
 
+/// A prompt longer than this many characters loads with a warning: it is far beyond any
+/// official item, and slow and costly to send to every model and judge.
+pub const PROMPT_WARN_CHARS: usize = 100_000;
+/// A prompt longer than this many characters is refused: it would be stored in every result
+/// file and sent in every request, and no model's context holds it.
+pub const PROMPT_MAX_CHARS: usize = 1_000_000;
+
 /// Why a pack could not be read. Each variant names what the user must fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error("{}: file is missing", file.display())]
     Missing { file: PathBuf },
+    /// The path exists but is no pack, scenario folder or scenario file: not "missing".
+    #[error("{}: not a pack, a scenario folder or a scenario file (.yaml, .yml, .json){hint}", path.display())]
+    NotAPack { path: PathBuf, hint: &'static str },
     #[error("{}: cannot read", file.display())]
     Io {
         file: PathBuf,
@@ -216,6 +226,9 @@ pub struct Pack {
     pub chat_templates_dir: Option<PathBuf>,
     /// SHA-256 over every scenario file read, in load order.
     pub data_hash: String,
+    /// What loads but deserves a look (prompts over [`PROMPT_WARN_CHARS`]), each in the
+    /// file/item/field shape of errors; the CLI prints them.
+    pub warnings: Vec<String>,
 }
 
 impl Pack {
@@ -294,17 +307,46 @@ pub fn load(dir: &Path) -> Result<Pack, PackError> {
     }
 }
 
-/// Every problem of a pack at once (for `specbench data validate`); empty when it loads.
-pub fn validate(dir: &Path) -> Vec<PackError> {
+/// What [`validate`] found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Every problem; the pack loads when there is none.
+    pub problems: Vec<PackError>,
+    /// What loads but deserves a look.
+    pub warnings: Vec<String>,
+}
+
+/// Every problem of a pack at once (for `specbench data validate`), and its warnings.
+pub fn validate(dir: &Path) -> Checked {
     match load_collecting(dir) {
-        Ok((_, problems)) => problems,
-        Err(problem) => vec![problem],
+        Ok((pack, problems)) => Checked {
+            problems,
+            warnings: pack.warnings,
+        },
+        Err(problem) => Checked {
+            problems: vec![problem],
+            warnings: Vec::new(),
+        },
     }
 }
 
 fn load_collecting(dir: &Path) -> Result<(Pack, Vec<PackError>), PackError> {
     let (sources, root_has_extras) = if is_scenario_file(dir) {
         (vec![Source::File(dir.to_path_buf())], false)
+    } else if dir.exists() && !dir.is_dir() {
+        let fixed = [SCENARIO_FILE, RULES_FILE, ITEMS_FILE];
+        let in_folder = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| fixed.contains(&n));
+        return Err(PackError::NotAPack {
+            path: dir.to_path_buf(),
+            hint: if in_folder {
+                "; give the folder that holds it"
+            } else {
+                ""
+            },
+        });
     } else if !dir.is_dir() {
         return Err(PackError::Missing {
             file: dir.to_path_buf(),
@@ -320,16 +362,16 @@ fn load_collecting(dir: &Path) -> Result<(Pack, Vec<PackError>), PackError> {
         return Err(PackError::NoScenarios { dir: dir.to_path_buf() });
     }
     let mut hasher = Sha256::new();
-    let mut problems = Vec::new();
+    let mut found = Found::default();
     let mut scenarios: Vec<Scenario> = Vec::with_capacity(sources.len());
     for source in sources {
         let loaded = match &source {
-            Source::Folder(folder) => load_scenario(folder, &mut hasher, &mut problems),
-            Source::File(file) => load_scenario_file(file, &mut hasher, &mut problems),
+            Source::Folder(folder) => load_scenario(folder, &mut hasher, &mut found),
+            Source::File(file) => load_scenario_file(file, &mut hasher, &mut found),
         };
         if let Some(scenario) = loaded {
             if scenarios.iter().any(|s| s.name.eq_ignore_ascii_case(&scenario.name)) {
-                problems.push(PackError::Field {
+                found.problems.push(PackError::Field {
                     file: scenario.items_file.clone(),
                     index: None,
                     field: "(name)".into(),
@@ -351,8 +393,51 @@ fn load_collecting(dir: &Path) -> Result<(Pack, Vec<PackError>), PackError> {
         chat_templates_dir: extra("chat_templates"),
         scenarios,
         data_hash: hex::encode(hasher.finalize()),
+        warnings: found.warnings,
     };
-    Ok((pack, problems))
+    Ok((pack, found.problems))
+}
+
+/// Problems and warnings gathered while loading, so that `validate` lists all of them.
+#[derive(Debug, Default)]
+struct Found {
+    problems: Vec<PackError>,
+    warnings: Vec<String>,
+}
+
+/// Refuses a prompt over [`PROMPT_MAX_CHARS`] and warns about one over [`PROMPT_WARN_CHARS`].
+fn check_prompt_lengths(item: &Item, file: &Path, found: &mut Found) -> bool {
+    let mut fits = true;
+    for (field, text) in [
+        ("adversarial_prompt", &item.adversarial_prompt),
+        ("prompt", &item.prompt),
+    ] {
+        // A byte count at or under a limit bounds the character count too: no need to count.
+        if text.len() <= PROMPT_WARN_CHARS {
+            continue;
+        }
+        let chars = text.chars().count();
+        let error = |problem: String| PackError::Field {
+            file: file.to_path_buf(),
+            index: Some(item.index),
+            field: field.to_string(),
+            problem,
+        };
+        if chars > PROMPT_MAX_CHARS {
+            found.problems.push(error(format!(
+                "{chars} characters; a prompt may have at most {PROMPT_MAX_CHARS}"
+            )));
+            fits = false;
+        } else if chars > PROMPT_WARN_CHARS {
+            found.warnings.push(
+                error(format!(
+                    "{chars} characters, over {PROMPT_WARN_CHARS}: slow and costly to send to every model and judge"
+                ))
+                .to_string(),
+            );
+        }
+    }
+    fits
 }
 
 /// Scenario folders and scenario files directly inside `dir`, in name order.
@@ -460,46 +545,52 @@ fn keep<T>(result: Result<T, PackError>, problems: &mut Vec<PackError>) -> Optio
 }
 
 /// Every item of a list, each checked; the problems of all bad items are recorded.
-fn items_of(entries: Vec<Value>, file: &Path, problems: &mut Vec<PackError>) -> Option<Vec<Arc<Item>>> {
-    let before = problems.len();
-    let items: Vec<Arc<Item>> = entries
-        .into_iter()
-        .enumerate()
-        .filter_map(|(index, value)| keep(Item::from_owned(value, file, index).map(Arc::new), problems))
-        .collect();
-    (problems.len() == before).then_some(items)
+fn items_of(entries: Vec<Value>, file: &Path, found: &mut Found) -> Option<Vec<Arc<Item>>> {
+    let before = found.problems.len();
+    let mut items = Vec::with_capacity(entries.len());
+    for (index, value) in entries.into_iter().enumerate() {
+        if let Some(item) = keep(Item::from_owned(value, file, index), &mut found.problems)
+            && check_prompt_lengths(&item, file, found)
+        {
+            items.push(Arc::new(item));
+        }
+    }
+    (found.problems.len() == before).then_some(items)
 }
 
-fn load_scenario(dir: &Path, hasher: &mut Sha256, problems: &mut Vec<PackError>) -> Option<Scenario> {
+fn load_scenario(dir: &Path, hasher: &mut Sha256, found: &mut Found) -> Option<Scenario> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "scenario".to_string());
-    let before = problems.len();
+    let before = found.problems.len();
 
     let scenario_file = dir.join(SCENARIO_FILE);
-    let meta = keep(read_json(&scenario_file, hasher), problems);
+    let meta = keep(read_json(&scenario_file, hasher), &mut found.problems);
     let title = meta
         .as_ref()
-        .and_then(|m| keep(meta_string(m, &scenario_file, "name"), problems));
+        .and_then(|m| keep(meta_string(m, &scenario_file, "name"), &mut found.problems));
     let description = meta
         .as_ref()
-        .and_then(|m| keep(meta_string(m, &scenario_file, "description"), problems));
+        .and_then(|m| keep(meta_string(m, &scenario_file, "description"), &mut found.problems));
 
     let rules_file = dir.join(RULES_FILE);
-    let rules_json = keep(read_json(&rules_file, hasher), problems);
+    let rules_json = keep(read_json(&rules_file, hasher), &mut found.problems);
     let safety = rules_json
         .as_ref()
-        .and_then(|r| keep(rule_list(r, &rules_file, "safety_specifications"), problems));
-    let behavioral = rules_json
-        .as_ref()
-        .and_then(|r| keep(rule_list(r, &rules_file, "behavioral_specifications"), problems));
+        .and_then(|r| keep(rule_list(r, &rules_file, "safety_specifications"), &mut found.problems));
+    let behavioral = rules_json.as_ref().and_then(|r| {
+        keep(
+            rule_list(r, &rules_file, "behavioral_specifications"),
+            &mut found.problems,
+        )
+    });
 
     let items_file = dir.join(ITEMS_FILE);
-    let items = match keep(read_json(&items_file, hasher), problems) {
-        Some(Value::Array(entries)) => items_of(entries, &items_file, problems),
+    let items = match keep(read_json(&items_file, hasher), &mut found.problems) {
+        Some(Value::Array(entries)) => items_of(entries, &items_file, found),
         Some(other) => {
-            problems.push(PackError::Field {
+            found.problems.push(PackError::Field {
                 file: items_file.clone(),
                 index: None,
                 field: "(top level)".to_string(),
@@ -509,7 +600,7 @@ fn load_scenario(dir: &Path, hasher: &mut Sha256, problems: &mut Vec<PackError>)
         }
         None => None,
     };
-    if problems.len() > before {
+    if found.problems.len() > before {
         return None;
     }
     Some(Scenario {
@@ -529,12 +620,12 @@ fn load_scenario(dir: &Path, hasher: &mut Sha256, problems: &mut Vec<PackError>)
 /// `behavioral_specifications` and `prompts` (each with `prompt`, `label`, and optionally
 /// `adversarial_prompt` — the prompt itself when absent —, `source` and `answer`). Its
 /// `--scenario` name is the file name without extension.
-fn load_scenario_file(file: &Path, hasher: &mut Sha256, problems: &mut Vec<PackError>) -> Option<Scenario> {
+fn load_scenario_file(file: &Path, hasher: &mut Sha256, found: &mut Found) -> Option<Scenario> {
     let name = file
         .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "scenario".to_string());
-    let bytes = keep(read_bytes(file, hasher), problems)?;
+    let bytes = keep(read_bytes(file, hasher), &mut found.problems)?;
     let is_json = file.extension().is_some_and(|e| e == "json");
     let parsed: Result<Value, PackError> = if is_json {
         serde_json::from_slice(&bytes).map_err(|source| PackError::Json {
@@ -552,9 +643,9 @@ fn load_scenario_file(file: &Path, hasher: &mut Sha256, problems: &mut Vec<PackE
                 problem: format!("invalid YAML: {problem}"),
             })
     };
-    let value = keep(parsed, problems)?;
+    let value = keep(parsed, &mut found.problems)?;
     if !value.is_object() {
-        problems.push(PackError::Field {
+        found.problems.push(PackError::Field {
             file: file.to_path_buf(),
             index: None,
             field: "(top level)".into(),
@@ -562,11 +653,14 @@ fn load_scenario_file(file: &Path, hasher: &mut Sha256, problems: &mut Vec<PackE
         });
         return None;
     }
-    let before = problems.len();
-    let title = keep(meta_string(&value, file, "name"), problems);
-    let description = keep(meta_string(&value, file, "description"), problems);
-    let safety = keep(rule_list(&value, file, "safety_specifications"), problems);
-    let behavioral = keep(rule_list(&value, file, "behavioral_specifications"), problems);
+    let before = found.problems.len();
+    let title = keep(meta_string(&value, file, "name"), &mut found.problems);
+    let description = keep(meta_string(&value, file, "description"), &mut found.problems);
+    let safety = keep(rule_list(&value, file, "safety_specifications"), &mut found.problems);
+    let behavioral = keep(
+        rule_list(&value, file, "behavioral_specifications"),
+        &mut found.problems,
+    );
     let items = match value.get("prompts") {
         Some(Value::Array(entries)) if !entries.is_empty() => {
             let filled: Vec<Value> = entries
@@ -584,10 +678,10 @@ fn load_scenario_file(file: &Path, hasher: &mut Sha256, problems: &mut Vec<PackE
                     entry
                 })
                 .collect();
-            items_of(filled, file, problems)
+            items_of(filled, file, found)
         }
         other => {
-            problems.push(PackError::Field {
+            found.problems.push(PackError::Field {
                 file: file.to_path_buf(),
                 index: None,
                 field: "prompts".into(),
@@ -600,7 +694,7 @@ fn load_scenario_file(file: &Path, hasher: &mut Sha256, problems: &mut Vec<PackE
             None
         }
     };
-    if problems.len() > before {
+    if found.problems.len() > before {
         return None;
     }
     Some(Scenario {

@@ -74,25 +74,42 @@ fn completion_tokens(path: &Path) -> Result<HashMap<String, u64>, StoreError> {
         .collect())
 }
 
+/// What [`load`] read: the runs, and the folders it had to skip, each with the error naming
+/// the folder or file that could not be read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub runs: Vec<StoredRun>,
+    pub skipped: Vec<StoreError>,
+}
+
 /// Every stored run under `results` that `filter` admits, scored with `alpha`, in folder order.
-pub fn load(results: &Path, alpha: Alpha, filter: &Filter) -> Result<Vec<StoredRun>, StoreError> {
-    let mut runs = Vec::new();
-    for folder in store::run_folders(results)? {
+/// One unreadable folder or file is skipped (and listed), not a reason to refuse every other
+/// run; only an unreadable `results` itself is an error.
+pub fn load(results: &Path, alpha: Alpha, filter: &Filter) -> Result<Loaded, StoreError> {
+    let listing = store::run_folders(results)?;
+    let mut loaded = Loaded {
+        runs: Vec::new(),
+        skipped: listing.unreadable,
+    };
+    for folder in listing.folders {
         if Filter::admits(&filter.models, &folder.model)
             && Filter::admits(&filter.scenarios, &folder.scenario)
             && Filter::admits(&filter.methods, &folder.method)
         {
-            runs.extend(load_folder(
+            match load_folder(
                 &folder.dir,
                 &folder.model,
                 &folder.scenario,
                 &folder.method,
                 alpha,
                 filter,
-            )?);
+            ) {
+                Ok(runs) => loaded.runs.extend(runs),
+                Err(error) => loaded.skipped.push(error),
+            }
         }
     }
-    Ok(runs)
+    Ok(loaded)
 }
 
 fn load_folder(

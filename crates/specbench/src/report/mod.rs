@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pack::Label;
 use crate::score::{Alpha, Verdict};
-pub use load::{Filter, ItemResult, StoredRun, load};
+pub use load::{Filter, ItemResult, Loaded, StoredRun, load};
 use stats::Interval;
 
 /// One cell of a report table.

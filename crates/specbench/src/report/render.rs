@@ -120,12 +120,14 @@ fn terminal(table: &Table) -> String {
     out
 }
 
+/// Markdown renderers pass HTML through: a model or rule name holding `<script>` or `<img>`
+/// must arrive as text. `|` would end the cell, a newline the row.
 fn markdown_escape(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
+    html_escape(text).replace('|', "\\|").replace(['\r', '\n'], " ")
 }
 
 fn markdown(table: &Table) -> String {
-    let mut out = format!("## {}\n\n", table.title);
+    let mut out = format!("## {}\n\n", markdown_escape(&table.title));
     let _ = writeln!(
         out,
         "| {} |",
@@ -167,11 +169,19 @@ fn markdown(table: &Table) -> String {
     out
 }
 
+/// A text cell as one CSV field. Spreadsheets run a cell starting with `=`, `+`, `-` or `@`
+/// (or a tab or carriage return before one) as a formula: such text gets a leading `'`, as
+/// OWASP's CSV-injection guidance says. Only text cells: numbers stay numbers.
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
+    let neutral = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
     } else {
         text.to_string()
+    };
+    if neutral.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", neutral.replace('"', "\"\""))
+    } else {
+        neutral
     }
 }
 
@@ -324,6 +334,33 @@ mod tests {
             csv(&table()),
             "model,SAR,SAR low,SAR high,n\n\"a,\"\"b\"\"\",0.5,0.25,0.75,3\nc|d,,,,1\n"
         );
+    }
+
+    #[test]
+    fn csv_neutralises_formulas_in_text_but_keeps_numbers() {
+        let table = Table {
+            name: "t".into(),
+            title: "T".into(),
+            columns: vec!["model".into(), "delta".into()],
+            rows: ["=1+1", "+SUM(A1)", "-cmd", "@x", "\tx", "\r=1", "plain", "a=b"]
+                .iter()
+                .map(|text| vec![Cell::Text((*text).into()), Cell::Number(-0.25)])
+                .collect(),
+            note: String::new(),
+        };
+        assert_eq!(
+            csv(&table),
+            "model,delta\n'=1+1,-0.25\n'+SUM(A1),-0.25\n'-cmd,-0.25\n'@x,-0.25\n'\tx,-0.25\n\"'\r=1\",-0.25\nplain,-0.25\na=b,-0.25\n"
+        );
+    }
+
+    #[test]
+    fn markdown_escapes_html_in_names() {
+        let mut table = table();
+        table.rows[0][0] = Cell::Text("<img src=x onerror=alert(1)>|b".into());
+        let text = markdown(&table);
+        assert!(text.contains("| &lt;img src=x onerror=alert(1)&gt;\\|b |"), "{text}");
+        assert!(!text.contains("<img"), "{text}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! the JSON files are rebuilt from it and written atomically (temporary file, then rename).
 //! One process at a time writes a run folder: it holds an OS lock on the folder's `.lock`.
 
+pub mod name;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -64,6 +66,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Name(#[from] name::NameError),
 }
 
 fn holder(pid: Option<u32>) -> String {
@@ -420,10 +424,15 @@ impl Store {
         Store { root: root.into() }
     }
 
-    pub fn run_dir(&self, model_key: &str, scenario: &str, method: &str) -> RunDir {
-        RunDir {
+    /// The folder of one model × scenario × method; every component is checked first
+    /// ([`name`]), so that no name leaves the results folder.
+    pub fn run_dir(&self, model_key: &str, scenario: &str, method: &str) -> Result<RunDir, StoreError> {
+        name::check_model_key("model", model_key)?;
+        name::check_folder("scenario", scenario)?;
+        name::check_folder("method", method)?;
+        Ok(RunDir {
             dir: self.root.join(short_name(model_key)).join(scenario).join(method),
-        }
+        })
     }
 }
 
@@ -436,9 +445,18 @@ pub struct RunFolder {
     pub method: String,
 }
 
+/// What [`run_folders`] found: the run folders, and the folders below the root it could not
+/// list (each an error naming it). Readers of many runs skip those with a warning; `merge`,
+/// which must not lose a shard's work, refuses them.
+#[derive(Debug, Default)]
+pub struct RunFolders {
+    pub folders: Vec<RunFolder>,
+    pub unreadable: Vec<StoreError>,
+}
+
 /// Every `<model>/<scenario>/<method>` folder under `root`, in name order; hidden folders
-/// (`.journal`, `.cache`) are skipped.
-pub fn run_folders(root: &Path) -> Result<Vec<RunFolder>, StoreError> {
+/// (`.journal`, `.cache`) are skipped. Only an unreadable `root` is an error.
+pub fn run_folders(root: &Path) -> Result<RunFolders, StoreError> {
     fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         let read = |source| StoreError::Read {
             path: dir.to_path_buf(),
@@ -459,11 +477,25 @@ pub fn run_folders(root: &Path) -> Result<Vec<RunFolder>, StoreError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let mut folders = Vec::new();
+    let mut found = RunFolders::default();
     for model in subdirs(root)? {
-        for scenario in subdirs(&model)? {
-            for method in subdirs(&scenario)? {
-                folders.push(RunFolder {
+        let scenarios = match subdirs(&model) {
+            Ok(scenarios) => scenarios,
+            Err(error) => {
+                found.unreadable.push(error);
+                continue;
+            }
+        };
+        for scenario in scenarios {
+            let methods = match subdirs(&scenario) {
+                Ok(methods) => methods,
+                Err(error) => {
+                    found.unreadable.push(error);
+                    continue;
+                }
+            };
+            for method in methods {
+                found.folders.push(RunFolder {
                     model: name(&model),
                     scenario: name(&scenario),
                     method: name(&method),
@@ -472,7 +504,7 @@ pub fn run_folders(root: &Path) -> Result<Vec<RunFolder>, StoreError> {
             }
         }
     }
-    Ok(folders)
+    Ok(found)
 }
 
 /// The folder of one model × scenario × method.

@@ -161,7 +161,7 @@ async fn every_method_and_judge_matches_upstream_byte_for_byte() -> anyhow::Resu
         );
 
         for scenario in &pack.scenarios {
-            let dir = Store::new(results.path()).run_dir(case.model_key, &scenario.name, &case.method.dir_name());
+            let dir = Store::new(results.path()).run_dir(case.model_key, &scenario.name, &case.method.dir_name())?;
             let generated: Vec<Value> = read(&dir.generate_json())?;
             assert_eq!(generated.len(), ITEMS.len());
             for (position, index) in ITEMS.iter().enumerate() {
