@@ -407,8 +407,14 @@ impl Runner {
     /// has ended. Checks the input first: bad input creates no folder.
     pub fn lock(&self) -> Result<Vec<RunLock>, RunError> {
         let mut dirs = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
         for name in self.scenario_names() {
             let scenario = self.pack.scenario(&name)?;
+            // Named twice, run once (as `prepare` does): one lock per folder.
+            if seen.contains(&scenario.name) {
+                continue;
+            }
+            seen.push(scenario.name.clone());
             let dir = self
                 .store
                 .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name())?;
