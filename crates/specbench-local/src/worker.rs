@@ -282,7 +282,10 @@ struct Scheduler<'m> {
 const BATCH_TOKENS: i32 = 2048;
 
 /// The length of the common prefix of two token runs.
-fn common_prefix<'a>(a: impl IntoIterator<Item = &'a LlamaToken>, b: &[LlamaToken]) -> usize {
+fn common_prefix<'a>(
+    a: impl IntoIterator<Item = &'a LlamaToken>,
+    b: impl IntoIterator<Item = &'a LlamaToken>,
+) -> usize {
     a.into_iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -330,11 +333,12 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    fn kept_tokens(&self, seq: i32) -> &[LlamaToken] {
+    /// What free sequence `seq` keeps: its tokens and when it was released.
+    fn kept(&self, seq: i32) -> (&[LlamaToken], u64) {
         usize::try_from(seq)
             .ok()
             .and_then(|s| self.kept.get(s))
-            .map_or(&[], |kept| kept.tokens.as_slice())
+            .map_or((&[], 0), |kept| (kept.tokens.as_slice(), kept.released))
     }
 
     fn set_kept(&mut self, seq: i32, tokens: Vec<LlamaToken>) {
@@ -380,20 +384,22 @@ impl<'m> Scheduler<'m> {
         // At least the last prompt token is read, for the logits of the first reply token.
         let reusable = if self.prefix_reuse { tokens.len() - 1 } else { 0 };
 
-        // The free sequence whose kept cache starts the prompt best; the least recently used
-        // among equals.
-        let Some((free_index, own)) = self
+        // Each free sequence: (its index in `free`, how much of the prompt its kept cache
+        // starts, when it was released).
+        let candidates: Vec<(usize, usize, u64)> = self
             .free
             .iter()
             .enumerate()
-            .map(|(index, &seq)| (index, common_prefix(self.kept_tokens(seq), &tokens).min(reusable)))
-            .max_by_key(|&(index, common)| {
-                let released = usize::try_from(self.free[index])
-                    .ok()
-                    .and_then(|s| self.kept.get(s))
-                    .map_or(0, |k| k.released);
-                (common, std::cmp::Reverse(released))
+            .map(|(index, &seq)| {
+                let (kept, released) = self.kept(seq);
+                (index, common_prefix(kept, &tokens).min(reusable), released)
             })
+            .collect();
+        // The one that starts the prompt best; the least recently used among equals.
+        let Some((free_index, own)) = candidates
+            .iter()
+            .max_by_key(|&&(_, common, released)| (common, std::cmp::Reverse(released)))
+            .map(|&(index, common, _)| (index, common))
         else {
             let _ = job.reply.send(Err("no free sequence".into()));
             return;
@@ -415,15 +421,11 @@ impl<'m> Scheduler<'m> {
         let (seq, start) = match source {
             Some((source, upto, ready)) => {
                 // Copy into the least useful free sequence.
-                let Some(index) = (0..self.free.len()).min_by_key(|&index| {
-                    let seq = self.free[index];
-                    let common = common_prefix(self.kept_tokens(seq), &tokens);
-                    let released = usize::try_from(seq)
-                        .ok()
-                        .and_then(|s| self.kept.get(s))
-                        .map_or(0, |k| k.released);
-                    (common, released)
-                }) else {
+                let Some(index) = candidates
+                    .iter()
+                    .min_by_key(|&&(_, common, released)| (common, released))
+                    .map(|&(index, _, _)| index)
+                else {
                     let _ = job.reply.send(Err("no free sequence".into()));
                     return;
                 };
@@ -496,10 +498,7 @@ impl<'m> Scheduler<'m> {
                 // Released: its kept cache holds the prefix unless it ended early.
                 None => {
                     self.free.contains(&wait.source)
-                        && common_prefix(
-                            self.kept_tokens(wait.source),
-                            &Vec::from(self.slots[index].pending.clone()),
-                        ) >= wait.upto
+                        && common_prefix(self.kept(wait.source).0, &self.slots[index].pending) >= wait.upto
                 }
             };
             let slot = &mut self.slots[index];
