@@ -154,7 +154,11 @@ async fn main() -> anyhow::Result<()> {
     let judged = judge_requests(10, Arc::new(one.with_sampling(Sampling::default())))?;
     drop((one, decode, plain));
 
-    println!("local model: SmolLM2-135M-Instruct Q4_1, {threads} threads, {context} tokens of context per sequence");
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!("local model: {file}, {threads} threads, {context} tokens of context per sequence");
     println!(
         "  prompt           {:>7.1} tokens/s ({prompt_tokens}-token prompt)",
         median(prompt_rates)
