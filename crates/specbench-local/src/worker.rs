@@ -78,7 +78,7 @@ pub(crate) struct Worker {
 }
 
 /// llama.cpp may be initialised once per process; every model shares it.
-pub(crate) fn backend() -> Result<&'static LlamaBackend, String> {
+fn backend() -> Result<&'static LlamaBackend, String> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
