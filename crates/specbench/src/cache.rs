@@ -2,19 +2,18 @@
 //! repeated request (a rerun, another method sharing a first call, a crashed run resumed from
 //! before its journal line) is never paid for twice.
 //!
-//! Owns: the key (a SHA-256 of the endpoint's identity and the full request, never a key or
-//! header), the SQLite file (WAL, so several runs on one machine share it), and hit counts.
+//! Owns: the SQLite file (WAL, so several runs on one machine share it) and hit counts. The key,
+//! a SHA-256 of the endpoint's identity and the whole request (never a key or header), is
+//! `backend::CacheKey`, made beside the request it is made of.
 //! Errors are never stored: `Model` stores only a reply it returns, and the judge takes back a
 //! reply that did not parse.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use crate::backend::{CacheFailure, CacheKey, Generation, ReplyCache, Usage};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-
-use crate::backend::{Generation, Request, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -34,41 +33,18 @@ pub enum CacheError {
     Unavailable { path: PathBuf, reason: String },
 }
 
-/// A cache key: which endpoint, which request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CacheKey([u8; 32]);
+/// `Model`'s view of the cache.
+impl ReplyCache for ResponseCache {
+    fn get(&self, key: &CacheKey) -> Result<Option<Generation>, CacheFailure> {
+        Ok(ResponseCache::get(self, key)?)
+    }
 
-impl CacheKey {
-    /// `identity` names the endpoint and its decoding parameters (`Backend::describe`); the
-    /// request's every field that reaches the wire is hashed, and `sample` tells apart identical
-    /// requests that are meant to give different samples (Best-of-N's candidates).
-    pub fn new(identity: &str, request: &Request) -> CacheKey {
-        #[derive(Serialize)]
-        struct Hashed<'a> {
-            identity: &'a str,
-            messages: &'a [crate::backend::Message],
-            stop: &'a Option<Vec<String>>,
-            prefill: bool,
-            stop_excluded: bool,
-            format: Option<String>,
-            sample: u32,
-        }
-        let hashed = Hashed {
-            identity,
-            messages: &request.messages,
-            stop: &request.stop,
-            prefill: request.prefill,
-            stop_excluded: request.stop_excluded,
-            format: request.format.map(|format| format!("{format:?}")),
-            sample: request.sample,
-        };
-        // Serialized straight into the hash: no copy of the request per call. Writing plain
-        // strings and numbers to a hasher cannot fail; were it to, the error text is hashed too.
-        let mut hasher = Sha256::new();
-        if let Err(error) = serde_json::to_writer(&mut hasher, &hashed) {
-            hasher.update(error.to_string().as_bytes());
-        }
-        CacheKey(hasher.finalize().into())
+    fn put(&self, key: &CacheKey, model: &str, generation: &Generation) -> Result<(), CacheFailure> {
+        Ok(ResponseCache::put(self, key, model, generation)?)
+    }
+
+    fn remove(&self, key: &CacheKey) -> Result<(), CacheFailure> {
+        Ok(ResponseCache::remove(self, key)?)
     }
 }
 
@@ -207,7 +183,7 @@ impl ResponseCache {
                  FROM responses WHERE key = ?1",
             )
             .and_then(|mut statement| {
-                statement.query_row(params![key.0.as_slice()], |row| {
+                statement.query_row(params![key.as_bytes().as_slice()], |row| {
                     Ok(Generation {
                         text: row.get(0)?,
                         reasoning: row.get(1)?,
@@ -226,7 +202,7 @@ impl ResponseCache {
             connection
                 .execute(
                     "UPDATE responses SET hits = hits + 1 WHERE key = ?1",
-                    params![key.0.as_slice()],
+                    params![key.as_bytes().as_slice()],
                 )
                 .map_err(|e| self.error(e))?;
         }
@@ -249,7 +225,7 @@ impl ResponseCache {
             )
             .and_then(|mut statement| {
                 statement.execute(params![
-                    key.0.as_slice(),
+                    key.as_bytes().as_slice(),
                     model,
                     generation.text,
                     generation.reasoning,
@@ -271,7 +247,10 @@ impl ResponseCache {
             return Ok(());
         };
         connection
-            .execute("DELETE FROM responses WHERE key = ?1", params![key.0.as_slice()])
+            .execute(
+                "DELETE FROM responses WHERE key = ?1",
+                params![key.as_bytes().as_slice()],
+            )
             .map_err(|e| self.error(e))?;
         Ok(())
     }
@@ -352,7 +331,7 @@ pub fn default_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Message;
+    use crate::backend::{Message, Request};
 
     fn generation(text: &str) -> Generation {
         Generation {
@@ -372,7 +351,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let cache = ResponseCache::open(dir.path())?;
         let request = Request::chat(vec![Message::user("hello")]);
-        let key = CacheKey::new("endpoint-a", &request);
+        let key = request.cache_key("endpoint-a");
         assert_eq!(cache.get(&key)?, None);
         cache.put(&key, "m", &generation("hi"))?;
         assert_eq!(cache.get(&key)?, Some(generation("hi")));
@@ -389,28 +368,11 @@ mod tests {
     }
 
     #[test]
-    fn the_key_covers_endpoint_request_and_sample() {
-        let request = Request::chat(vec![Message::user("hello")]);
-        let base = CacheKey::new("endpoint-a", &request);
-        assert_eq!(base, CacheKey::new("endpoint-a", &request.clone()));
-        assert_ne!(base, CacheKey::new("endpoint-b", &request));
-        let mut other = request.clone();
-        other.messages.push(Message::assistant("x"));
-        assert_ne!(base, CacheKey::new("endpoint-a", &other));
-        let mut stopped = request.clone();
-        stopped.stop = Some(vec![]);
-        assert_ne!(base, CacheKey::new("endpoint-a", &stopped));
-        let mut second = request.clone();
-        second.sample = 1;
-        assert_ne!(base, CacheKey::new("endpoint-a", &second));
-    }
-
-    #[test]
     fn a_second_process_sees_the_first_ones_entries() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let first = ResponseCache::open(dir.path())?;
         let second = ResponseCache::open(dir.path())?;
-        let key = CacheKey::new("e", &Request::chat(vec![Message::user("q")]));
+        let key = Request::chat(vec![Message::user("q")]).cache_key("e");
         first.put(&key, "m", &generation("a"))?;
         assert_eq!(second.get(&key)?, Some(generation("a")));
         Ok(())

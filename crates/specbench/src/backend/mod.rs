@@ -1,8 +1,8 @@
 //! How text is produced: the `Backend` trait (one attempt at one request) and `Model` (a named,
 //! configured backend with retries, backoff and `Retry-After`, and usage counters).
 //!
-//! Owns: chat messages, requests, generations, token usage, and which failures are worth another
-//! attempt. Must not know scenarios, rules, methods or verdicts. Methods and the judge call
+//! Owns: chat messages, requests and their cache key, generations, token usage, and which
+//! failures are worth another attempt. Must not know scenarios, rules, methods or verdicts. Methods and the judge call
 //! `Model::generate`; only `openai` knows the wire format.
 
 pub mod openai;
@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use backon::BackoffBuilder;
 use serde::{Deserialize, Serialize};
-
-use crate::cache::{CacheKey, ResponseCache};
+use sha2::{Digest, Sha256};
 
 pub use openai::{ApiKey, ConcurrencyLimits, OpenAiBackend, OpenAiBackendBuilder, PrefillStyle, Preset};
 
@@ -119,6 +118,74 @@ impl Request {
             sample: 0,
         }
     }
+}
+
+/// A request's identity in the response cache: the endpoint and the whole request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl Request {
+    /// The key of this request sent to `identity` (the endpoint and its decoding parameters,
+    /// `Backend::describe`). Every field is hashed; `sample` tells apart identical requests meant
+    /// to give different samples (Best-of-N's candidates). The hashed bytes are those the cache
+    /// has always used, so existing caches stay valid (a test pins them).
+    pub fn cache_key(&self, identity: &str) -> CacheKey {
+        // Destructured without `..`: a field added to `Request` does not compile until it is
+        // keyed here.
+        let Request {
+            messages,
+            stop,
+            prefill,
+            stop_excluded,
+            format,
+            sample,
+        } = self;
+        #[derive(Serialize)]
+        struct Hashed<'a> {
+            identity: &'a str,
+            messages: &'a [Message],
+            stop: &'a Option<Vec<String>>,
+            prefill: bool,
+            stop_excluded: bool,
+            format: Option<String>,
+            sample: u32,
+        }
+        let hashed = Hashed {
+            identity,
+            messages,
+            stop,
+            prefill: *prefill,
+            stop_excluded: *stop_excluded,
+            format: format.map(|format| format!("{format:?}")),
+            sample: *sample,
+        };
+        // Serialized straight into the hash: no copy of the request per call. Writing plain
+        // strings and numbers to a hasher cannot fail; were it to, the error text is hashed too.
+        let mut hasher = Sha256::new();
+        if let Err(error) = serde_json::to_writer(&mut hasher, &hashed) {
+            hasher.update(error.to_string().as_bytes());
+        }
+        CacheKey(hasher.finalize().into())
+    }
+}
+
+/// Why a cache lookup or write failed; `Model` only logs it (a broken cache costs money, not
+/// results).
+pub type CacheFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a `Model` keeps the replies it returned (`cache::ResponseCache`), so that a repeated
+/// request is not paid for twice.
+pub trait ReplyCache: Send + Sync {
+    fn get(&self, key: &CacheKey) -> Result<Option<Generation>, CacheFailure>;
+    /// Stores `generation` under `key`; `model` is the config key, for `cache stats`.
+    fn put(&self, key: &CacheKey, model: &str, generation: &Generation) -> Result<(), CacheFailure>;
+    fn remove(&self, key: &CacheKey) -> Result<(), CacheFailure>;
 }
 
 /// Token counts as the server reports them.
@@ -378,7 +445,7 @@ pub struct Model {
     backend: Arc<dyn Backend>,
     retry: RetryPolicy,
     stats: Arc<ModelStats>,
-    cache: Option<(Arc<ResponseCache>, Arc<str>)>,
+    cache: Option<(Arc<dyn ReplyCache>, Arc<str>)>,
     stop: Stop,
 }
 
@@ -411,15 +478,18 @@ impl Model {
     /// Serves repeated requests from `cache` and stores every reply this model returns. The
     /// endpoint's identity in the key is what `describe` says: provider, URLs, model name and
     /// decoding parameters, never a key.
-    pub fn with_cache(mut self, cache: Option<Arc<ResponseCache>>) -> Model {
-        self.cache = cache.map(|cache| (cache, Arc::from(self.backend.describe().to_string())));
+    pub fn with_cache<C: ReplyCache + 'static>(mut self, cache: Option<Arc<C>>) -> Model {
+        self.cache = cache.map(|cache| {
+            let cache: Arc<dyn ReplyCache> = cache;
+            (cache, Arc::from(self.backend.describe().to_string()))
+        });
         self
     }
 
-    fn cache_key(&self, request: &Request) -> Option<(&ResponseCache, CacheKey)> {
+    fn cache_key(&self, request: &Request) -> Option<(&dyn ReplyCache, CacheKey)> {
         self.cache
             .as_ref()
-            .map(|(cache, identity)| (cache.as_ref(), CacheKey::new(identity, request)))
+            .map(|(cache, identity)| (cache.as_ref(), request.cache_key(identity)))
     }
 
     /// Takes `request`'s reply back out of the cache: it was unusable (a judge reply that does
@@ -532,6 +602,64 @@ impl Model {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    /// A request with every field away from its default.
+    fn full_request() -> Request {
+        let mut request = Request::prefilled(vec![Message::system("s"), Message::user("u")], "p", vec!["</x>".into()]);
+        request.stop_excluded = true;
+        request.format = Some(ReplyFormat::Joint {
+            safety: 2,
+            behavioral: 3,
+        });
+        request.sample = 4;
+        request
+    }
+
+    #[test]
+    fn the_cache_key_is_the_one_existing_caches_hold() {
+        // Computed by the key's earlier home (`cache::CacheKey::new`): a change here would make
+        // every cached reply a miss, and the next run pay for all of them again.
+        assert_eq!(
+            hex::encode(full_request().cache_key("endpoint").as_bytes()),
+            "be611440cd3680d398f354eaf9a106379ff31d540408757608de7a47528a9d2e"
+        );
+        assert_eq!(
+            hex::encode(Request::chat(vec![Message::user("hello")]).cache_key("e").as_bytes()),
+            "653f6b369c010720e0057404cbe49aa24d6c07f3f1cc0d93f0cf74f55f3f315a"
+        );
+    }
+
+    #[test]
+    fn every_request_field_and_the_endpoint_change_the_cache_key() {
+        let base = full_request();
+        let key = base.cache_key("endpoint");
+        assert_eq!(key, base.clone().cache_key("endpoint"));
+        assert_ne!(key, base.cache_key("other endpoint"));
+        // One change per field; the destructuring fails to compile when a field is added, so
+        // the new field gets its line here too.
+        let Request {
+            messages: _,
+            stop: _,
+            prefill: _,
+            stop_excluded: _,
+            format: _,
+            sample: _,
+        } = &base;
+        type Change = fn(&mut Request);
+        let changes: Vec<(&str, Change)> = vec![
+            ("messages", |r| r.messages.push(Message::user("more"))),
+            ("stop", |r| r.stop = None),
+            ("prefill", |r| r.prefill = false),
+            ("stop_excluded", |r| r.stop_excluded = false),
+            ("format", |r| r.format = Some(ReplyFormat::Sequential)),
+            ("sample", |r| r.sample = 5),
+        ];
+        for (field, change) in changes {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert_ne!(changed.cache_key("endpoint"), key, "{field} is not in the cache key");
+        }
+    }
 
     /// Replays a fixed list of outcomes, then fails.
     struct Scripted {

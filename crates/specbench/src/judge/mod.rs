@@ -18,9 +18,8 @@ use serde::Serialize;
 pub use parse::{JointReply, ParseError, joint_reasons, parse_joint, parse_sequential};
 
 use crate::backend::{Message, Model, ModelError, ReplyFormat, Request, Usage};
-use crate::method::thought_and_response;
 use crate::pack::Item;
-use crate::protocol::{self, Protocol, RuleLists, Template};
+use crate::protocol::{self, Protocol, RuleLists, Template, thought_and_response};
 use crate::score::{Verdict, Verdicts};
 
 /// Upstream's limit on attempts at one judge call whose reply does not parse.

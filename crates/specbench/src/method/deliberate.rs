@@ -4,9 +4,9 @@
 
 use async_trait::async_trait;
 
-use super::{Method, MethodError, MethodInput, Response, generation_messages, thought_and_response};
+use super::{Method, MethodError, MethodInput, Response, generation_messages};
 use crate::backend::{Message, Model, Request, Usage};
-use crate::protocol::{END_OF_THOUGHT, Template};
+use crate::protocol::{END_OF_THOUGHT, Template, thought_and_response};
 
 /// Python's `str.rstrip()`: upstream trims each stage's output before appending the next cue.
 fn rstrip(text: &str) -> &str {

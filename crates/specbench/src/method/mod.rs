@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::backend::{Generation, Message, Model, ModelError, Request, Usage};
-use crate::protocol::{self, Protocol, RuleLists, Template};
+use crate::backend::{Message, Model, ModelError, Request, Usage};
+use crate::protocol::{Protocol, RuleLists, Template, thought_and_response};
 
 mod deliberate;
 mod search;
@@ -305,15 +305,6 @@ pub trait Method: Send + Sync {
     async fn respond(&self, input: &MethodInput<'_>, model: &Model) -> Result<Response, MethodError>;
 }
 
-/// Splits a generation into `(thought, response)`: a separate reasoning field when the backend
-/// gives one (DeepSeek), else the `</think>` split upstream applies to the content.
-pub fn thought_and_response(generation: &Generation) -> (String, String) {
-    match &generation.reasoning {
-        Some(reasoning) => (reasoning.clone(), generation.text.clone()),
-        None => protocol::split_thought(&generation.text),
-    }
-}
-
 /// The system and user messages of a plain generation; `with_rules` adds the scenario's rules.
 pub fn generation_messages(input: &MethodInput<'_>, with_rules: bool) -> Vec<Message> {
     let user = if with_rules {
@@ -362,6 +353,7 @@ impl Method for SingleCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Generation;
     use crate::pack::Rules;
 
     #[test]

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use futures::future::try_join_all;
 use serde::Serialize;
 
-use super::{Method, MethodError, MethodInput, Response, generation_messages, thought_and_response};
+use super::{Method, MethodError, MethodInput, Response, generation_messages};
 use crate::backend::reward::RewardModel;
 use crate::backend::{Message, Model, ModelError, Request, Usage};
 use crate::judge::{Judge, Judgement};
-use crate::protocol::substitute;
+use crate::protocol::{substitute, thought_and_response};
 use crate::score::{Alpha, Score};
 
 /// What ranks candidate responses.

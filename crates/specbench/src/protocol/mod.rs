@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::backend::Generation;
 use crate::pack::{Item, Label, Rules};
 
 /// Judged responses are cut to this many characters (Unicode scalar values, as Python slices).
@@ -421,6 +422,15 @@ pub fn cut_response(response: &str) -> &str {
     match response.char_indices().nth(RESPONSE_CUT) {
         Some((end, _)) => &response[..end],
         None => response,
+    }
+}
+
+/// Splits a generation into `(thought, response)`: a separate reasoning field when the backend
+/// gives one (DeepSeek), else the `</think>` split upstream applies to the content.
+pub fn thought_and_response(generation: &Generation) -> (String, String) {
+    match &generation.reasoning {
+        Some(reasoning) => (reasoning.clone(), generation.text.clone()),
+        None => split_thought(&generation.text),
     }
 }
 
