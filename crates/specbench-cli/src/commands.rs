@@ -189,20 +189,12 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
         let dir = Store::new(&args.results)
             .run_dir(&args.model, scenario, &method_dir)
             .map_err(|e| UsageError(e.to_string()))?;
-        let mut stems: Vec<String> = match &args.judge {
+        let stems: Vec<String> = match &args.judge {
             Some(stem) => vec![stem.clone()],
-            None => std::fs::read_dir(&dir.dir)
-                .with_context(|| format!("{}: no stored results", dir.dir.display()))?
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .strip_suffix("_evaluate.json")
-                        .map(str::to_string)
-                })
-                .collect(),
+            None => dir
+                .judge_stems()
+                .with_context(|| format!("{}: no stored results", dir.dir.display()))?,
         };
-        stems.sort();
         if stems.is_empty() {
             bail!(UsageError(format!(
                 "{}: no <judge>_evaluate.json to score",
@@ -212,13 +204,7 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<ExitStatus> {
         // One writer per run folder, as for runs.
         let _lock = dir.lock().map_err(|e| UsageError(e.to_string()))?;
         for stem in stems {
-            let path = dir.evaluate_json(&stem);
-            let verdicts = store::read_verdicts(&path).map_err(|e| UsageError(e.to_string()))?;
-            let mut summary = Summary::default();
-            for (item, verdicts) in &verdicts {
-                summary.add(item.label, &specbench::score::Score::of(verdicts, alpha));
-            }
-            store::write_json(&dir.score_json(&stem), &store::score_file(&summary))?;
+            let summary = dir.rescore(&stem, alpha).map_err(|e| UsageError(e.to_string()))?;
             rows.push((scenario.clone(), stem, summary));
         }
     }

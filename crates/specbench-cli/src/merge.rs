@@ -13,12 +13,13 @@ use anyhow::Context;
 use async_trait::async_trait;
 use serde_json::Value;
 use specbench::backend::{Backend, BackendError, Generation, Model, Request, RetryPolicy, Stop};
-use specbench::judge::{Judge, JudgeMode};
-use specbench::method::{Method, MethodConfig, MethodError, MethodInput, Response};
-use specbench::pack::{ItemSelection, PromptVariant};
+use specbench::judge::Judge;
+use specbench::method::{Method, MethodError, MethodInput, Response};
+use specbench::pack::ItemSelection;
 use specbench::protocol::Protocol;
 use specbench::run::{RunPlan, Runner};
 use specbench::score::Alpha;
+use specbench::store::manifest::RecordedModel;
 use specbench::store::{self, GenerationRecord, RunDir, Store};
 
 use crate::args::MergeArgs;
@@ -57,19 +58,18 @@ impl Method for Replayed {
     }
 }
 
-fn recorded_model(entry: &Value) -> anyhow::Result<Model> {
-    let key = entry["key"].as_str().ok_or_else(|| anyhow::anyhow!("no model key"))?;
+fn recorded_model(recorded: &RecordedModel) -> Model {
     let backend = Recorded {
-        description: entry["backend"].clone(),
+        description: recorded.backend.clone(),
     };
-    Ok(Model::new(
-        key,
+    Model::new(
+        &recorded.key,
         Arc::new(backend),
         RetryPolicy {
             max_attempts: 1,
             ..RetryPolicy::default()
         },
-    ))
+    )
 }
 
 /// `<model>/<scenario>/<method>` folders holding a journal, relative to `root`.
@@ -117,9 +117,8 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
             .collect();
         let mut manifests = Vec::new();
         for source in &sources {
-            let path = source.manifest_json();
-            if path.exists() {
-                manifests.push((path.clone(), store::read_json::<Value>(&path)?));
+            if let Some(manifest) = source.read_manifest()? {
+                manifests.push((source.manifest_json(), manifest));
             }
         }
         let (first_path, first) = manifests.first().ok_or_else(|| {
@@ -135,37 +134,33 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
             ))
         };
         for (path, manifest) in &manifests {
-            if manifest["protocol"]["hash"] != protocol.hash.as_str() {
+            if manifest.protocol.as_ref().map(|p| p.hash.as_str()) != Some(protocol.hash.as_str()) {
                 anyhow::bail!(UsageError(format!(
                     "{}: judged with other protocol texts than the pack's (field `protocol.hash`)",
                     path.display()
                 )));
             }
         }
-        let generation = &first["generation"];
-        let generator = recorded_model(&generation["model"]).map_err(|_| bad("generation.model.key"))?;
-        let method: MethodConfig =
-            serde_json::from_value(generation["method"].clone()).map_err(|_| bad("generation.method"))?;
-        let variant: PromptVariant = serde_json::from_value(generation["prompt_variant"].clone())
-            .map_err(|_| bad("generation.prompt_variant"))?;
-        let scenario = first["scenario"].as_str().ok_or_else(|| bad("scenario"))?.to_string();
+        let generation = first.generation.as_ref().ok_or_else(|| bad("generation.model.key"))?;
+        let generator = recorded_model(&generation.model);
+        let method = generation.method.clone();
+        let variant = generation.prompt_variant;
+        if first.scenario.is_empty() {
+            anyhow::bail!(bad("scenario"));
+        }
+        let scenario = first.scenario.clone();
         let mut judges: BTreeMap<String, Judge> = BTreeMap::new();
         let mut alpha = Alpha::DEFAULT;
         for (path, manifest) in &manifests {
-            let Some(entries) = manifest["judges"].as_object() else {
-                continue;
-            };
-            for (stem, entry) in entries {
-                let invalid =
-                    |field: &str| UsageError(format!("{}: field `judges.{stem}.{field}` is invalid", path.display()));
-                let model = recorded_model(&entry["model"]).map_err(|_| invalid("model.key"))?;
-                let mode: JudgeMode = serde_json::from_value(entry["mode"].clone()).map_err(|_| invalid("mode"))?;
-                if let Some(value) = entry["alpha"].as_f64() {
-                    alpha = Alpha::new(value).ok_or_else(|| invalid("alpha"))?;
+            for (stem, entry) in &manifest.judges {
+                if let Some(value) = entry.alpha {
+                    alpha = Alpha::new(value).ok_or_else(|| {
+                        UsageError(format!("{}: field `judges.{stem}.alpha` is invalid", path.display()))
+                    })?;
                 }
                 judges
                     .entry(stem.clone())
-                    .or_insert_with(|| Judge::new(model, mode, protocol.clone()));
+                    .or_insert_with(|| Judge::new(recorded_model(&entry.model), entry.mode, protocol.clone()));
             }
         }
         let into = RunDir {

@@ -230,23 +230,16 @@ fn discover(results: &Path) -> anyhow::Result<Vec<Found>> {
     let listing = store::run_folders(results)?;
     warn_skipped(&listing.unreadable);
     for folder in listing.folders {
-        let entries = match fs_err::read_dir(&folder.dir) {
-            Ok(entries) => entries,
+        let run = store::RunDir {
+            dir: folder.dir.clone(),
+        };
+        let stems = match run.judge_stems() {
+            Ok(stems) => stems,
             Err(error) => {
                 tracing::warn!("skipped: {error}");
                 continue;
             }
         };
-        let mut stems: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_suffix("_evaluate.json")
-                    .map(str::to_string)
-            })
-            .collect();
-        stems.sort();
         for judge in stems {
             runs.push(Found {
                 dir: folder.dir.clone(),
@@ -275,7 +268,8 @@ fn load(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> anyhow::Resu
         let id = runs.len();
         let scenario_rules = rules.get(&scenario);
         // One unreadable run is left out with a warning naming its file; the others are shown.
-        let evaluated = match read_entries(&dir.join(format!("{judge}_evaluate.json"))) {
+        let run = store::RunDir { dir: dir.clone() };
+        let evaluated = match read_entries(&run.evaluate_json(&judge)) {
             Ok(entries) => entries,
             Err(error) => {
                 tracing::warn!("skipped: {error:#}");
@@ -287,7 +281,7 @@ fn load(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> anyhow::Resu
             .enumerate()
             .map(|(position, entry)| item_from(position, entry, alpha, scenario_rules, false))
             .collect();
-        let errors_path = dir.join(format!("{judge}_errors.json"));
+        let errors_path = run.errors_json(&judge);
         if errors_path.exists() {
             match read_entries(&errors_path) {
                 Ok(entries) => {

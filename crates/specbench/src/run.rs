@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use crate::backend::{Model, ModelTotals, Stop, Usage};
 use crate::judge::{Judge, Judgement};
@@ -19,9 +18,12 @@ use crate::method::{Method, MethodConfig, MethodInput};
 use crate::pack::{Item, ItemSelection, Label, Pack, PackError, PromptVariant};
 use crate::protocol::{Protocol, RuleLists};
 use crate::score::{Alpha, Score, Summary};
+use crate::store::manifest::{
+    DataFacts, GeneratedItems, GenerationEntry, JudgeEntry, JudgedItems, Manifest, ProtocolFacts, RecordedModel, Tool,
+};
 use crate::store::{
     GenerateEntry, GenerationRecord, Journal, JudgeOutput, JudgeRecord, RunDir, RunLock, Store, StoreError,
-    judgement_key, read_json, write_json,
+    judgement_key,
 };
 
 /// How long requests already sent may take to finish once a run is told to stop; after it they
@@ -781,15 +783,18 @@ impl Runner {
                     cost += c;
                 }
             }
-            manifest["generation"] = json!({
-                "model": {"key": model.key(), "backend": model.describe()},
-                "method": self.plan.method,
-                "prompt_variant": self.plan.variant,
-                "started": started.to_string(),
-                "finished": finished.to_string(),
-                "items": {"done": generated, "failed": generation_failures},
-                "usage": usage,
-                "cost": cost,
+            manifest.generation = Some(GenerationEntry {
+                model: recorded(model),
+                method: self.plan.method.clone(),
+                prompt_variant: self.plan.variant,
+                started: started.to_string(),
+                finished: finished.to_string(),
+                items: GeneratedItems {
+                    done: generated,
+                    failed: generation_failures,
+                },
+                usage,
+                cost: Some(cost),
             });
         }
 
@@ -841,24 +846,27 @@ impl Runner {
                     JudgeRecord::Failed { failure, .. } => cost += &failure.cost,
                 }
             }
-            manifest["judges"][&stem] = json!({
-                "model": {"key": judge.model.key(), "backend": judge.model.describe()},
-                "mode": judge.mode,
-                "alpha": self.plan.alpha.get(),
-                "started": started.to_string(),
-                "finished": finished.to_string(),
-                "items": {
-                    "judged": summary.full_dataset.sar.count,
-                    "judge_errors": summary.judge_errors,
-                    "not_judged": summary.failed,
-                    "unreachable_this_run": scenario.unreachable.get(position).map(|c| *lock(c)).unwrap_or(0),
+            manifest.judges.insert(
+                stem.clone(),
+                JudgeEntry {
+                    model: recorded(&judge.model),
+                    mode: judge.mode,
+                    alpha: Some(self.plan.alpha.get()),
+                    started: started.to_string(),
+                    finished: finished.to_string(),
+                    items: JudgedItems {
+                        judged: summary.full_dataset.sar.count,
+                        judge_errors: summary.judge_errors,
+                        not_judged: summary.failed,
+                        unreachable_this_run: scenario.unreachable.get(position).map(|c| *lock(c)).unwrap_or(0),
+                    },
+                    usage,
+                    cost: Some(cost),
                 },
-                "usage": usage,
-                "cost": cost,
-            });
+            );
             judge_reports.push(JudgeReport { stem, summary });
         }
-        write_json(&scenario.dir.manifest_json(), &manifest)?;
+        scenario.dir.write_manifest(&manifest)?;
         Ok(ScenarioReport {
             scenario: scenario.name.clone(),
             dir: scenario.dir.dir.clone(),
@@ -869,21 +877,28 @@ impl Runner {
     }
 
     /// The manifest so far (earlier judges kept), with this run's pack and protocol facts.
-    fn manifest(&self, scenario: &ScenarioRun) -> Result<Value, RunError> {
-        let path = scenario.dir.manifest_json();
-        let mut manifest: Value = if path.exists() { read_json(&path)? } else { json!({}) };
-        if !manifest.is_object() {
-            manifest = json!({});
-        }
-        manifest["tool"] = json!({"name": "specbench", "version": env!("CARGO_PKG_VERSION")});
-        manifest["scenario"] = json!(scenario.name);
-        manifest["model_key"] = json!(self.plan.model_key);
-        manifest["protocol"] = json!({"source": self.protocol.source, "hash": self.protocol.hash});
-        manifest["data"] = json!({"root": self.pack.root, "hash": self.pack.data_hash});
-        if !manifest["judges"].is_object() {
-            manifest["judges"] = json!({});
-        }
+    fn manifest(&self, scenario: &ScenarioRun) -> Result<Manifest, RunError> {
+        let mut manifest = scenario.dir.read_manifest()?.unwrap_or_default();
+        manifest.tool = Tool::default();
+        manifest.scenario = scenario.name.clone();
+        manifest.model_key = self.plan.model_key.clone();
+        manifest.protocol = Some(ProtocolFacts {
+            source: self.protocol.source.clone(),
+            hash: self.protocol.hash.clone(),
+        });
+        manifest.data = Some(DataFacts {
+            root: self.pack.root.clone(),
+            hash: self.pack.data_hash.clone(),
+        });
         Ok(manifest)
+    }
+}
+
+/// A model as the manifest records it.
+fn recorded(model: &Model) -> RecordedModel {
+    RecordedModel {
+        key: model.key().to_string(),
+        backend: model.describe(),
     }
 }
 

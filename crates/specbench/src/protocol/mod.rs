@@ -150,7 +150,7 @@ impl Template {
 }
 
 /// Where the texts in use came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "dir", rename_all = "lowercase")]
 pub enum ProtocolSource {
     /// A pack's `protocol/` folder: the upstream texts, byte for byte.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::backend::Usage;
 use crate::pack::Label;
 use crate::score::{Alpha, Score, Verdicts};
-use crate::store::{self, StoreError};
+use crate::store::{self, RunDir, StoreError};
 
 /// One judged response, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,10 +52,6 @@ impl Filter {
     fn admits(list: &[String], value: &str) -> bool {
         list.is_empty() || list.iter().any(|v| v == value)
     }
-}
-
-fn usage_of(value: &Value) -> Option<Usage> {
-    serde_json::from_value(value.clone()).ok()
 }
 
 /// Completion tokens per prompt text, from a `generate.json` (ours or upstream's).
@@ -120,33 +116,17 @@ fn load_folder(
     alpha: Alpha,
     filter: &Filter,
 ) -> Result<Vec<StoredRun>, StoreError> {
-    let read = |source| StoreError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut stems = Vec::new();
-    for entry in fs_err::read_dir(dir).map_err(read)? {
-        let name = entry.map_err(read)?.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix("_evaluate.json")
-            && Filter::admits(&filter.judges, stem)
-        {
-            stems.push(stem.to_string());
-        }
-    }
-    stems.sort();
+    let run = RunDir { dir: dir.to_path_buf() };
+    let mut stems = run.judge_stems()?;
+    stems.retain(|stem| Filter::admits(&filter.judges, stem));
     if stems.is_empty() {
         return Ok(Vec::new());
     }
     let tokens = completion_tokens(&dir.join("generate.json"))?;
-    let manifest_path = dir.join("manifest.json");
-    let manifest: Value = if manifest_path.exists() {
-        store::read_json(&manifest_path)?
-    } else {
-        Value::Null
-    };
+    let manifest = run.read_manifest()?;
     let mut runs = Vec::with_capacity(stems.len());
     for stem in stems {
-        let verdicts = store::read_verdicts(&dir.join(format!("{stem}_evaluate.json")))?;
+        let verdicts = store::read_verdicts(&run.evaluate_json(&stem))?;
         let items = verdicts
             .into_iter()
             .map(|(item, verdicts)| ItemResult {
@@ -161,8 +141,8 @@ fn load_folder(
             model: model.to_string(),
             scenario: scenario.to_string(),
             method: method.to_string(),
-            generation_cost: usage_of(&manifest["generation"]["cost"]),
-            judge_cost: usage_of(&manifest["judges"][&stem]["cost"]),
+            generation_cost: manifest.as_ref().and_then(|m| m.generation.as_ref()?.cost),
+            judge_cost: manifest.as_ref().and_then(|m| m.judges.get(&stem)?.cost),
             judge: stem,
             items,
             dir: dir.to_path_buf(),

@@ -8,6 +8,7 @@
 //! the JSON files are rebuilt from it and written atomically (temporary file, then rename).
 //! One process at a time writes a run folder: it holds an OS lock on the folder's `.lock`.
 
+pub mod manifest;
 pub mod name;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,7 @@ use crate::backend::Usage;
 use crate::judge::{JudgeFailure, JudgeMode, bracketed};
 use crate::pack::Item;
 use crate::score::{Alpha, Score, Subset, Summary, Verdicts};
+pub use manifest::Manifest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +43,14 @@ pub enum StoreError {
     /// repeat it.
     #[error("{}: invalid JSON: {error}", path.display())]
     Json { path: PathBuf, error: serde_json::Error },
+    /// Valid JSON with a field of the wrong shape: the field's path (`generation.method`) is
+    /// named.
+    #[error("{}: field `{field}` is invalid: {error}", path.display())]
+    Field {
+        path: PathBuf,
+        field: String,
+        error: serde_json::Error,
+    },
     #[error("{}: entry {index}: {problem}", path.display())]
     Entry {
         path: PathBuf,
@@ -407,10 +417,28 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreEr
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|error| StoreError::Json {
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let field = error.path().to_string();
+        let error = error.into_inner();
+        if error.is_data() && field != "." {
+            StoreError::Field {
+                path: path.to_path_buf(),
+                field,
+                error,
+            }
+        } else {
+            StoreError::Json {
+                path: path.to_path_buf(),
+                error,
+            }
+        }
+    })?;
+    deserializer.end().map_err(|error| StoreError::Json {
         path: path.to_path_buf(),
         error,
-    })
+    })?;
+    Ok(value)
 }
 
 /// Where all runs live (`result/` by default, as upstream).
@@ -507,6 +535,9 @@ pub fn run_folders(root: &Path) -> Result<RunFolders, StoreError> {
     Ok(found)
 }
 
+/// How a judge's evaluate file ends (`<stem>_evaluate.json`, upstream's name).
+const EVALUATE_SUFFIX: &str = "_evaluate.json";
+
 /// The folder of one model × scenario × method.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -523,7 +554,7 @@ impl RunDir {
     }
 
     pub fn evaluate_json(&self, judge_stem: &str) -> PathBuf {
-        self.dir.join(format!("{judge_stem}_evaluate.json"))
+        self.dir.join(format!("{judge_stem}{EVALUATE_SUFFIX}"))
     }
 
     pub fn score_json(&self, judge_stem: &str) -> PathBuf {
@@ -536,6 +567,49 @@ impl RunDir {
 
     pub fn manifest_json(&self) -> PathBuf {
         self.dir.join("manifest.json")
+    }
+
+    /// The stems of the judges with an evaluate file here (`<stem>_evaluate.json`), sorted.
+    pub fn judge_stems(&self) -> Result<Vec<String>, StoreError> {
+        let read = |source| StoreError::Read {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut stems = Vec::new();
+        for entry in fs_err::read_dir(&self.dir).map_err(read)? {
+            let name = entry.map_err(read)?.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(EVALUATE_SUFFIX) {
+                stems.push(stem.to_string());
+            }
+        }
+        stems.sort();
+        Ok(stems)
+    }
+
+    /// Recomputes `<stem>_score.json` from `<stem>_evaluate.json` with `alpha`; sends nothing.
+    /// Returns what it wrote.
+    pub fn rescore(&self, stem: &str, alpha: Alpha) -> Result<Summary, StoreError> {
+        let verdicts = read_verdicts(&self.evaluate_json(stem))?;
+        let mut summary = Summary::default();
+        for (item, verdicts) in &verdicts {
+            summary.add(item.label, &Score::of(verdicts, alpha));
+        }
+        write_json(&self.score_json(stem), &score_file(&summary))?;
+        Ok(summary)
+    }
+
+    /// The folder's manifest; `None` when it has none (a run written by another tool).
+    pub fn read_manifest(&self) -> Result<Option<Manifest>, StoreError> {
+        let path = self.manifest_json();
+        if path.exists() {
+            read_json(&path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        write_json(&self.manifest_json(), manifest)
     }
 
     pub fn lock_file(&self) -> PathBuf {
@@ -870,6 +944,28 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_field_of_the_wrong_shape_is_named() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let run = RunDir {
+            dir: dir.path().to_path_buf(),
+        };
+        assert!(run.read_manifest()?.is_none());
+        std::fs::write(
+            run.manifest_json(),
+            r#"{"scenario": "Garden", "generation": {"model": {"key": "m"}, "method": {"name": "nonsense"}}}"#,
+        )?;
+        let error = run.read_manifest().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("manifest.json: field `generation.method.name` is invalid: unknown variant `nonsense`"),
+            "{error}"
+        );
+        std::fs::write(run.manifest_json(), "{\"scenario\": ")?;
+        let error = run.read_manifest().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("manifest.json: invalid JSON: EOF"), "{error}");
+        Ok(())
+    }
 
     #[cfg(unix)]
     #[test]
