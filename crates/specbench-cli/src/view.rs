@@ -36,6 +36,7 @@ use specbench::report::render::STYLE;
 use specbench::report::{self, ReportOptions};
 use specbench::score::{Alpha, Score, Verdict};
 use specbench::store;
+use specbench::store::read::{ShownEntry, read_shown_entries};
 
 pub use self::access::GivenToken;
 use self::access::{Access, Token};
@@ -99,81 +100,21 @@ struct Viewer {
     leaderboard: Value,
 }
 
-fn verdict_list(value: Option<&Value>) -> Vec<Verdict> {
-    let values: Vec<&Value> = match value {
-        Some(Value::Array(list)) => list.iter().collect(),
-        Some(Value::Object(map)) => map.values().collect(),
-        _ => Vec::new(),
-    };
-    values
-        .into_iter()
-        .filter_map(|v| v.as_str().and_then(Verdict::parse))
-        .collect()
-}
-
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, count) = values.fold((0.0, 0usize), |(s, c), v| (s + v, c + 1));
     (count > 0).then(|| sum / count as f64)
 }
 
-/// One stored entry (`<judge>_evaluate.json` or `<judge>_errors.json`), read straight into the
-/// fields the viewer shows: the judge prompts and everything else are skipped while parsing, so
-/// a large run is never held as a whole JSON tree.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct EntryIn {
-    data: DataIn,
-    response: String,
-    thought: String,
-    eval: EvalIn,
-    judge_error: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct DataIn {
-    prompt: String,
-    adversarial_prompt: String,
-    label: String,
-    source: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct EvalIn {
-    result: ResultIn,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ResultIn {
-    eval_response: Option<String>,
-    safety: Option<Value>,
-    behavioral: Option<Value>,
-}
-
-fn read_entries(path: &Path) -> anyhow::Result<Vec<EntryIn>> {
-    let file = fs_err::File::open(path).map_err(|e| UsageError(e.to_string()))?;
-    serde_json::from_reader(std::io::BufReader::new(file))
-        .map_err(|e| UsageError(format!("{}: invalid JSON: {e}", path.display())).into())
-}
-
 fn item_from(
     position: usize,
-    entry: EntryIn,
+    entry: ShownEntry,
     alpha: Alpha,
     rules: Option<&(Vec<String>, Vec<String>)>,
     error_file: bool,
 ) -> ViewItem {
-    let safety = verdict_list(entry.eval.result.safety.as_ref());
-    let behavioral = verdict_list(entry.eval.result.behavioral.as_ref());
-    let (safety_reasons, behavioral_reasons) = entry
-        .eval
-        .result
-        .eval_response
-        .as_deref()
-        .map(joint_reasons)
-        .unwrap_or_default();
+    let safety = entry.safety();
+    let behavioral = entry.behavioral();
+    let (safety_reasons, behavioral_reasons) = entry.eval_response().map(joint_reasons).unwrap_or_default();
     let mut verdicts = Vec::new();
     for (kind, list, reasons, texts) in [
         ("safety", &safety, &safety_reasons, rules.map(|r| &r.0)),
@@ -269,7 +210,7 @@ fn load(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> anyhow::Resu
         let scenario_rules = rules.get(&scenario);
         // One unreadable run is left out with a warning naming its file; the others are shown.
         let run = store::RunDir { dir: dir.clone() };
-        let evaluated = match read_entries(&run.evaluate_json(&judge)) {
+        let evaluated = match read_shown_entries(&run.evaluate_json(&judge)) {
             Ok(entries) => entries,
             Err(error) => {
                 tracing::warn!("skipped: {error:#}");
@@ -283,7 +224,7 @@ fn load(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> anyhow::Resu
             .collect();
         let errors_path = run.errors_json(&judge);
         if errors_path.exists() {
-            match read_entries(&errors_path) {
+            match read_shown_entries(&errors_path) {
                 Ok(entries) => {
                     for entry in entries {
                         let position = items.len();

@@ -267,7 +267,13 @@ fn a_journal_that_cannot_grow_stops_the_run_and_the_same_command_finishes_it() -
 
     let again = finish(ctx.specbench().args(&args))?;
     assert_eq!(again.code, Some(0), "{again:?}");
-    assert!(again.stderr.contains("resuming: "), "{}", again.stderr);
+    // Nothing journaled is asked again. (Whether a "resuming" line shows depends on whether an
+    // item was both generated and judged before the journal filled, which is up to timing.)
+    assert_eq!(
+        server.requests().len() - sent,
+        120 - journaled,
+        "the second run sends exactly the units the journal lacks"
+    );
     let whole = TestContext::with_pack("minimal")?;
     let uninterrupted = finish(whole.specbench().args(&args))?;
     assert_eq!(uninterrupted.code, Some(0), "{uninterrupted:?}");

@@ -6,7 +6,6 @@
 //! them. Reads only what `store` wrote (through `load`); never a backend, never a pack (rule
 //! texts, when wanted, are handed in).
 
-pub mod load;
 pub mod plots;
 pub mod render;
 pub mod stats;
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pack::Label;
 use crate::score::{Alpha, Verdict};
-pub use load::{Filter, ItemResult, Loaded, StoredRun, load};
+pub use crate::store::read::{Filter, ItemResult, Loaded, StoredRun, load};
 use stats::Interval;
 
 /// One cell of a report table.

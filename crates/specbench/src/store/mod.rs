@@ -10,6 +10,7 @@
 
 pub mod manifest;
 pub mod name;
+pub mod read;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
@@ -24,6 +25,7 @@ use crate::judge::{JudgeFailure, JudgeMode, bracketed};
 use crate::pack::Item;
 use crate::score::{Alpha, Score, Subset, Summary, Verdicts};
 pub use manifest::Manifest;
+pub use read::{Filter, ItemResult, Loaded, StoredRun};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

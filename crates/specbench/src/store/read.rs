@@ -1,15 +1,17 @@
-//! Reading stored runs back: every `<model>/<scenario>/<method>/<judge>_evaluate.json` under a
-//! results folder, with the token counts of its `generate.json` and the cost in its manifest.
+//! Reading stored runs back, for reports and comparisons: every
+//! `<model>/<scenario>/<method>/<judge>_evaluate.json` under a results folder, with the token
+//! counts of its `generate.json` and the cost in its manifest.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_json::Value;
 
+use super::{RunDir, StoreError, read_json, read_verdicts, run_folders};
 use crate::backend::Usage;
 use crate::pack::Label;
-use crate::score::{Alpha, Score, Verdicts};
-use crate::store::{self, RunDir, StoreError};
+use crate::score::{Alpha, Score, Verdict, Verdicts};
 
 /// One judged response, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +61,7 @@ fn completion_tokens(path: &Path) -> Result<HashMap<String, u64>, StoreError> {
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    let entries: Vec<Value> = store::read_json(path)?;
+    let entries: Vec<Value> = read_json(path)?;
     Ok(entries
         .iter()
         .filter_map(|entry| {
@@ -82,7 +84,7 @@ pub struct Loaded {
 /// One unreadable folder or file is skipped (and listed), not a reason to refuse every other
 /// run; only an unreadable `results` itself is an error.
 pub fn load(results: &Path, alpha: Alpha, filter: &Filter) -> Result<Loaded, StoreError> {
-    let listing = store::run_folders(results)?;
+    let listing = run_folders(results)?;
     let mut loaded = Loaded {
         runs: Vec::new(),
         skipped: listing.unreadable,
@@ -126,7 +128,7 @@ fn load_folder(
     let manifest = run.read_manifest()?;
     let mut runs = Vec::with_capacity(stems.len());
     for stem in stems {
-        let verdicts = store::read_verdicts(&run.evaluate_json(&stem))?;
+        let verdicts = read_verdicts(&run.evaluate_json(&stem))?;
         let items = verdicts
             .into_iter()
             .map(|(item, verdicts)| ItemResult {
@@ -149,4 +151,83 @@ fn load_folder(
         });
     }
     Ok(runs)
+}
+
+/// One entry of `<judge>_evaluate.json` or `<judge>_errors.json` as the viewer shows it, read
+/// straight into the fields shown: the judge prompts and everything else are skipped while
+/// parsing, so a large run is never held as a whole JSON tree. Lenient where
+/// [`read_verdicts`] is strict: a missing field is empty and a verdict that is not YES, NO or NA
+/// is left out, so a damaged entry is still shown.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ShownEntry {
+    pub data: ShownData,
+    pub response: String,
+    pub thought: String,
+    eval: ShownEval,
+    /// Only in `<judge>_errors.json`: why the judge gave no verdict.
+    pub judge_error: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ShownData {
+    pub prompt: String,
+    pub adversarial_prompt: String,
+    pub label: String,
+    pub source: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ShownEval {
+    result: ShownResult,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ShownResult {
+    eval_response: Option<String>,
+    safety: Option<Value>,
+    behavioral: Option<Value>,
+}
+
+impl ShownEntry {
+    pub fn safety(&self) -> Vec<Verdict> {
+        verdict_list(self.eval.result.safety.as_ref())
+    }
+
+    pub fn behavioral(&self) -> Vec<Verdict> {
+        verdict_list(self.eval.result.behavioral.as_ref())
+    }
+
+    /// The joint judge's reply, when it gave one.
+    pub fn eval_response(&self) -> Option<&str> {
+        self.eval.result.eval_response.as_deref()
+    }
+}
+
+/// Verdicts stored as a list (sequential) or a map numbered from 1 (joint).
+fn verdict_list(value: Option<&Value>) -> Vec<Verdict> {
+    let values: Vec<&Value> = match value {
+        Some(Value::Array(list)) => list.iter().collect(),
+        Some(Value::Object(map)) => map.values().collect(),
+        _ => Vec::new(),
+    };
+    values
+        .into_iter()
+        .filter_map(|v| v.as_str().and_then(Verdict::parse))
+        .collect()
+}
+
+/// The entries of an evaluate or errors file, as shown.
+pub fn read_shown_entries(path: &Path) -> Result<Vec<ShownEntry>, StoreError> {
+    let file = fs_err::File::open(path).map_err(|source| StoreError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_reader(std::io::BufReader::new(file)).map_err(|error| StoreError::Json {
+        path: path.to_path_buf(),
+        error,
+    })
 }
