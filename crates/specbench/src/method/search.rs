@@ -1,6 +1,6 @@
 //! Methods that sample several responses and keep the best by a score: Best-of-N and TPO
 //! (test-time preference optimization). Upstream published no code for them; these follow the
-//! paper's description, with TPO's prompts written in our own words (`tpo/*.txt`).
+//! paper's description, with TPO's prompts written in our own words (the protocol's own texts, `tpo_*`).
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use super::{Method, MethodError, MethodInput, Response, generation_messages};
 use crate::backend::reward::RewardModel;
 use crate::backend::{Message, Model, ModelError, Request, Usage};
 use crate::judge::{Judge, Judgement};
-use crate::protocol::{substitute, thought_and_response};
+use crate::protocol::{Template, thought_and_response};
 use crate::score::{Alpha, Score};
 
 /// What ranks candidate responses.
@@ -155,13 +155,11 @@ pub struct Tpo {
     pub scorer: Scorer,
 }
 
-const TPO_SYSTEM: &str = include_str!("tpo/system.txt");
-const TPO_LOSS: &str = include_str!("tpo/loss.txt");
-const TPO_GRADIENT: &str = include_str!("tpo/gradient.txt");
-const TPO_UPDATE: &str = include_str!("tpo/update.txt");
-
-async fn ask(model: &Model, user: String, cost: &mut Usage) -> Result<String, ModelError> {
-    let request = Request::chat(vec![Message::system(TPO_SYSTEM), Message::user(user)]);
+async fn ask(input: &MethodInput<'_>, model: &Model, user: String, cost: &mut Usage) -> Result<String, ModelError> {
+    let request = Request::chat(vec![
+        Message::system(input.protocol.text(Template::TpoSystem)),
+        Message::user(user),
+    ]);
     let generation = model.generate(&request).await?;
     *cost += &generation.usage;
     Ok(thought_and_response(&generation).1)
@@ -181,9 +179,10 @@ impl Method for Tpo {
             };
             let (top, bottom) = (top.text.clone(), bottom.text.clone());
             let loss = ask(
+                input,
                 model,
-                substitute(
-                    TPO_LOSS,
+                input.protocol.render(
+                    Template::TpoLoss,
                     &[
                         ("query", input.prompt),
                         ("specification_string", rules),
@@ -195,9 +194,10 @@ impl Method for Tpo {
             )
             .await?;
             let gradient = ask(
+                input,
                 model,
-                substitute(
-                    TPO_GRADIENT,
+                input.protocol.render(
+                    Template::TpoGradient,
                     &[
                         ("query", input.prompt),
                         ("specification_string", rules),
@@ -208,8 +208,8 @@ impl Method for Tpo {
                 &mut cost,
             )
             .await?;
-            let update = substitute(
-                TPO_UPDATE,
+            let update = input.protocol.render(
+                Template::TpoUpdate,
                 &[
                     ("prompt", input.prompt),
                     ("specification_string", rules),
@@ -226,37 +226,5 @@ impl Method for Tpo {
             pool.extend(revised);
         }
         chosen(pool, cost, calls)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::protocol::{Protocol, ProtocolSource};
-
-    #[test]
-    fn tpo_texts_use_only_their_placeholders() {
-        // Each text is filled by `substitute`; an unknown name would be sent as written.
-        for (text, names) in [
-            (
-                super::TPO_LOSS,
-                &["query", "specification_string", "chosen", "rejected"][..],
-            ),
-            (
-                super::TPO_GRADIENT,
-                &["query", "specification_string", "chosen", "loss"][..],
-            ),
-            (
-                super::TPO_UPDATE,
-                &["prompt", "specification_string", "chosen", "suggestions"][..],
-            ),
-        ] {
-            let values: Vec<(&str, &str)> = names.iter().map(|n| (*n, "X")).collect();
-            let filled = crate::protocol::substitute(text, &values);
-            assert!(!filled.contains('{'), "{filled}");
-            for name in names {
-                assert!(text.contains(&format!("{{{name}}}")), "{name}");
-            }
-        }
-        assert_eq!(Protocol::builtin().source, ProtocolSource::Builtin);
     }
 }

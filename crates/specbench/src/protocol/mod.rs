@@ -57,6 +57,10 @@ pub enum Template {
     SelfRefineFeedbackUser,
     SelfRefineRefineSystem,
     SelfRefineRefineUser,
+    TpoSystem,
+    TpoLoss,
+    TpoGradient,
+    TpoUpdate,
 }
 
 impl Template {
@@ -77,6 +81,16 @@ impl Template {
         Template::SelfRefineRefineUser,
     ];
 
+    /// specbench's own texts, never read from a pack: TPO's prompts (the paper describes the
+    /// method but does not publish them). Checked like the others; not part of the protocol
+    /// hash, which stays that of the pack's texts.
+    pub const OWN: [Template; 4] = [
+        Template::TpoSystem,
+        Template::TpoLoss,
+        Template::TpoGradient,
+        Template::TpoUpdate,
+    ];
+
     /// The file stem in a pack's `protocol/` folder.
     pub fn name(self) -> &'static str {
         match self {
@@ -94,6 +108,10 @@ impl Template {
             Template::SelfRefineFeedbackUser => "self_refine_feedback_user",
             Template::SelfRefineRefineSystem => "self_refine_refine_system",
             Template::SelfRefineRefineUser => "self_refine_refine_user",
+            Template::TpoSystem => "tpo_system",
+            Template::TpoLoss => "tpo_loss",
+            Template::TpoGradient => "tpo_gradient",
+            Template::TpoUpdate => "tpo_update",
         }
     }
 
@@ -120,6 +138,10 @@ impl Template {
             Template::SelfRefineFeedbackUser => &["response"],
             Template::SelfRefineRefineSystem => &["query"],
             Template::SelfRefineRefineUser => &["history_string"],
+            Template::TpoSystem => &[],
+            Template::TpoLoss => &["query", "specification_string", "chosen", "rejected"],
+            Template::TpoGradient => &["query", "specification_string", "chosen", "loss"],
+            Template::TpoUpdate => &["prompt", "specification_string", "chosen", "suggestions"],
         }
     }
 
@@ -145,6 +167,10 @@ impl Template {
                 include_str!("builtin/self_refine_refine_system.txt")
             }
             Template::SelfRefineRefineUser => include_str!("builtin/self_refine_refine_user.txt"),
+            Template::TpoSystem => include_str!("builtin/tpo_system.txt"),
+            Template::TpoLoss => include_str!("builtin/tpo_loss.txt"),
+            Template::TpoGradient => include_str!("builtin/tpo_gradient.txt"),
+            Template::TpoUpdate => include_str!("builtin/tpo_update.txt"),
         }
     }
 }
@@ -204,7 +230,8 @@ impl Protocol {
         }
     }
 
-    fn new(source: ProtocolSource, texts: Vec<String>) -> Result<Protocol, ProtocolError> {
+    /// `texts` are those of [`Template::ALL`], in order; the own texts are added here.
+    fn new(source: ProtocolSource, mut texts: Vec<String>) -> Result<Protocol, ProtocolError> {
         let mut hasher = Sha256::new();
         for (template, text) in Template::ALL.iter().zip(&texts) {
             check_placeholders(*template, text)?;
@@ -212,6 +239,10 @@ impl Protocol {
             hasher.update([0]);
             hasher.update((text.len() as u64).to_le_bytes());
             hasher.update(text.as_bytes());
+        }
+        for template in Template::OWN {
+            check_placeholders(template, template.builtin())?;
+            texts.push(template.builtin().to_string());
         }
         Ok(Protocol {
             source,
@@ -221,7 +252,11 @@ impl Protocol {
     }
 
     pub fn text(&self, template: Template) -> &str {
-        let position = Template::ALL.iter().position(|t| *t == template).unwrap_or_default();
+        let position = Template::ALL
+            .iter()
+            .chain(&Template::OWN)
+            .position(|t| *t == template)
+            .unwrap_or_default();
         self.texts.get(position).map(String::as_str).unwrap_or_default()
     }
 
@@ -466,7 +501,7 @@ mod tests {
     fn builtin_texts_are_valid_and_cover_every_template() {
         let protocol = Protocol::builtin();
         assert_eq!(protocol.source, ProtocolSource::Builtin);
-        for template in Template::ALL {
+        for template in Template::ALL.into_iter().chain(Template::OWN) {
             assert!(!protocol.text(template).is_empty(), "{}", template.name());
             for placeholder in template.placeholders() {
                 assert!(
