@@ -13,7 +13,6 @@
 //! rather than decoded token by token. Prompt prefixes already in a sequence's KV cache (shared
 //! judge instructions, earlier deliberation stages) are not read again.
 
-mod grammar;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +23,8 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use specbench::backend::template::ChatTemplate;
 use specbench::backend::{Backend, BackendError, Generation, ReplyFormat, Request, Usage};
+use specbench::judge::format::{MAX_ANALYSIS_CHARS, grammar};
 
-pub use grammar::{joint_grammar, sequential_grammar};
 use worker::{Counters, Job, Worker};
 
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +250,7 @@ fn sampling_for(mut sampling: Sampling, format: Option<ReplyFormat>) -> Sampling
             ReplyFormat::Joint { safety, behavioral } => safety + behavioral + 4,
             ReplyFormat::Sequential => 1,
         };
-        let needed = (lines * (grammar::MAX_ANALYSIS_CHARS / 2 + 8) + 16) as u32;
+        let needed = (lines * (MAX_ANALYSIS_CHARS / 2 + 8) + 16) as u32;
         sampling.max_tokens = sampling.max_tokens.max(needed);
     }
     sampling
@@ -261,10 +260,7 @@ fn sampling_for(mut sampling: Sampling, format: Option<ReplyFormat>) -> Sampling
 impl Backend for LocalBackend {
     async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
         let prompt = self.prompt(request)?;
-        let grammar = request.format.map(|format| match format {
-            ReplyFormat::Joint { safety, behavioral } => joint_grammar(safety, behavioral, grammar::MAX_ANALYSIS_CHARS),
-            ReplyFormat::Sequential => sequential_grammar(grammar::MAX_ANALYSIS_CHARS),
-        });
+        let grammar = request.format.map(|format| grammar(format, MAX_ANALYSIS_CHARS));
         let sampling = sampling_for(self.sampling, request.format);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {

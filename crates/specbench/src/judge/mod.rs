@@ -6,6 +6,7 @@
 //! An item whose reply never parses is a `JudgeFailure` with the raw replies: recorded, never
 //! scored.
 
+pub mod format;
 mod parse;
 
 use std::fmt;

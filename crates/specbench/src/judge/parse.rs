@@ -5,6 +5,7 @@
 //! one verdict, the first tag on the line; the counts must equal the rule counts. Sequential:
 //! exactly one kind of tag in the whole reply.
 
+use super::format::{BEHAVIORAL_SECTION, BEHAVIORAL_SECTION_ALIAS, LINE_TAGS, SAFETY_SECTION, VERDICT_TAGS, tags};
 use crate::score::{Verdict, Verdicts};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,22 +40,19 @@ fn normalize_na(text: &str) -> String {
 
 /// The text between the first `<tag>` and the first `</tag>` after it (a non-greedy regex).
 fn section<'a>(text: &'a str, tag: &str) -> &'a str {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
+    let (open, close) = tags(tag);
     text.find(&open)
         .map(|start| start + open.len())
         .and_then(|start| text[start..].find(&close).map(|len| &text[start..start + len]))
         .unwrap_or("")
 }
 
-const LINE_TAGS: [(&str, Verdict); 6] = [
-    ("<YES>", Verdict::Yes),
-    ("<NO>", Verdict::No),
-    ("<NA>", Verdict::Na),
-    ("</YES>", Verdict::Yes),
-    ("</NO>", Verdict::No),
-    ("</NA>", Verdict::Na),
-];
+/// The behavioral section's other spelling, written the usual way.
+fn behavioral_spelling(text: &str) -> String {
+    let (alias_open, alias_close) = tags(BEHAVIORAL_SECTION_ALIAS);
+    let (open, close) = tags(BEHAVIORAL_SECTION);
+    text.replace(&alias_open, &open).replace(&alias_close, &close)
+}
 
 /// The first verdict tag on a line, by position.
 fn line_verdict(line: &str) -> Option<Verdict> {
@@ -71,12 +69,10 @@ fn section_verdicts(section: &str) -> Vec<Verdict> {
 
 pub fn parse_joint(reply: &str, safety_rules: usize, behavioral_rules: usize) -> Result<JointReply, ParseError> {
     let mut normalized = normalize_na(reply);
-    if normalized.contains("behavior_specifications>") {
-        normalized = normalized
-            .replace("<behavior_specifications>", "<behavioral_specifications>")
-            .replace("</behavior_specifications>", "</behavioral_specifications>");
+    if normalized.contains(&format!("{BEHAVIORAL_SECTION_ALIAS}>")) {
+        normalized = behavioral_spelling(&normalized);
     }
-    let safety = section_verdicts(section(&normalized, "safety_specifications"));
+    let safety = section_verdicts(section(&normalized, SAFETY_SECTION));
     if safety.len() != safety_rules {
         return Err(ParseError::Count {
             section: "safety",
@@ -84,7 +80,7 @@ pub fn parse_joint(reply: &str, safety_rules: usize, behavioral_rules: usize) ->
             expected: safety_rules,
         });
     }
-    let behavioral = section_verdicts(section(&normalized, "behavioral_specifications"));
+    let behavioral = section_verdicts(section(&normalized, BEHAVIORAL_SECTION));
     if behavioral.len() != behavioral_rules {
         return Err(ParseError::Count {
             section: "behavioral",
@@ -102,9 +98,7 @@ pub fn parse_joint(reply: &str, safety_rules: usize, behavioral_rules: usize) ->
 /// before its tag, without the rule number. For showing, not scoring; lines pair with the
 /// verdicts as `parse_joint` reads them.
 pub fn joint_reasons(reply: &str) -> (Vec<String>, Vec<String>) {
-    let normalized = normalize_na(reply)
-        .replace("<behavior_specifications>", "<behavioral_specifications>")
-        .replace("</behavior_specifications>", "</behavioral_specifications>");
+    let normalized = behavioral_spelling(&normalize_na(reply));
     let reasons = |tag: &str| -> Vec<String> {
         section(&normalized, tag)
             .split('\n')
@@ -126,12 +120,12 @@ pub fn joint_reasons(reply: &str) -> (Vec<String>, Vec<String>) {
             })
             .collect()
     };
-    (reasons("safety_specifications"), reasons("behavioral_specifications"))
+    (reasons(SAFETY_SECTION), reasons(BEHAVIORAL_SECTION))
 }
 
 pub fn parse_sequential(reply: &str) -> Result<Verdict, ParseError> {
     let normalized = normalize_na(reply);
-    let present: Vec<(&str, Verdict)> = [("<YES>", Verdict::Yes), ("<NO>", Verdict::No), ("<NA>", Verdict::Na)]
+    let present: Vec<(&str, Verdict)> = VERDICT_TAGS
         .into_iter()
         .filter(|(tag, _)| normalized.contains(tag))
         .collect();

@@ -517,16 +517,16 @@ mod tests {
     fn builtin_judge_keeps_the_reply_contract() {
         let protocol = Protocol::builtin();
         let joint = protocol.text(Template::JudgeJointUser);
-        for tag in [
-            "<safety_specifications>",
-            "</safety_specifications>",
-            "<behavioral_specifications>",
-            "</behavioral_specifications>",
-            "<YES>",
-            "<NO>",
-            "<NA>",
-        ] {
-            assert!(joint.contains(tag), "{tag}");
+        let format = crate::backend::ReplyFormat::Joint {
+            safety: 1,
+            behavioral: 1,
+        };
+        for tag in crate::judge::format::prompt_tags(format) {
+            assert!(joint.contains(&tag), "{tag}");
+        }
+        let sequential = protocol.text(Template::JudgeSequentialUser);
+        for tag in crate::judge::format::prompt_tags(crate::backend::ReplyFormat::Sequential) {
+            assert!(sequential.contains(&tag), "{tag}");
         }
         assert!(protocol.text(Template::Align3Stage1).starts_with("<think>"));
     }
