@@ -32,7 +32,7 @@ import numpy as np
 import scipy
 from scipy import stats
 
-OUT = Path("crates/specbench/tests/fixtures/stats/expected.json")
+OUT = Path("crates/specbench-report/tests/fixtures/stats/expected.json")
 
 PERCENTILE_VALUES = [0.9, -1.5, 3.25, 0.0, 7.0, 2.5, 2.5, 10.125, -4.0, 1.0 / 3.0, 6.2]
 PERCENTILE_QS = [0.0, 2.5, 10.0, 25.0, 33.3, 50.0, 66.6, 75.0, 97.5, 100.0]

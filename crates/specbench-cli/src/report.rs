@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use specbench::report::render::{self, Format};
-use specbench::report::{self, Filter, Price, ReportOptions, RuleTexts};
+use specbench_report::render::{self, Format};
+use specbench_report::{self as report, Filter, Price, ReportOptions, RuleTexts};
 
 use crate::args::{ReportArgs, ReportFormat};
 use crate::commands::{ExitStatus, UsageError, alpha};
@@ -101,7 +101,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
                 out.write_all(plot.svg.as_bytes())
             })?;
             let png =
-                specbench::report::plots::png(&plot.svg).map_err(|e| anyhow::anyhow!("plot {}: {e}", plot.name))?;
+                specbench_report::plots::png(&plot.svg).map_err(|e| anyhow::anyhow!("plot {}: {e}", plot.name))?;
             specbench::store::write_atomic(&dir.join(format!("{}.png", plot.name)), |out| out.write_all(&png))?;
         }
     }

@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use specbench::judge::joint_reasons;
 use specbench::pack::Label;
-use specbench::report::render::STYLE;
-use specbench::report::{self, ReportOptions};
 use specbench::score::{Alpha, Score, Verdict};
 use specbench::store;
 use specbench::store::read::{ShownEntry, read_shown_entries};
+use specbench_report::render::STYLE;
+use specbench_report::{self as report, ReportOptions};
 
 pub use self::access::GivenToken;
 use self::access::{Access, Token};

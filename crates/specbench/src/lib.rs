@@ -23,7 +23,6 @@ pub mod method;
 pub mod pack;
 pub mod protocol;
 pub mod redact;
-pub mod report;
 pub mod run;
 pub mod score;
 pub mod store;

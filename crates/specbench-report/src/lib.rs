@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::pack::Label;
-use crate::score::{Alpha, Verdict};
-pub use crate::store::read::{Filter, ItemResult, Loaded, StoredRun, load};
+use specbench::pack::Label;
+use specbench::score::{Alpha, Verdict};
+pub use specbench::store::read::{Filter, ItemResult, Loaded, StoredRun, load};
 use stats::Interval;
 
 /// One cell of a report table.
@@ -907,8 +907,8 @@ fn price_of<'a>(options: &'a ReportOptions, key: &str) -> Option<&'a Price> {
 fn cost(systems: &[System<'_>], options: &ReportOptions) -> Table {
     let mut rows = Vec::new();
     for system in systems {
-        let mut generation = crate::backend::Usage::default();
-        let mut judging = crate::backend::Usage::default();
+        let mut generation = specbench::backend::Usage::default();
+        let mut judging = specbench::backend::Usage::default();
         for run in system.by_scenario.values() {
             if let Some(usage) = &run.generation_cost {
                 generation += usage;
@@ -917,7 +917,7 @@ fn cost(systems: &[System<'_>], options: &ReportOptions) -> Table {
                 judging += usage;
             }
         }
-        let money = |key: &str, usage: &crate::backend::Usage| {
+        let money = |key: &str, usage: &specbench::backend::Usage| {
             price_of(options, key).map(|price| {
                 (usage.prompt_tokens as f64 * price.prompt + usage.completion_tokens as f64 * price.completion) / 1e6
             })

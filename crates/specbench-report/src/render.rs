@@ -305,7 +305,7 @@ fn html(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::stats::Interval;
+    use crate::stats::Interval;
 
     fn table() -> Table {
         Table {

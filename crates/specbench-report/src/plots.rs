@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use plotters::prelude::*;
 
 use super::{Plot, SystemSummary};
-use crate::score::Alpha;
+use specbench::score::Alpha;
 
 const SIZE: (u32, u32) = (760, 520);
 const FONT: &str = "sans-serif";

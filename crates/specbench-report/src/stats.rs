@@ -356,7 +356,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        serde_json::from_str(include_str!("../../tests/fixtures/stats/expected.json"))
+        serde_json::from_str(include_str!("../tests/fixtures/stats/expected.json"))
             .expect("the stats fixture is valid JSON of the expected shape")
     }
 
