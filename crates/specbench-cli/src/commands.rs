@@ -49,7 +49,7 @@ pub async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<ExitStatus> {
     let methods = session.methods(&args.generate.method)?;
     let generator = session.model(&args.generate.model, &args.generate.exec, &methods)?;
     let judges = session.judges(&args.judge, &args.generate.exec, Some(&generator))?;
-    let scorer = scorer(&args.generate.method, &args.generate.exec, judges.first())?;
+    let scorer = scorer(&session, &args.generate.method, &args.generate.exec, judges.first())?;
     let mut runners = Vec::with_capacity(methods.len());
     for method in methods {
         let mut plan = session.plan(&args.generate, generator.model.key(), method)?;
@@ -63,7 +63,7 @@ pub async fn generate(args: GenerateArgs, stop: Stop) -> anyhow::Result<ExitStat
     let session = Session::new(&args.data, &args.exec, stop)?;
     let methods = session.methods(&args.method)?;
     let generator = session.model(&args.model, &args.exec, &methods)?;
-    let scorer = scorer(&args.method, &args.exec, None)?;
+    let scorer = scorer(&session, &args.method, &args.exec, None)?;
     let mut runners = Vec::with_capacity(methods.len());
     for method in methods {
         let plan = session.plan(&args, generator.model.key(), method)?;
@@ -291,7 +291,12 @@ fn scorer_kind(arg: ScorerArg) -> ScorerKind {
 }
 
 /// The scorer Best-of-N and TPO rank samples with; `None` for other methods.
-fn scorer(args: &MethodArgs, exec: &ExecArgs, judge: Option<&Judge>) -> anyhow::Result<Option<Scorer>> {
+fn scorer(
+    session: &Session,
+    args: &MethodArgs,
+    exec: &ExecArgs,
+    judge: Option<&Judge>,
+) -> anyhow::Result<Option<Scorer>> {
     let Some(needing) = args.method.iter().find(|k| k.needs_scorer()) else {
         return Ok(None);
     };
@@ -318,10 +323,22 @@ fn scorer(args: &MethodArgs, exec: &ExecArgs, judge: Option<&Judge>) -> anyhow::
                 ),
                 None => None,
             };
-            let model =
-                specbench::backend::reward::RewardModel::new(url, name, key, Duration::from_secs_f64(exec.timeout))
-                    .map_err(|e| UsageError(e.to_string()))?;
-            Ok(Some(Scorer::RewardModel(Arc::new(model))))
+            let backend = specbench::backend::reward::RewardModel::new(
+                url,
+                name,
+                key,
+                Duration::from_secs_f64(exec.timeout),
+                &session.limits,
+            )
+            .map_err(|e| UsageError(e.to_string()))?;
+            let retry = RetryPolicy {
+                max_attempts: exec.max_attempts,
+                ..RetryPolicy::default()
+            };
+            let model = Model::new(name.clone(), Arc::new(backend), retry)
+                .with_cache(session.cache.clone())
+                .with_stop(session.stop.clone());
+            Ok(Some(Scorer::RewardModel(model)))
         }
     }
 }

@@ -250,6 +250,69 @@ fn best_of_n_keeps_the_sample_the_reward_model_prefers() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_reward_model_that_fails_once_is_asked_again_and_its_scores_are_cached() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = StubServer::start(move |request| {
+        if let Some(text) = request["text_2"].as_str() {
+            // The first score request meets an overloaded server.
+            if !failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Reply::Status {
+                    status: 503,
+                    body: "overloaded".into(),
+                    retry_after: Some("0".into()),
+                };
+            }
+            return Reply::RawBody(serde_json::json!({"data": [{"index": 0, "score": text.len() as f64}]}).to_string());
+        }
+        let i = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Reply::Content(format!("sample {i}{}", "!".repeat(i % 3)))
+    })?;
+    let url = server.base_url();
+    // Both contexts share the first one's response cache.
+    let cache = ctx.cache_dir();
+    let cache = cache.to_string_lossy();
+    let args = [
+        "generate",
+        "--model",
+        "m",
+        "--base-url",
+        &url,
+        "--method",
+        "best_of_n",
+        "--n",
+        "3",
+        "--reward-model",
+        "rm",
+        "--reward-base-url",
+        &url,
+        "--scenario",
+        "Garden",
+        "--limit",
+        "1",
+        "--cache-dir",
+        &cache,
+    ];
+    let finished = ctx.run(&args)?;
+    assert_eq!(finished.code, Some(0), "one 503 does not fail the item: {finished:?}");
+    let scored = |requests: &[serde_json::Value]| requests.iter().filter(|r| r["text_2"].is_string()).count();
+    assert_eq!(scored(&server.requests()), 4, "3 scores, one of them asked twice");
+    let generated = ctx.read_json("m/Garden/best_of_n-n=3-scorer=reward/generate.json")?;
+    assert_eq!(generated[0]["response"], "sample 2!!");
+
+    // The same run into a fresh results folder: samples and scores come from the cache.
+    let again = TestContext::with_pack("minimal")?;
+    let sent = server.requests().len();
+    let finished = again.run(&args)?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(server.requests().len(), sent, "nothing is asked twice");
+    let regenerated = again.read_json("m/Garden/best_of_n-n=3-scorer=reward/generate.json")?;
+    assert_eq!(regenerated[0]["response"], "sample 2!!");
+    Ok(())
+}
+
+#[test]
 fn tpo_with_the_judge_as_scorer_is_labelled_an_oracle() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
     let server = sampling_stub()?;

@@ -130,7 +130,11 @@ impl ConcurrencyLimits {
         self
     }
 
-    fn for_endpoint(&self, base: &str) -> Arc<Semaphore> {
+    pub(crate) fn stop(&self) -> &Stop {
+        &self.stop
+    }
+
+    pub(crate) fn for_endpoint(&self, base: &str) -> Arc<Semaphore> {
         let mut map = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(base.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint.max(1))))

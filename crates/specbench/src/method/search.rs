@@ -2,8 +2,6 @@
 //! (test-time preference optimization). Upstream published no code for them; these follow the
 //! paper's description, with TPO's prompts written in our own words (the protocol's own texts, `tpo_*`).
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use futures::future::try_join_all;
 use serde::Serialize;
@@ -18,8 +16,9 @@ use crate::score::{Alpha, Score};
 /// What ranks candidate responses.
 #[derive(Clone)]
 pub enum Scorer {
-    /// A reward model's score of (prompt, response).
-    RewardModel(Arc<RewardModel>),
+    /// A reward model's score of (prompt, response): a `Model` over a [`RewardModel`] backend,
+    /// so scores get retries, the concurrency cap and the response cache like every call.
+    RewardModel(Model),
     /// The SpecBench judge's SAR. It sees the benchmark's own verdicts, so results made with it
     /// are an oracle-scored upper bound, and are labelled so.
     Judge { judge: Judge, alpha: Alpha },
@@ -54,8 +53,7 @@ impl Scorer {
     /// Higher is better. A judge reply that never parses ranks last rather than failing.
     async fn score(&self, input: &MethodInput<'_>, response: &str) -> Result<f64, MethodError> {
         match self {
-            Scorer::RewardModel(model) => model
-                .score(input.prompt, response)
+            Scorer::RewardModel(model) => RewardModel::score(model, input.prompt, response)
                 .await
                 .map_err(|error| MethodError::Scorer(error.to_string())),
             Scorer::Judge { judge, alpha } => match judge.judge(input.item, input.rules, response).await {
