@@ -5,6 +5,8 @@
 //! that the CLI renders. Knows no wire formats or protocol bytes: it calls `Method`, `Judge` and
 //! `RunDir`.
 
+pub mod merge;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
