@@ -23,7 +23,9 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use specbench::backend::template::ChatTemplate;
 use specbench::backend::{Backend, BackendError, Generation, ReplyFormat, Request, Usage};
+use specbench::config::ModelEntry;
 use specbench::judge::format::{MAX_ANALYSIS_CHARS, grammar};
+use specbench::setup::{LocalEngine, LocalSpec};
 
 use worker::{Counters, Job, Worker};
 
@@ -254,6 +256,44 @@ fn sampling_for(mut sampling: Sampling, format: Option<ReplyFormat>) -> Sampling
         sampling.max_tokens = sampling.max_tokens.max(needed);
     }
     sampling
+}
+
+/// The embedded engine for `specbench::setup`: each GGUF file is loaded once, and every model
+/// over it (a generator and a judge) shares its worker, so their requests are batched together.
+#[derive(Default)]
+pub struct Engine {
+    loaded: std::sync::Mutex<Vec<Arc<LocalBackend>>>,
+}
+
+impl LocalEngine for Engine {
+    fn backend(&self, entry: &ModelEntry, path: &Path, spec: LocalSpec) -> Result<Arc<dyn Backend>, String> {
+        let sampling = Sampling::from_fields(&entry.params, &entry.extra_body);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(backend) = loaded.iter().find(|b| b.path() == path) {
+            return Ok(Arc::new(backend.with_sampling(sampling)));
+        }
+        let options = LocalOptions {
+            sequences: spec.sequences,
+            context_per_sequence: spec.context_per_sequence,
+            threads: spec.threads.unwrap_or(LocalOptions::default().threads),
+            ..LocalOptions::default()
+        };
+        let kwargs = entry
+            .extra_body
+            .get("chat_template_kwargs")
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default();
+        let backend = LocalBackend::load(path, options, sampling, kwargs).map_err(|e| e.to_string())?;
+        let shared = Arc::new(backend);
+        loaded.push(shared.clone());
+        Ok(Arc::new(shared.with_sampling(sampling)))
+    }
+
+    /// `SPECBENCH_MODEL_PATH`, else the fetched default model below the working folder.
+    fn default_model_path(&self) -> PathBuf {
+        default_model_path(Path::new(""))
+    }
 }
 
 #[async_trait]

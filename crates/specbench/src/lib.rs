@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod redact;
 pub mod run;
 pub mod score;
+pub mod setup;
 pub mod store;
 
 #[cfg(test)]

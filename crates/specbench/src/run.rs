@@ -65,7 +65,8 @@ pub struct RunPlan {
 
 /// Share K of N of a run's items (`--shard K/N`): the items whose position modulo N is K - 1.
 /// Positions, not hashes, so the split is the same on every machine and plainly checkable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Shard {
     index: usize,
     count: usize,
@@ -97,6 +98,20 @@ impl std::str::FromStr for Shard {
             .split_once('/')
             .ok_or_else(|| format!("shard `{text}`: want K/N, for example 1/4"))?;
         Shard::new(parse(index)?, parse(count)?)
+    }
+}
+
+impl TryFrom<String> for Shard {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Shard, String> {
+        text.parse()
+    }
+}
+
+impl From<Shard> for String {
+    fn from(shard: Shard) -> String {
+        shard.to_string()
     }
 }
 

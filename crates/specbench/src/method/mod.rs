@@ -22,7 +22,7 @@ pub use deliberate::{Align3, MoreThink, SelfRefine, ZeroThink};
 pub use search::{BestOfN, Scorer, ScorerKind, Tpo};
 
 /// The methods specbench knows, by their upstream names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MethodKind {
     /// The bare prompt, no rules.

@@ -5,17 +5,36 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use specbench::backend::ConcurrencyLimits;
-use specbench::judge::{Judge, JudgeMode};
+use specbench::backend::Stop;
+use specbench::judge::JudgeMode;
 use specbench::method::MethodConfig;
-use specbench::pack::{self, ItemSelection, PromptVariant};
-use specbench::protocol::Protocol;
-use specbench::run::{RunPlan, Runner};
-use specbench::score::Alpha;
+use specbench::pack;
+use specbench::setup::{
+    DataConfig, ExecConfig, JudgeConfig, MethodsConfig, ModelConfig, NoLocalEngine, Provider, RunConfig, Task,
+};
 use specbench::store::Store;
 use specbench_test::golden::{self, ReplayServer, first_difference};
 
-use crate::support::model;
+/// The configuration that asks for `method`, its parameters given explicitly.
+fn methods_of(method: &MethodConfig) -> MethodsConfig {
+    let mut config = MethodsConfig {
+        methods: vec![method.kind()],
+        ..MethodsConfig::default()
+    };
+    match method {
+        MethodConfig::SelfRefine {
+            max_iters,
+            max_history_length,
+        } => {
+            config.max_iters = Some(*max_iters);
+            config.max_history_length = Some(*max_history_length);
+        }
+        MethodConfig::MoreThink { rethink_count } => config.rethink_count = Some(*rethink_count),
+        MethodConfig::Align3 { stages } => config.align3_stages = stages.clone(),
+        _ => {}
+    }
+    config
+}
 
 const ITEMS: [usize; 4] = [0, 1, 200, 201];
 
@@ -86,52 +105,62 @@ async fn every_method_and_judge_matches_upstream_byte_for_byte() -> anyhow::Resu
     let expected = golden::results(&pack_dir)?;
     let replay = ReplayServer::start(&requests)?;
     let pack = Arc::new(pack::load(&pack_dir)?);
-    let protocol = Arc::new(Protocol::for_pack(pack.protocol_dir.as_deref())?);
-    let config = pack
-        .config_dir
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the pack has no config/"))?;
     let results = tempfile::tempdir()?;
-    let limits = ConcurrencyLimits::new(16);
     let base_url = replay.server.base_url();
+    let served = |key: &str| -> (Option<String>, Option<Provider>, Vec<String>) {
+        (Some(key.to_string()), Some(Provider::Vllm), vec![base_url.clone()])
+    };
 
     let mut compared = 0;
     let cases = cases();
     for case in &cases {
-        let generator = model(
-            &pack,
-            &config.join("config_model.yaml"),
-            case.model_key,
-            &base_url,
-            &limits,
-        )?;
-        let judges = case
-            .judges
-            .iter()
-            .map(|(key, mode)| {
-                let judge_model = model(&pack, &config.join("config_eval_model.yaml"), key, &base_url, &limits)?;
-                Ok(Judge::new(judge_model, *mode, protocol.clone()))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let runner = Runner {
-            pack: pack.clone(),
-            protocol: protocol.clone(),
-            store: Store::new(results.path()),
-            plan: RunPlan {
-                scenarios: Vec::new(),
-                items: ItemSelection::Indices(ITEMS.to_vec()),
-                variant: PromptVariant::Adversarial,
-                method: case.method.clone(),
-                model_key: case.model_key.to_string(),
-                alpha: Alpha::DEFAULT,
-                item_concurrency: 8,
-                shard: None,
-                retry_judge_errors: false,
+        // Built as every run is built: from a configuration, through `resolve`.
+        let (key, provider, base_urls) = served(case.model_key);
+        let mut judges: Vec<JudgeConfig> = Vec::new();
+        for (judge_key, mode) in case.judges {
+            match judges.iter_mut().find(|j| j.key.as_deref() == Some(*judge_key)) {
+                Some(judge) => judge.modes.push(*mode),
+                None => {
+                    let (key, provider, base_urls) = served(judge_key);
+                    judges.push(JudgeConfig {
+                        key,
+                        provider,
+                        base_urls,
+                        modes: vec![*mode],
+                        ..JudgeConfig::default()
+                    });
+                }
+            }
+        }
+        let config = RunConfig {
+            task: if judges.is_empty() { Task::Generate } else { Task::Run },
+            data: DataConfig {
+                data: Some(pack_dir.clone()),
+                items: ITEMS.to_vec(),
+                results: results.path().to_path_buf(),
+                ..DataConfig::default()
             },
-            generator: Some((generator, case.method.build(None)?)),
+            model: ModelConfig {
+                key,
+                provider,
+                base_urls,
+                ..ModelConfig::default()
+            },
+            methods: methods_of(&case.method),
             judges,
-            stop: specbench::backend::Stop::default(),
+            exec: ExecConfig {
+                concurrency: 16,
+                timeout: 30.0,
+                max_attempts: 2,
+                no_cache: true,
+                ..ExecConfig::default()
+            },
+            adversarial: true,
         };
+        let mut runners = config.resolve(&NoLocalEngine, Stop::default())?;
+        anyhow::ensure!(runners.len() == 1, "one method, one runner");
+        let runner = runners.remove(0);
+        assert_eq!(runner.plan.method, case.method, "{}", case.tag);
         let report = Arc::new(runner).run(Arc::new(|_| {})).await?;
         let unmatched = replay.unmatched();
         if let Some(request) = unmatched.first() {

@@ -3,4 +3,3 @@
 mod chat_template;
 mod fuzz;
 mod golden;
-mod support;
