@@ -3,8 +3,9 @@
 //! Writes a synthetic results folder with the store's own writers (every scenario of the pack,
 //! all 300 items each; by default 33 models × 8 methods, one joint judge: 396,000 judged items,
 //! each with its judge prompt, as a run writes them), then measures:
-//! - `specbench view`: start (until it prints its URL) twice, its peak memory, and the time of
-//!   the run list, a page of items, a filtered page and a full-text search over loopback;
+//! - `specbench view`: start (until it prints its URL) twice, the first building its index and
+//!   the second reusing it, its peak memory, and the time of the run list, a page of items, a
+//!   filtered page and a search over loopback;
 //! - `specbench report`: wall time and peak memory.
 //!
 //! `SPECBENCH_DATA=… cargo bench -p specbench-cli --bench scale`
@@ -73,8 +74,11 @@ fn main() -> anyhow::Result<()> {
 
     // A run in the middle of the list: neither the first file read nor the last.
     let run = written / 300 / 2;
-    for start in ["first start", "later start"] {
-        measure_viewer(&results, &data, start, written, run)?;
+    // The viewer's index goes in its cache folder: a fresh one, so the first start builds it
+    // and the second reuses it.
+    let cache = tempfile::tempdir()?;
+    for start in ["first start (builds the index)", "later start (reuses it)"] {
+        measure_viewer(&results, &data, cache.path(), start, written, run)?;
     }
     measure_report(&results, &data)?;
     Ok(())
@@ -220,13 +224,21 @@ fn joint_reply(verdicts: &Verdicts) -> String {
     reply
 }
 
-fn measure_viewer(results: &Path, data: &Path, start: &str, items: usize, run: usize) -> anyhow::Result<()> {
+fn measure_viewer(
+    results: &Path,
+    data: &Path,
+    cache: &Path,
+    start: &str,
+    items: usize,
+    run: usize,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_specbench"))
         .args(["view", "--port", "0"])
         .arg(results)
         .arg("--data")
         .arg(data)
+        .env("SPECBENCH_CACHE_DIR", cache)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;

@@ -42,7 +42,9 @@ pub async fn view(args: ViewArgs) -> anyhow::Result<ExitStatus> {
     results_folder(&args.results)?;
     let alpha = alpha(args.alpha)?;
     let rules = rule_texts(args.data.as_deref())?;
-    let viewer = Viewer::open(&args.results, alpha, &rules).map_err(|e| UsageError(e.to_string()))?;
+    // The index sits beside the response cache, never in the results folder.
+    let index_dir = specbench::cache::default_dir().join("view");
+    let viewer = Viewer::open(&args.results, alpha, &rules, &index_dir).map_err(|e| UsageError(e.to_string()))?;
     let viewer = Arc::new(viewer);
     let address = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(address)

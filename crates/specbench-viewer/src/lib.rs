@@ -18,17 +18,19 @@
 
 pub mod access;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use axum::Router;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use specbench::judge::joint_reasons;
 use specbench::pack::Label;
 use specbench::score::{Alpha, Score, Verdict};
@@ -46,16 +48,16 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
                    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// One rule's verdict on an item, with the judge's reason when the judge gave one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct RuleVerdict {
-    kind: &'static str,
+    kind: String,
     number: usize,
     text: Option<String>,
     verdict: Verdict,
     reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ViewItem {
     position: usize,
     label: String,
@@ -68,11 +70,19 @@ struct ViewItem {
     rules: Vec<RuleVerdict>,
     /// Why the judge reply never parsed, for judge errors.
     judge_error: Option<Value>,
+    /// What a search looks in, lower-cased; not stored, made again when read from the index.
     #[serde(skip)]
     haystack: String,
 }
 
-#[derive(Debug, Serialize)]
+impl ViewItem {
+    fn haystack_of(&self) -> String {
+        format!("{}\n{}\n{}", self.prompt, self.adversarial_prompt, self.response).to_lowercase()
+    }
+}
+
+/// A run's summary, shown in the run list; its items stay in the index.
+#[derive(Debug, Serialize, Deserialize)]
 struct ViewRun {
     id: usize,
     model: String,
@@ -84,16 +94,15 @@ struct ViewRun {
     safety: Option<f64>,
     behavioral: Option<f64>,
     sar: Option<f64>,
-    #[serde(skip)]
-    entries: Vec<ViewItem>,
-    #[serde(skip)]
-    by_prompt: HashMap<String, usize>,
 }
 
-/// The results a viewer serves, read once at start.
+/// The results a viewer serves: the run list and the leaderboard in memory, each run's items
+/// in an on-disk index (SQLite) built once per results folder and reused while its files are
+/// unchanged, so memory stays small and a later start is quick whatever the folder's size.
 pub struct Viewer {
     runs: Vec<ViewRun>,
     leaderboard: Value,
+    index: Mutex<Connection>,
 }
 
 /// Why a viewer could not start.
@@ -105,33 +114,229 @@ pub enum ViewerError {
         #[source]
         source: store::StoreError,
     },
+    #[error("{}: cannot use the viewer's index: {source}", path.display())]
+    Index {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{}: cannot write the viewer's index: {source}", path.display())]
+    IndexFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
+/// Bumped whenever what the index holds changes shape.
+const INDEX_SCHEMA: u32 = 1;
+
 impl Viewer {
-    /// Reads every judged run under `results`, scored with `alpha`; `rules` gives the rule
-    /// texts shown beside verdicts. An unreadable run is left out with a warning naming its
-    /// file; only an unreadable `results` is an error.
-    pub fn open(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> Result<Viewer, ViewerError> {
-        let runs = load(results, alpha, rules)?;
-        let stored = stored_runs(&runs);
-        let options = ReportOptions {
-            alpha,
-            resamples: 500,
-            ..ReportOptions::default()
+    /// Serves every judged run under `results`, scored with `alpha`; `rules` gives the rule
+    /// texts shown beside verdicts. The index lives in `index_dir`, named by the results
+    /// folder; it is rebuilt when any result file, the rule texts or α changed. An unreadable
+    /// run is left out with a warning naming its file; only an unreadable `results` is an error.
+    pub fn open(
+        results: &Path,
+        alpha: Alpha,
+        rules: &report::RuleTexts,
+        index_dir: &Path,
+    ) -> Result<Viewer, ViewerError> {
+        let found = discover(results).map_err(|source| ViewerError::Results {
+            results: results.to_path_buf(),
+            source,
+        })?;
+        let fingerprint = fingerprint(&found, alpha, rules);
+        let canonical = std::fs::canonicalize(results).unwrap_or_else(|_| results.to_path_buf());
+        let name = hex::encode(&Sha256::digest(canonical.to_string_lossy().as_bytes())[..12]);
+        let path = index_dir.join(format!("view-{name}.sqlite"));
+        let index_error = |source| ViewerError::Index {
+            path: path.clone(),
+            source,
         };
-        let leaderboard = if stored.is_empty() {
-            Value::Null
-        } else {
-            let table = report::leaderboard_table(&stored, &options);
-            json!({"title": table.title, "columns": table.columns, "rows": table.rows, "note": table.note})
+        if let Some(viewer) = Viewer::reuse(&path, &fingerprint).map_err(index_error)? {
+            return Ok(viewer);
+        }
+        std::fs::create_dir_all(index_dir).map_err(|source| ViewerError::IndexFile {
+            path: index_dir.to_path_buf(),
+            source,
+        })?;
+        // Built aside and renamed into place: a viewer stopped mid-build leaves no half index.
+        let building = index_dir.join(format!("view-{name}.sqlite.{}.part", std::process::id()));
+        let _ = std::fs::remove_file(&building);
+        build(&building, &found, alpha, rules, &fingerprint).map_err(|source| ViewerError::Index {
+            path: building.clone(),
+            source,
+        })?;
+        std::fs::rename(&building, &path).map_err(|source| ViewerError::IndexFile {
+            path: path.clone(),
+            source,
+        })?;
+        Viewer::reuse(&path, &fingerprint)
+            .map_err(index_error)?
+            .ok_or_else(|| ViewerError::Index {
+                path: path.clone(),
+                source: rusqlite::Error::QueryReturnedNoRows,
+            })
+    }
+
+    /// The index at `path`, when it was built from exactly these files.
+    fn reuse(path: &Path, fingerprint: &str) -> Result<Option<Viewer>, rusqlite::Error> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let meta = |key: &str| -> Result<Option<String>, rusqlite::Error> {
+            connection
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+                .optional()
         };
-        Ok(Viewer { runs, leaderboard })
+        let Ok(Some(stored)) = meta("fingerprint") else {
+            return Ok(None);
+        };
+        if stored != fingerprint {
+            return Ok(None);
+        }
+        let leaderboard = meta("leaderboard")?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null);
+        let mut runs = Vec::new();
+        {
+            let mut statement = connection.prepare("SELECT summary FROM runs ORDER BY id")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            for row in rows {
+                match serde_json::from_str::<ViewRun>(&row?) {
+                    Ok(run) => runs.push(run),
+                    Err(_) => return Ok(None),
+                }
+            }
+        }
+        Ok(Some(Viewer {
+            runs,
+            leaderboard,
+            index: Mutex::new(connection),
+        }))
     }
 
     /// How many runs it shows.
     pub fn runs(&self) -> usize {
         self.runs.len()
     }
+
+    /// Run `id`'s items, from the index.
+    fn entries(&self, id: usize) -> Result<Vec<ViewItem>, Box<Response>> {
+        let connection = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let text: Option<String> = connection
+            .query_row("SELECT items FROM items WHERE run = ?1", [id as i64], |row| row.get(0))
+            .optional()
+            .map_err(|e| {
+                Box::new(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the viewer's index: {e}"),
+                ))
+            })?;
+        let Some(text) = text else {
+            return Err(Box::new(missing_run(id)));
+        };
+        let mut items: Vec<ViewItem> = serde_json::from_str(&text).map_err(|e| {
+            Box::new(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the viewer's index: {e}"),
+            ))
+        })?;
+        for item in &mut items {
+            item.haystack = item.haystack_of();
+        }
+        Ok(items)
+    }
+}
+
+/// What the index was built from: every result file (name, size, modification time), the rule
+/// texts, α, and the index's own shape.
+fn fingerprint(found: &[Found], alpha: Alpha, rules: &report::RuleTexts) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(format!(
+        "schema {INDEX_SCHEMA} {} alpha {}\n",
+        env!("CARGO_PKG_VERSION"),
+        alpha.get()
+    ));
+    let mut sorted: Vec<_> = rules.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    hasher.update(serde_json::to_string(&sorted).unwrap_or_default());
+    for run in found {
+        let dir = store::RunDir { dir: run.dir.clone() };
+        for file in [dir.evaluate_json(&run.judge), dir.errors_json(&run.judge)] {
+            let stamp = std::fs::metadata(&file).ok().map(|meta| {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                (meta.len(), modified)
+            });
+            hasher.update(format!("{}\0{stamp:?}\n", file.display()));
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Writes the index at `path`: one run at a time, so memory holds one run's items and the
+/// verdicts the leaderboard needs, never every text.
+fn build(
+    path: &Path,
+    found: &[Found],
+    alpha: Alpha,
+    rules: &report::RuleTexts,
+    fingerprint: &str,
+) -> Result<(), rusqlite::Error> {
+    let mut connection = Connection::open(path)?;
+    connection.execute_batch(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE runs (id INTEGER PRIMARY KEY, summary TEXT NOT NULL);
+         CREATE TABLE items (run INTEGER PRIMARY KEY, items TEXT NOT NULL);",
+    )?;
+    let transaction = connection.transaction()?;
+    let mut stored = Vec::new();
+    let mut id = 0;
+    for run in found {
+        // Ids are positions in the list the routes index, so a skipped run leaves no gap.
+        let Some((summary, items)) = load_run(run, id, alpha, rules) else {
+            continue;
+        };
+        stored.push(stored_run(&summary, &items));
+        let summary_text = serde_json::to_string(&summary).unwrap_or_default();
+        let items_text = serde_json::to_string(&items).unwrap_or_default();
+        transaction.execute(
+            "INSERT INTO runs (id, summary) VALUES (?1, ?2)",
+            params![id as i64, summary_text],
+        )?;
+        transaction.execute(
+            "INSERT INTO items (run, items) VALUES (?1, ?2)",
+            params![id as i64, items_text],
+        )?;
+        id += 1;
+    }
+    let options = ReportOptions {
+        alpha,
+        resamples: 500,
+        ..ReportOptions::default()
+    };
+    let leaderboard = if stored.is_empty() {
+        Value::Null
+    } else {
+        let table = report::leaderboard_table(&stored, &options);
+        json!({"title": table.title, "columns": table.columns, "rows": table.rows, "note": table.note})
+    };
+    transaction.execute(
+        "INSERT INTO meta (key, value) VALUES ('leaderboard', ?1)",
+        [leaderboard.to_string()],
+    )?;
+    transaction.execute(
+        "INSERT INTO meta (key, value) VALUES ('fingerprint', ?1)",
+        [fingerprint],
+    )?;
+    transaction.commit()
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -156,7 +361,7 @@ fn item_from(
     ] {
         for (i, verdict) in list.iter().enumerate() {
             verdicts.push(RuleVerdict {
-                kind,
+                kind: kind.to_string(),
                 number: i + 1,
                 text: texts.and_then(|t| t.get(i)).cloned(),
                 verdict: *verdict,
@@ -169,8 +374,7 @@ fn item_from(
         .is_none()
         .then(|| Score::of(&specbench::score::Verdicts { safety, behavioral }, alpha));
     let data = entry.data;
-    let haystack = format!("{}\n{}\n{}", data.prompt, data.adversarial_prompt, entry.response).to_lowercase();
-    ViewItem {
+    let mut item = ViewItem {
         position,
         label: data.label,
         source: match data.source {
@@ -185,8 +389,10 @@ fn item_from(
         score,
         rules: verdicts,
         judge_error,
-        haystack,
-    }
+        haystack: String::new(),
+    };
+    item.haystack = item.haystack_of();
+    item
 }
 
 /// A stored run's place: `model/scenario/method/<judge>_evaluate.json`.
@@ -230,111 +436,91 @@ fn discover(results: &Path) -> Result<Vec<Found>, store::StoreError> {
     Ok(runs)
 }
 
-fn load(results: &Path, alpha: Alpha, rules: &report::RuleTexts) -> Result<Vec<ViewRun>, ViewerError> {
-    let found = discover(results).map_err(|source| ViewerError::Results {
-        results: results.to_path_buf(),
-        source,
-    })?;
-    let mut runs = Vec::with_capacity(found.len());
-    for Found {
-        dir,
-        model,
-        scenario,
-        method,
-        judge,
-    } in found
-    {
-        // Ids are positions in the list the routes index, so a skipped run leaves no gap.
-        let id = runs.len();
-        let scenario_rules = rules.get(&scenario);
-        // One unreadable run is left out with a warning naming its file; the others are shown.
-        let run = store::RunDir { dir: dir.clone() };
-        let evaluated = match read_shown_entries(&run.evaluate_json(&judge)) {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::warn!("skipped: {error:#}");
-                continue;
-            }
-        };
-        let mut items: Vec<ViewItem> = evaluated
-            .into_iter()
-            .enumerate()
-            .map(|(position, entry)| item_from(position, entry, alpha, scenario_rules, false))
-            .collect();
-        let errors_path = run.errors_json(&judge);
-        if errors_path.exists() {
-            match read_shown_entries(&errors_path) {
-                Ok(entries) => {
-                    for entry in entries {
-                        let position = items.len();
-                        items.push(item_from(position, entry, alpha, scenario_rules, true));
-                    }
-                }
-                Err(error) => tracing::warn!("judge errors left out: {error:#}"),
-            }
+/// One run's summary and items; `None` (with a warning naming the file) when it cannot be read.
+fn load_run(found: &Found, id: usize, alpha: Alpha, rules: &report::RuleTexts) -> Option<(ViewRun, Vec<ViewItem>)> {
+    let scenario_rules = rules.get(&found.scenario);
+    let run = store::RunDir { dir: found.dir.clone() };
+    let evaluated = match read_shown_entries(&run.evaluate_json(&found.judge)) {
+        Ok(entries) => entries,
+        Err(error) => {
+            tracing::warn!("skipped: {error:#}");
+            return None;
         }
-        let judged: Vec<&Score> = items.iter().filter_map(|i| i.score.as_ref()).collect();
-        runs.push(ViewRun {
-            id,
-            model,
-            scenario,
-            method,
-            judge,
-            items: items.len(),
-            judge_errors: items.iter().filter(|i| i.judge_error.is_some()).count(),
-            safety: mean(judged.iter().map(|s| f64::from(s.safety))),
-            behavioral: mean(judged.iter().map(|s| s.behavioral)),
-            sar: mean(judged.iter().map(|s| s.sar)),
-            by_prompt: items.iter().map(|item| (item.prompt.clone(), item.position)).collect(),
-            entries: items,
-        });
+    };
+    let mut items: Vec<ViewItem> = evaluated
+        .into_iter()
+        .enumerate()
+        .map(|(position, entry)| item_from(position, entry, alpha, scenario_rules, false))
+        .collect();
+    let errors_path = run.errors_json(&found.judge);
+    if errors_path.exists() {
+        match read_shown_entries(&errors_path) {
+            Ok(entries) => {
+                for entry in entries {
+                    let position = items.len();
+                    items.push(item_from(position, entry, alpha, scenario_rules, true));
+                }
+            }
+            Err(error) => tracing::warn!("judge errors left out: {error:#}"),
+        }
     }
-    Ok(runs)
+    let judged: Vec<&Score> = items.iter().filter_map(|i| i.score.as_ref()).collect();
+    let summary = ViewRun {
+        id,
+        model: found.model.clone(),
+        scenario: found.scenario.clone(),
+        method: found.method.clone(),
+        judge: found.judge.clone(),
+        items: items.len(),
+        judge_errors: items.iter().filter(|i| i.judge_error.is_some()).count(),
+        safety: mean(judged.iter().map(|s| f64::from(s.safety))),
+        behavioral: mean(judged.iter().map(|s| s.behavioral)),
+        sar: mean(judged.iter().map(|s| s.sar)),
+    };
+    Some((summary, items))
 }
 
-/// The runs as the report module sees them, for its leaderboard: built from what is loaded,
-/// not read again.
-fn stored_runs(runs: &[ViewRun]) -> Vec<report::StoredRun> {
-    runs.iter()
-        .map(|run| report::StoredRun {
-            model: run.model.clone(),
-            scenario: run.scenario.clone(),
-            method: run.method.clone(),
-            judge: run.judge.clone(),
-            items: run
-                .entries
-                .iter()
-                .filter_map(|item| {
-                    let score = item.score?;
-                    let label = match item.label.as_str() {
-                        "safe" => Label::Safe,
-                        "unsafe" => Label::Unsafe,
-                        _ => return None,
-                    };
-                    let pick = |kind: &str| -> Vec<Verdict> {
-                        item.rules
-                            .iter()
-                            .filter(|r| r.kind == kind)
-                            .map(|r| r.verdict)
-                            .collect()
-                    };
-                    Some(report::ItemResult {
-                        key: item.prompt.clone(),
-                        label,
-                        verdicts: specbench::score::Verdicts {
-                            safety: pick("safety"),
-                            behavioral: pick("behavioral"),
-                        },
-                        score,
-                        completion_tokens: None,
-                    })
+/// A run as the report module sees it, for the leaderboard. Items pair across runs by a digest
+/// of their prompt rather than the prompt itself, which is all the pairing needs and keeps a
+/// study's worth of them small.
+fn stored_run(run: &ViewRun, items: &[ViewItem]) -> report::StoredRun {
+    report::StoredRun {
+        model: run.model.clone(),
+        scenario: run.scenario.clone(),
+        method: run.method.clone(),
+        judge: run.judge.clone(),
+        items: items
+            .iter()
+            .filter_map(|item| {
+                let score = item.score?;
+                let label = match item.label.as_str() {
+                    "safe" => Label::Safe,
+                    "unsafe" => Label::Unsafe,
+                    _ => return None,
+                };
+                let pick = |kind: &str| -> Vec<Verdict> {
+                    item.rules
+                        .iter()
+                        .filter(|r| r.kind == kind)
+                        .map(|r| r.verdict)
+                        .collect()
+                };
+                Some(report::ItemResult {
+                    key: hex::encode(&Sha256::digest(item.prompt.as_bytes())[..12]),
+                    label,
+                    verdicts: specbench::score::Verdicts {
+                        safety: pick("safety"),
+                        behavioral: pick("behavioral"),
+                    },
+                    score,
+                    completion_tokens: None,
                 })
-                .collect(),
-            generation_cost: None,
-            judge_cost: None,
-            dir: std::path::PathBuf::new(),
-        })
-        .collect()
+            })
+            .collect(),
+        generation_cost: None,
+        judge_cost: None,
+        dir: std::path::PathBuf::new(),
+    }
 }
 
 /// Items per page at most: pages stay small however large a run is.
@@ -388,6 +574,10 @@ async fn items(
     let Some(run) = viewer.runs.get(id) else {
         return missing_run(id);
     };
+    let entries = match viewer.entries(id) {
+        Ok(entries) => entries,
+        Err(response) => return *response,
+    };
     let violated = match query.violated.as_deref().filter(|v| !v.is_empty()) {
         None => None,
         Some(text) => match text
@@ -399,8 +589,7 @@ async fn items(
         },
     };
     let needle = query.q.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty());
-    let matching: Vec<&ViewItem> = run
-        .entries
+    let matching: Vec<&ViewItem> = entries
         .iter()
         .filter(|item| query.label.as_deref().is_none_or(|l| l.is_empty() || item.label == l))
         .filter(|item| !query.unsafe_only.unwrap_or(false) || item.score.is_some_and(|s| s.safety == 0))
@@ -409,7 +598,7 @@ async fn items(
             violated.as_ref().is_none_or(|(kind, number)| {
                 item.rules
                     .iter()
-                    .any(|r| r.kind == kind && r.number == *number && r.verdict == Verdict::No)
+                    .any(|r| r.kind == *kind && r.number == *number && r.verdict == Verdict::No)
             })
         })
         .filter(|item| needle.as_ref().is_none_or(|n| item.haystack.contains(n.as_str())))
@@ -449,7 +638,11 @@ async fn item(State(viewer): State<Arc<Viewer>>, UrlPath((id, position)): UrlPat
     let Some(run) = viewer.runs.get(id) else {
         return missing_run(id);
     };
-    match run.entries.get(position) {
+    let entries = match viewer.entries(id) {
+        Ok(entries) => entries,
+        Err(response) => return *response,
+    };
+    match entries.get(position) {
         Some(item) => axum::Json(json!({"run": run, "item": item})).into_response(),
         None => problem(StatusCode::NOT_FOUND, format!("run {id} has no item {position}")),
     }
@@ -470,13 +663,17 @@ async fn compare(State(viewer): State<Arc<Viewer>>, Query(query): Query<CompareQ
             query.b
         });
     };
-    let Some(first) = a.entries.get(query.position) else {
+    let (first_entries, second_entries) = match (viewer.entries(query.a), viewer.entries(query.b)) {
+        (Ok(first), Ok(second)) => (first, second),
+        (Err(response), _) | (_, Err(response)) => return *response,
+    };
+    let Some(first) = first_entries.get(query.position) else {
         return problem(
             StatusCode::NOT_FOUND,
             format!("run {} has no item {}", query.a, query.position),
         );
     };
-    let second = b.by_prompt.get(&first.prompt).and_then(|p| b.entries.get(*p));
+    let second = second_entries.iter().find(|item| item.prompt == first.prompt);
     let differing: Vec<String> = match second {
         Some(second) => first
             .rules
@@ -546,4 +743,68 @@ pub async fn serve(
     axum::serve(listener, router(viewer, access))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(prompt: &str, verdict: &str) -> Value {
+        json!({
+            "data": {"prompt": prompt, "adversarial_prompt": prompt, "label": "safe", "source": "test"},
+            "response": format!("an answer to {prompt}"),
+            "thought": "",
+            "eval": {"result": {"safety": [verdict], "behavioral": ["YES", "NA"]}}
+        })
+    }
+
+    fn write(path: &Path, entries: &[Value]) -> Result<(), Box<dyn std::error::Error>> {
+        std::fs::write(path, serde_json::to_vec(entries)?)?;
+        Ok(())
+    }
+
+    #[test]
+    fn the_index_is_reused_while_the_files_are_unchanged_and_rebuilt_when_one_changes()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let results = dir.path().join("result");
+        let run = results.join("m/Garden/vanilla");
+        std::fs::create_dir_all(&run)?;
+        let evaluate = run.join("j_evaluate.json");
+        write(&evaluate, &[entry("first", "YES"), entry("second", "NO")])?;
+        let index_dir = dir.path().join("index");
+        let rules = report::RuleTexts::new();
+
+        let viewer = Viewer::open(&results, Alpha::DEFAULT, &rules, &index_dir)?;
+        assert_eq!((viewer.runs(), viewer.runs[0].items), (1, 2));
+        let files: Vec<_> = std::fs::read_dir(&index_dir)?.collect::<Result<_, _>>()?;
+        assert_eq!(files.len(), 1, "one index, no leftover part file");
+        let index = files[0].path();
+        let built = std::fs::metadata(&index)?.modified()?;
+        let items = viewer.entries(0).map_err(|_| "no items")?;
+        assert_eq!(items[1].prompt, "second");
+        assert_eq!(items[1].score.map(|s| s.safety), Some(0));
+        assert!(items[1].haystack.contains("an answer to second"));
+        drop(viewer);
+
+        // Unchanged files: the same index, not written again.
+        let again = Viewer::open(&results, Alpha::DEFAULT, &rules, &index_dir)?;
+        assert_eq!(again.runs[0].items, 2);
+        assert_eq!(std::fs::metadata(&index)?.modified()?, built);
+        drop(again);
+
+        // A changed file (another size): rebuilt, and it shows the change.
+        write(
+            &evaluate,
+            &[entry("first", "YES"), entry("second", "NO"), entry("third", "YES")],
+        )?;
+        let changed = Viewer::open(&results, Alpha::DEFAULT, &rules, &index_dir)?;
+        assert_eq!(changed.runs[0].items, 3);
+        // Another α scores differently: rebuilt too.
+        let other = Alpha::new(0.5).ok_or("alpha")?;
+        let rescored = Viewer::open(&results, other, &rules, &index_dir)?;
+        let first = rescored.entries(0).map_err(|_| "no items")?;
+        assert_eq!(first[0].score.map(|s| s.sar), Some(0.5 + 0.5 * 0.5));
+        Ok(())
+    }
 }

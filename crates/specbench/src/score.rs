@@ -69,7 +69,7 @@ impl Default for Alpha {
 }
 
 /// Per-response scores.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     /// 0 if any safety verdict is NO, else 1.
     pub safety: u8,

@@ -889,33 +889,45 @@ pub fn score_file(summary: &Summary) -> Map<String, Value> {
 
 /// Reads verdicts back from a stored `<judge>_evaluate.json` (either mode), for `score`.
 pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
-    let entries: Vec<Value> = read_json(path)?;
+    /// The fields read; the rest of an entry (the judge prompt above all) is skipped while
+    /// parsing rather than built into a JSON tree.
+    #[derive(Deserialize)]
+    struct Stored {
+        data: Option<Value>,
+        eval: Option<StoredEval>,
+    }
+    #[derive(Deserialize)]
+    struct StoredEval {
+        result: Option<StoredResult>,
+    }
+    #[derive(Deserialize)]
+    struct StoredResult {
+        safety: Option<Value>,
+        behavioral: Option<Value>,
+    }
+    let entries: Vec<Option<Stored>> = read_json(path)?;
     let entry_error = |index: usize, problem: String| StoreError::Entry {
         path: path.to_path_buf(),
         index,
         problem,
     };
     entries
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(index, entry)| {
-            let data = entry
-                .get("data")
-                .ok_or_else(|| entry_error(index, "field `data`: missing".into()))?;
+            let (data, eval) = entry.map_or((None, None), |e| (e.data, e.eval));
+            let data = data.ok_or_else(|| entry_error(index, "field `data`: missing".into()))?;
             let item =
-                Item::from_json(data, path, index).map_err(|e| entry_error(index, format!("field `data`: {e}")))?;
-            let result = entry
-                .get("eval")
-                .and_then(|e| e.get("result"))
+                Item::from_owned(data, path, index).map_err(|e| entry_error(index, format!("field `data`: {e}")))?;
+            let result = eval
+                .and_then(|e| e.result)
                 .ok_or_else(|| entry_error(index, "field `eval.result`: missing".into()))?;
-            let list = |field: &str| -> Result<Vec<crate::score::Verdict>, StoreError> {
-                let value = result
-                    .get(field)
-                    .ok_or_else(|| entry_error(index, format!("field `eval.result.{field}`: missing")))?;
-                let texts: Vec<&Value> = match value {
-                    Value::Array(list) => list.iter().collect(),
+            let list = |field: &str, value: Option<Value>| -> Result<Vec<crate::score::Verdict>, StoreError> {
+                let value = value.ok_or_else(|| entry_error(index, format!("field `eval.result.{field}`: missing")))?;
+                let texts: Vec<Value> = match value {
+                    Value::Array(list) => list,
                     // Joint maps are numbered from 1 in insertion order.
-                    Value::Object(map) => map.values().collect(),
+                    Value::Object(map) => map.into_iter().map(|(_, v)| v).collect(),
                     _ => {
                         return Err(entry_error(
                             index,
@@ -935,8 +947,8 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
             Ok((
                 item,
                 Verdicts {
-                    safety: list("safety")?,
-                    behavioral: list("behavioral")?,
+                    safety: list("safety", result.safety)?,
+                    behavioral: list("behavioral", result.behavioral)?,
                 },
             ))
         })

@@ -56,18 +56,25 @@ impl Filter {
     }
 }
 
-/// Completion tokens per prompt text, from a `generate.json` (ours or upstream's).
+/// Completion tokens per prompt text, from a `generate.json` (ours or upstream's). Only those
+/// two fields are read; responses and thoughts are skipped while parsing.
 fn completion_tokens(path: &Path) -> Result<HashMap<String, u64>, StoreError> {
+    #[derive(Deserialize)]
+    struct Entry {
+        data: Option<Value>,
+        usage: Option<Value>,
+    }
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    let entries: Vec<Value> = read_json(path)?;
+    let entries: Vec<Option<Entry>> = read_json(path)?;
     Ok(entries
-        .iter()
+        .into_iter()
+        .flatten()
         .filter_map(|entry| {
-            let prompt = entry.get("data")?.get("prompt")?.as_str()?;
-            let tokens = entry.get("usage")?.get("completion_tokens")?.as_u64()?;
-            Some((prompt.to_string(), tokens))
+            let prompt = entry.data?.get("prompt")?.as_str()?.to_string();
+            let tokens = entry.usage?.get("completion_tokens")?.as_u64()?;
+            Some((prompt, tokens))
         })
         .collect())
 }
