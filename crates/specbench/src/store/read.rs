@@ -92,26 +92,59 @@ pub struct Loaded {
 /// run; only an unreadable `results` itself is an error.
 pub fn load(results: &Path, alpha: Alpha, filter: &Filter) -> Result<Loaded, StoreError> {
     let listing = run_folders(results)?;
+    let folders: Vec<_> = listing
+        .folders
+        .into_iter()
+        .filter(|folder| {
+            Filter::admits(&filter.models, &folder.model)
+                && Filter::admits(&filter.scenarios, &folder.scenario)
+                && Filter::admits(&filter.methods, &folder.method)
+        })
+        .collect();
+    // Folders are read on every core (reading is parsing JSON); each result goes back to its
+    // folder's place, so the order is the folders' whatever the timing.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(folders.len().max(1));
+    let mut read: Vec<(usize, Result<Vec<StoredRun>, StoreError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(folder) = folders.get(at) else {
+                            return done;
+                        };
+                        let runs = load_folder(
+                            &folder.dir,
+                            &folder.model,
+                            &folder.scenario,
+                            &folder.method,
+                            alpha,
+                            filter,
+                        );
+                        done.push((at, runs));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            // A worker that panicked passes the panic on: no folder is dropped in silence.
+            .flat_map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    read.sort_by_key(|(at, _)| *at);
     let mut loaded = Loaded {
         runs: Vec::new(),
         skipped: listing.unreadable,
     };
-    for folder in listing.folders {
-        if Filter::admits(&filter.models, &folder.model)
-            && Filter::admits(&filter.scenarios, &folder.scenario)
-            && Filter::admits(&filter.methods, &folder.method)
-        {
-            match load_folder(
-                &folder.dir,
-                &folder.model,
-                &folder.scenario,
-                &folder.method,
-                alpha,
-                filter,
-            ) {
-                Ok(runs) => loaded.runs.extend(runs),
-                Err(error) => loaded.skipped.push(error),
-            }
+    for (_, result) in read {
+        match result {
+            Ok(runs) => loaded.runs.extend(runs),
+            Err(error) => loaded.skipped.push(error),
         }
     }
     Ok(loaded)
