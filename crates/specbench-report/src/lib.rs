@@ -213,6 +213,41 @@ fn salt(parts: &[&str]) -> u64 {
     ])
 }
 
+/// `f` over every item on every core, the results in the items' order. Each interval draws from
+/// its own seeded stream (see [`salt`]), so the report is the same whichever thread computes
+/// what. A worker's panic is passed on.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(at) else {
+                            return done;
+                        };
+                        done.push((at, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    done.sort_by_key(|(at, _)| *at);
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
 fn interval_cell(value: Option<Interval>) -> Cell {
     value.map(Cell::Interval).unwrap_or(Cell::Empty)
 }
@@ -301,8 +336,7 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
         .map(|c| c.to_string())
         .collect();
     columns.extend(scenarios.iter().map(|s| format!("SAR {s}")));
-    let mut rows: Vec<(f64, Vec<Cell>)> = Vec::new();
-    for system in systems {
+    let mut rows: Vec<(f64, Vec<Cell>)> = par_map(systems, |system| {
         let key = [system.model, system.method, system.judge];
         let safety = scenario_average(
             &groups(system, Metric::Safety, None),
@@ -333,8 +367,8 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
                 mean(&run.items.iter().map(|i| i.score.sar).collect::<Vec<_>>())
             })));
         }
-        rows.push((sar.map(|s| s.estimate).unwrap_or(f64::NEG_INFINITY), row));
-    }
+        (sar.map(|s| s.estimate).unwrap_or(f64::NEG_INFINITY), row)
+    });
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
     Table {
         name: "leaderboard".into(),
@@ -352,8 +386,8 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
 }
 
 fn per_scenario(systems: &[System<'_>], options: &ReportOptions) -> Table {
-    let mut rows = Vec::new();
-    for system in systems {
+    let per_system = par_map(systems, |system| {
+        let mut rows = Vec::new();
         for (scenario, run) in &system.by_scenario {
             let mut row = vec![
                 Cell::text(system.model),
@@ -373,7 +407,9 @@ fn per_scenario(systems: &[System<'_>], options: &ReportOptions) -> Table {
             }
             rows.push(row);
         }
-    }
+        rows
+    });
+    let rows: Vec<Vec<Cell>> = per_system.into_iter().flatten().collect();
     Table {
         name: "scenarios".into(),
         title: "Per scenario".into(),
@@ -396,8 +432,7 @@ fn per_scenario(systems: &[System<'_>], options: &ReportOptions) -> Table {
 }
 
 fn split(systems: &[System<'_>], options: &ReportOptions) -> Table {
-    let mut rows = Vec::new();
-    for system in systems {
+    let rows = par_map(systems, |system| {
         let mut row = vec![
             Cell::text(system.model),
             Cell::text(system.method),
@@ -413,8 +448,8 @@ fn split(systems: &[System<'_>], options: &ReportOptions) -> Table {
                 )));
             }
         }
-        rows.push(row);
-    }
+        row
+    });
     Table {
         name: "split".into(),
         title: "Unsafe and safe prompts".into(),
@@ -451,12 +486,13 @@ fn sar_by_item<'a>(system: &System<'a>) -> HashMap<(&'a str, &'a str), f64> {
 }
 
 fn method_table(systems: &[System<'_>], options: &ReportOptions) -> Table {
-    let mut rows = Vec::new();
     let mut by_model: BTreeMap<(&str, &str), Vec<&System<'_>>> = BTreeMap::new();
     for system in systems {
         by_model.entry((system.model, system.judge)).or_default().push(system);
     }
-    for ((model, judge), methods) in by_model {
+    let by_model: Vec<_> = by_model.into_iter().collect();
+    let per_model = par_map(&by_model, |&((model, judge), ref methods)| {
+        let mut rows = Vec::new();
         let baseline = methods.iter().find(|s| s.method == options.baseline);
         let baseline_items = baseline.map(|b| sar_by_item(b));
         for system in methods {
@@ -528,7 +564,9 @@ fn method_table(systems: &[System<'_>], options: &ReportOptions) -> Table {
                 judging.map(Cell::Count).unwrap_or(Cell::Empty),
             ]);
         }
-    }
+        rows
+    });
+    let rows: Vec<Vec<Cell>> = per_model.into_iter().flatten().collect();
     Table {
         name: "methods".into(),
         title: format!("Methods against {}", options.baseline),
