@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use specbench::pack::Label;
+use specbench::parallel::map_in_order;
 use specbench::score::{Alpha, Verdict};
 pub use specbench::store::read::{Filter, ItemResult, Loaded, StoredRun, load};
 use stats::Interval;
@@ -213,41 +214,6 @@ fn salt(parts: &[&str]) -> u64 {
     ])
 }
 
-/// `f` over every item on every core, the results in the items' order. Each interval draws from
-/// its own seeded stream (see [`salt`]), so the report is the same whichever thread computes
-/// what. A worker's panic is passed on.
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(items.len());
-    if threads <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(at) else {
-                            return done;
-                        };
-                        done.push((at, f(item)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    });
-    done.sort_by_key(|(at, _)| *at);
-    done.into_iter().map(|(_, result)| result).collect()
-}
-
 fn interval_cell(value: Option<Interval>) -> Cell {
     value.map(Cell::Interval).unwrap_or(Cell::Empty)
 }
@@ -336,7 +302,7 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
         .map(|c| c.to_string())
         .collect();
     columns.extend(scenarios.iter().map(|s| format!("SAR {s}")));
-    let mut rows: Vec<(f64, Vec<Cell>)> = par_map(systems, |system| {
+    let mut rows: Vec<(f64, Vec<Cell>)> = map_in_order(systems, |system| {
         let key = [system.model, system.method, system.judge];
         let safety = scenario_average(
             &groups(system, Metric::Safety, None),
@@ -386,7 +352,7 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
 }
 
 fn per_scenario(systems: &[System<'_>], options: &ReportOptions) -> Table {
-    let per_system = par_map(systems, |system| {
+    let per_system = map_in_order(systems, |system| {
         let mut rows = Vec::new();
         for (scenario, run) in &system.by_scenario {
             let mut row = vec![
@@ -432,7 +398,7 @@ fn per_scenario(systems: &[System<'_>], options: &ReportOptions) -> Table {
 }
 
 fn split(systems: &[System<'_>], options: &ReportOptions) -> Table {
-    let rows = par_map(systems, |system| {
+    let rows = map_in_order(systems, |system| {
         let mut row = vec![
             Cell::text(system.model),
             Cell::text(system.method),
@@ -491,7 +457,7 @@ fn method_table(systems: &[System<'_>], options: &ReportOptions) -> Table {
         by_model.entry((system.model, system.judge)).or_default().push(system);
     }
     let by_model: Vec<_> = by_model.into_iter().collect();
-    let per_model = par_map(&by_model, |&((model, judge), ref methods)| {
+    let per_model = map_in_order(&by_model, |&((model, judge), ref methods)| {
         let mut rows = Vec::new();
         let baseline = methods.iter().find(|s| s.method == options.baseline);
         let baseline_items = baseline.map(|b| sar_by_item(b));

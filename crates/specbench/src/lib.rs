@@ -21,6 +21,7 @@ pub mod env;
 pub mod judge;
 pub mod method;
 pub mod pack;
+pub mod parallel;
 pub mod protocol;
 pub mod redact;
 pub mod run;

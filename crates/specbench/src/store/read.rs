@@ -101,47 +101,22 @@ pub fn load(results: &Path, alpha: Alpha, filter: &Filter) -> Result<Loaded, Sto
                 && Filter::admits(&filter.methods, &folder.method)
         })
         .collect();
-    // Folders are read on every core (reading is parsing JSON); each result goes back to its
-    // folder's place, so the order is the folders' whatever the timing.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(folders.len().max(1));
-    let mut read: Vec<(usize, Result<Vec<StoredRun>, StoreError>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(folder) = folders.get(at) else {
-                            return done;
-                        };
-                        let runs = load_folder(
-                            &folder.dir,
-                            &folder.model,
-                            &folder.scenario,
-                            &folder.method,
-                            alpha,
-                            filter,
-                        );
-                        done.push((at, runs));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            // A worker that panicked passes the panic on: no folder is dropped in silence.
-            .flat_map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
+    // Folders are read on every core (reading is parsing JSON), in the folders' order.
+    let read = crate::parallel::map_in_order(&folders, |folder| {
+        load_folder(
+            &folder.dir,
+            &folder.model,
+            &folder.scenario,
+            &folder.method,
+            alpha,
+            filter,
+        )
     });
-    read.sort_by_key(|(at, _)| *at);
     let mut loaded = Loaded {
         runs: Vec::new(),
         skipped: listing.unreadable,
     };
-    for (_, result) in read {
+    for result in read {
         match result {
             Ok(runs) => loaded.runs.extend(runs),
             Err(error) => loaded.skipped.push(error),
