@@ -25,7 +25,7 @@ use specbench::backend::template::ChatTemplate;
 use specbench::backend::{Backend, BackendError, Generation, ReplyFormat, Request, Usage};
 use specbench::config::ModelEntry;
 use specbench::judge::format::{MAX_ANALYSIS_CHARS, grammar};
-use specbench::setup::{LocalEngine, LocalSpec};
+use specbench::setup::{LocalEngine, LocalEngineError, LocalSpec};
 
 use worker::{Counters, Job, Worker};
 
@@ -266,7 +266,7 @@ pub struct Engine {
 }
 
 impl LocalEngine for Engine {
-    fn backend(&self, entry: &ModelEntry, path: &Path, spec: LocalSpec) -> Result<Arc<dyn Backend>, String> {
+    fn backend(&self, entry: &ModelEntry, path: &Path, spec: LocalSpec) -> Result<Arc<dyn Backend>, LocalEngineError> {
         let sampling = Sampling::from_fields(&entry.params, &entry.extra_body);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(backend) = loaded.iter().find(|b| b.path() == path) {
@@ -284,7 +284,7 @@ impl LocalEngine for Engine {
             .and_then(|v| v.as_object())
             .cloned()
             .unwrap_or_default();
-        let backend = LocalBackend::load(path, options, sampling, kwargs).map_err(|e| e.to_string())?;
+        let backend = LocalBackend::load(path, options, sampling, kwargs)?;
         let shared = Arc::new(backend);
         loaded.push(shared.clone());
         Ok(Arc::new(shared.with_sampling(sampling)))

@@ -89,9 +89,9 @@ pub enum SetupError {
     KeyNotSet(String),
     #[error("{0}")]
     Reward(BackendError),
-    /// The embedded model could not be loaded (the engine's own message).
+    /// The embedded model could not be loaded (the engine's own error).
     #[error("{0}")]
-    Local(String),
+    Local(LocalEngineError),
     #[error(transparent)]
     Method(#[from] MethodError),
 }
@@ -346,12 +346,15 @@ pub struct LocalSpec {
     pub threads: Option<i32>,
 }
 
+/// Why the embedded engine could not load a model: the engine's own typed error.
+pub type LocalEngineError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The embedded model engine, from the crate that has it (`specbench_local::Engine`).
 pub trait LocalEngine: Send + Sync {
     /// A backend decoding with `entry`'s parameters over the GGUF at `path`. One file is loaded
     /// once and shared (a local judge beside a local generator), so their requests are batched
     /// together.
-    fn backend(&self, entry: &ModelEntry, path: &Path, spec: LocalSpec) -> Result<Arc<dyn Backend>, String>;
+    fn backend(&self, entry: &ModelEntry, path: &Path, spec: LocalSpec) -> Result<Arc<dyn Backend>, LocalEngineError>;
 
     /// The model file used when none is named.
     fn default_model_path(&self) -> PathBuf;
@@ -362,8 +365,13 @@ pub trait LocalEngine: Send + Sync {
 pub struct NoLocalEngine;
 
 impl LocalEngine for NoLocalEngine {
-    fn backend(&self, _entry: &ModelEntry, path: &Path, _spec: LocalSpec) -> Result<Arc<dyn Backend>, String> {
-        Err(format!("{}: this build has no embedded model engine", path.display()))
+    fn backend(
+        &self,
+        _entry: &ModelEntry,
+        path: &Path,
+        _spec: LocalSpec,
+    ) -> Result<Arc<dyn Backend>, LocalEngineError> {
+        Err(format!("{}: this build has no embedded model engine", path.display()).into())
     }
 
     fn default_model_path(&self) -> PathBuf {
