@@ -8,9 +8,9 @@
 //! `specbench` child. Every scenario, all 1,500 items, `vanilla`, joint judge: 3,000 requests.
 //! Optional: `SPECBENCH_BENCH_CONCURRENCY` (default 64), `SPECBENCH_BENCH_LATENCY_MS` (200).
 
-// wait4 is the one way to read a single child's rusage; it is called once, on a pid we own.
-#![allow(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use specbench_test::bench::{env_number, wait_with_rusage};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         return serve(latency);
     }
     // `cargo bench` passes `--bench`; any other argument is a filter this bench ignores.
-    let concurrency = env_number("SPECBENCH_BENCH_CONCURRENCY", 64)?;
+    let concurrency: u64 = env_number("SPECBENCH_BENCH_CONCURRENCY", 64)?;
     let data = specbench_test::golden::pack_dir()?;
 
     let mut stub = Command::new(std::env::current_exe()?)
@@ -116,29 +116,6 @@ fn serve(latency: Duration) -> anyhow::Result<()> {
     println!("{}", server.base_url());
     server.wait();
     Ok(())
-}
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn wait_with_rusage(pid: libc::pid_t) -> anyhow::Result<(i32, libc::rusage)> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data; wait4 fills it and `status` for our own child `pid`.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    anyhow::ensure!(waited == pid, "wait4 failed: {}", std::io::Error::last_os_error());
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Ok((code, usage))
 }
 
 fn timeval_seconds(t: libc::timeval) -> f64 {

@@ -12,9 +12,9 @@
 //! Optional: `SPECBENCH_SCALE_MODELS` (33), `SPECBENCH_SCALE_METHODS` (8, at most 8),
 //! `SPECBENCH_SCALE_DIR` (keep the folder there and reuse it on the next run).
 
-// wait4 is the one way to read a single child's rusage; it is called once, on a pid we own.
-#![allow(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use specbench_test::bench::{env_number, wait_with_rusage};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,8 +49,8 @@ impl Backend for Silent {
 }
 
 fn main() -> anyhow::Result<()> {
-    let models = env_number("SPECBENCH_SCALE_MODELS", 33)?;
-    let method_count = env_number("SPECBENCH_SCALE_METHODS", 8)?.min(8);
+    let models: usize = env_number("SPECBENCH_SCALE_MODELS", 33)?;
+    let method_count = env_number::<usize>("SPECBENCH_SCALE_METHODS", 8)?.min(8);
     let data = specbench_test::golden::pack_dir()?;
     let kept = std::env::var_os("SPECBENCH_SCALE_DIR").map(PathBuf::from);
     let temporary = tempfile::tempdir()?;
@@ -356,27 +356,4 @@ fn folder_bytes(dir: &Path) -> anyhow::Result<u64> {
         };
     }
     Ok(total)
-}
-
-fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn wait_with_rusage(pid: libc::pid_t) -> anyhow::Result<(i32, libc::rusage)> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data; wait4 fills it and `status` for our own child `pid`.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    anyhow::ensure!(waited == pid, "wait4 failed: {}", std::io::Error::last_os_error());
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Ok((code, usage))
 }

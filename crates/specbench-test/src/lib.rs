@@ -5,6 +5,7 @@
 //! on a free port and runs on its own thread and runtime, so sync tests that run the binary and
 //! async tests that call the library can both use it.
 
+pub mod bench;
 pub mod faults;
 pub mod golden;
 
