@@ -12,7 +12,6 @@ pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use specbench::pack::Label;
@@ -182,26 +181,79 @@ fn groups(system: &System<'_>, metric: Metric, label: Option<Label>) -> Vec<Vec<
 fn scenario_average(groups: &[Vec<f64>], options: &ReportOptions, salt: u64) -> Option<Interval> {
     let means: Vec<f64> = groups.iter().filter_map(|g| mean(g)).collect();
     let estimate = mean(&means)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ salt);
-    let mut draws = Vec::with_capacity(options.resamples);
-    for _ in 0..options.resamples {
-        let mut total = 0.0;
-        for group in groups {
-            let mut sum = 0.0;
-            for _ in 0..group.len() {
-                sum += group[rng.random_range(0..group.len())];
-            }
-            total += sum / group.len() as f64;
-        }
-        draws.push(total / groups.len() as f64);
-    }
+    let mut random = stats::Draws::new(options.seed ^ salt);
+    let draws = (0..options.resamples)
+        .map(|_| {
+            let total: f64 = groups
+                .iter()
+                .map(|group| stats::resampled_mean(group, &mut random))
+                .sum();
+            total / groups.len() as f64
+        })
+        .collect();
+    Some(interval_of(estimate, draws, options))
+}
+
+/// `estimate` with the percentile interval of its bootstrap `draws`.
+fn interval_of(estimate: f64, mut draws: Vec<f64>, options: &ReportOptions) -> Interval {
     draws.sort_by(f64::total_cmp);
     let tail = (1.0 - options.level) / 2.0;
-    Some(Interval {
+    Interval {
         estimate,
         low: stats::percentile(&draws, tail * 100.0),
         high: stats::percentile(&draws, (1.0 - tail) * 100.0),
-    })
+    }
+}
+
+const METRICS: [Metric; 3] = [Metric::Safety, Metric::Behavioral, Metric::Sar];
+
+/// A system's intervals of each metric (in [`METRICS`] order): over scenarios, for the
+/// leaderboard, and of each scenario, for the per-scenario table. Both come from one bootstrap:
+/// each scenario's items are resampled with a stream of its own, and a draw of the average is
+/// the average of the scenarios' draws (items are resampled within each scenario either way),
+/// so the two tables cost one pass over a study's items, not two.
+struct SystemIntervals<'a> {
+    overall: [Option<Interval>; 3],
+    by_scenario: Vec<(&'a str, usize, [Option<Interval>; 3])>,
+}
+
+fn system_intervals<'a>(system: &System<'a>, options: &ReportOptions) -> SystemIntervals<'a> {
+    let mut overall = [None; 3];
+    let mut by_scenario: Vec<(&str, usize, [Option<Interval>; 3])> = system
+        .by_scenario
+        .iter()
+        .map(|(scenario, run)| (*scenario, run.items.len(), [None; 3]))
+        .collect();
+    for (m, metric) in METRICS.into_iter().enumerate() {
+        let name = format!("{metric:?}");
+        let mut totals = vec![0.0; options.resamples];
+        let mut means = Vec::new();
+        for (s, (scenario, run)) in system.by_scenario.iter().enumerate() {
+            let values: Vec<f64> = run.items.iter().map(|item| value(item, metric)).collect();
+            let Some(estimate) = mean(&values) else {
+                continue;
+            };
+            let mut random =
+                stats::Draws::new(options.seed ^ salt(&[system.model, system.method, system.judge, scenario, &name]));
+            let draws: Vec<f64> = (0..options.resamples)
+                .map(|_| stats::resampled_mean(&values, &mut random))
+                .collect();
+            for (total, draw) in totals.iter_mut().zip(&draws) {
+                *total += draw;
+            }
+            means.push(estimate);
+            by_scenario[s].2[m] = Some(interval_of(estimate, draws, options));
+        }
+        if let Some(estimate) = mean(&means) {
+            let count = means.len() as f64;
+            overall[m] = Some(interval_of(
+                estimate,
+                totals.into_iter().map(|total| total / count).collect(),
+                options,
+            ));
+        }
+    }
+    SystemIntervals { overall, by_scenario }
 }
 
 /// A stable salt per system, so every interval has its own random stream and reports are
@@ -221,9 +273,10 @@ fn interval_cell(value: Option<Interval>) -> Cell {
 /// Builds every table and plot of the report.
 pub fn build(runs: &[StoredRun], options: &ReportOptions) -> Report {
     let systems = systems(runs);
+    let intervals = map_in_order(&systems, |system| system_intervals(system, options));
     let mut tables = vec![
-        leaderboard(&systems, options),
-        per_scenario(&systems, options),
+        leaderboard(&systems, &intervals, options),
+        per_scenario(&systems, &intervals),
         split(&systems, options),
         method_table(&systems, options),
         model_comparisons(&systems, options),
@@ -235,9 +288,12 @@ pub fn build(runs: &[StoredRun], options: &ReportOptions) -> Report {
     Report { tables, plots }
 }
 
-/// The leaderboard alone (what the viewer shows first), without the rest of the report.
+/// The leaderboard alone (what the viewer shows first), without the rest of the report. It
+/// reads each item's label and score only, never its key or verdicts.
 pub fn leaderboard_table(runs: &[StoredRun], options: &ReportOptions) -> Table {
-    leaderboard(&systems(runs), options)
+    let systems = systems(runs);
+    let intervals = map_in_order(&systems, |system| system_intervals(system, options));
+    leaderboard(&systems, &intervals, options)
 }
 
 /// Averages per system, for plots.
@@ -295,30 +351,16 @@ fn systems_summary(systems: &[System<'_>], _options: &ReportOptions) -> Vec<Syst
         .collect()
 }
 
-fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
+fn leaderboard(systems: &[System<'_>], intervals: &[SystemIntervals<'_>], options: &ReportOptions) -> Table {
     let scenarios: BTreeSet<&str> = systems.iter().flat_map(|s| s.by_scenario.keys().copied()).collect();
     let mut columns: Vec<String> = ["model", "method", "judge", "scenarios", "safety", "behavioral", "SAR"]
         .iter()
         .map(|c| c.to_string())
         .collect();
     columns.extend(scenarios.iter().map(|s| format!("SAR {s}")));
-    let mut rows: Vec<(f64, Vec<Cell>)> = map_in_order(systems, |system| {
-        let key = [system.model, system.method, system.judge];
-        let safety = scenario_average(
-            &groups(system, Metric::Safety, None),
-            options,
-            salt(&[&key[..], &["safety"]].concat()),
-        );
-        let behavioral = scenario_average(
-            &groups(system, Metric::Behavioral, None),
-            options,
-            salt(&[&key[..], &["behavioral"]].concat()),
-        );
-        let sar = scenario_average(
-            &groups(system, Metric::Sar, None),
-            options,
-            salt(&[&key[..], &["sar"]].concat()),
-        );
+    let mut rows: Vec<(f64, Vec<Cell>)> = Vec::with_capacity(systems.len());
+    for (system, intervals) in systems.iter().zip(intervals) {
+        let [safety, behavioral, sar] = intervals.overall;
         let mut row = vec![
             Cell::text(system.model),
             Cell::text(system.method),
@@ -333,8 +375,8 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
                 mean(&run.items.iter().map(|i| i.score.sar).collect::<Vec<_>>())
             })));
         }
-        (sar.map(|s| s.estimate).unwrap_or(f64::NEG_INFINITY), row)
-    });
+        rows.push((sar.map(|s| s.estimate).unwrap_or(f64::NEG_INFINITY), row));
+    }
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
     Table {
         name: "leaderboard".into(),
@@ -351,31 +393,21 @@ fn leaderboard(systems: &[System<'_>], options: &ReportOptions) -> Table {
     }
 }
 
-fn per_scenario(systems: &[System<'_>], options: &ReportOptions) -> Table {
-    let per_system = map_in_order(systems, |system| {
-        let mut rows = Vec::new();
-        for (scenario, run) in &system.by_scenario {
+fn per_scenario(systems: &[System<'_>], intervals: &[SystemIntervals<'_>]) -> Table {
+    let mut rows = Vec::new();
+    for (system, intervals) in systems.iter().zip(intervals) {
+        for &(scenario, items, metrics) in &intervals.by_scenario {
             let mut row = vec![
                 Cell::text(system.model),
                 Cell::text(system.method),
                 Cell::text(system.judge),
-                Cell::text(*scenario),
-                Cell::Count(run.items.len() as u64),
+                Cell::text(scenario),
+                Cell::Count(items as u64),
             ];
-            for metric in [Metric::Safety, Metric::Behavioral, Metric::Sar] {
-                let values: Vec<f64> = run.items.iter().map(|item| value(item, metric)).collect();
-                let name = format!("{metric:?}");
-                row.push(interval_cell(scenario_average(
-                    &[values],
-                    options,
-                    salt(&[system.model, system.method, system.judge, scenario, &name]),
-                )));
-            }
+            row.extend(metrics.into_iter().map(interval_cell));
             rows.push(row);
         }
-        rows
-    });
-    let rows: Vec<Vec<Cell>> = per_system.into_iter().flatten().collect();
+    }
     Table {
         name: "scenarios".into(),
         title: "Per scenario".into(),
@@ -595,44 +627,46 @@ fn model_comparisons(systems: &[System<'_>], options: &ReportOptions) -> Table {
             .or_default()
             .push(system);
     }
-    let mut rows = Vec::new();
+    // Every pair first, then their tests on every core: each has its own seeded stream, so
+    // the rows are the same as one at a time.
+    let mut pairs: Vec<(&str, &str, &System<'_>, &System<'_>)> = Vec::new();
     for ((method, judge), mut models) in by_setting {
         models.sort_by(|a, b| {
             overall_sar(b)
                 .unwrap_or(f64::NEG_INFINITY)
                 .total_cmp(&overall_sar(a).unwrap_or(f64::NEG_INFINITY))
         });
-        let pairs: Vec<(&System<'_>, &System<'_>)> = match &options.compare {
+        match &options.compare {
             Some((first, second)) => {
                 let find = |name: &str| models.iter().copied().find(|s| s.model == name);
-                find(first).zip(find(second)).into_iter().collect()
+                pairs.extend(find(first).zip(find(second)).map(|(a, b)| (method, judge, a, b)));
             }
-            None => models.windows(2).map(|pair| (pair[0], pair[1])).collect(),
-        };
-        for (a, b) in pairs {
-            let (sar_a, sar_b) = paired_sar(a, b);
-            // b − a: how much the second model trails (negative) or leads the first.
-            let comparison = stats::paired_comparison(
-                &sar_a,
-                &sar_b,
-                options.resamples,
-                options.permutations,
-                options.level,
-                options.seed ^ salt(&[a.model, b.model, method, judge]),
-            );
-            rows.push(vec![
-                Cell::text(method),
-                Cell::text(judge),
-                Cell::text(a.model),
-                Cell::text(b.model),
-                Cell::maybe(mean(&sar_a)),
-                Cell::maybe(mean(&sar_b)),
-                comparison.map(|c| Cell::Interval(c.difference)).unwrap_or(Cell::Empty),
-                comparison.map(|c| Cell::Number(c.p_value)).unwrap_or(Cell::Empty),
-                Cell::Count(sar_a.len() as u64),
-            ]);
+            None => pairs.extend(models.windows(2).map(|pair| (method, judge, pair[0], pair[1]))),
         }
     }
+    let rows = map_in_order(&pairs, |&(method, judge, a, b)| {
+        let (sar_a, sar_b) = paired_sar(a, b);
+        // b − a: how much the second model trails (negative) or leads the first.
+        let comparison = stats::paired_comparison(
+            &sar_a,
+            &sar_b,
+            options.resamples,
+            options.permutations,
+            options.level,
+            options.seed ^ salt(&[a.model, b.model, method, judge]),
+        );
+        vec![
+            Cell::text(method),
+            Cell::text(judge),
+            Cell::text(a.model),
+            Cell::text(b.model),
+            Cell::maybe(mean(&sar_a)),
+            Cell::maybe(mean(&sar_b)),
+            comparison.map(|c| Cell::Interval(c.difference)).unwrap_or(Cell::Empty),
+            comparison.map(|c| Cell::Number(c.p_value)).unwrap_or(Cell::Empty),
+            Cell::Count(sar_a.len() as u64),
+        ]
+    });
     Table {
         name: "model_comparisons".into(),
         title: "Models compared on the same items".into(),

@@ -6,15 +6,112 @@
 //! `None` rather than a panic or a NaN that would travel into a report unnoticed. The
 //! deterministic functions give the numbers numpy and scipy give (checked against
 //! `tests/fixtures/stats/expected.json`, made by `tools/stats_fixtures.py`); the random ones
-//! draw from a seeded `StdRng`, so a seed gives the same numbers on every run.
+//! draw from a seeded [`Draws`] (PCG-64 MCG, a fixed published algorithm), so a seed gives the
+//! same numbers on every run, machine and version.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use rand_pcg::rand_core::{Rng, SeedableRng};
 use serde::Serialize;
+
+/// The random stream of every resampling: item indices and sign flips.
+///
+/// A study's report draws about ten billion of them (a bootstrap of 2,000 resamples over every
+/// item of 264 systems, and paired tests of 5,000 permutations), so each costs a nanosecond or
+/// so: PCG-64 MCG, one 64-bit word giving two indices or 64 signs. It is a fixed algorithm
+/// (rand's `StdRng` may change between releases), so a seed gives the same report anywhere.
+pub struct Draws {
+    rng: Pcg64Mcg,
+    /// The unused upper half of the last word, for the next index.
+    spare: Option<u32>,
+}
+
+impl Draws {
+    pub fn new(seed: u64) -> Draws {
+        Draws {
+            rng: Pcg64Mcg::seed_from_u64(seed),
+            spare: None,
+        }
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        match self.spare.take() {
+            Some(half) => half,
+            None => {
+                let word = self.rng.next_u64();
+                self.spare = Some((word >> 32) as u32);
+                word as u32
+            }
+        }
+    }
+
+    /// A uniform index below `n` (1 ≤ n ≤ 2³²), without bias: Lemire's multiply-and-reject.
+    pub fn index(&mut self, n: usize) -> usize {
+        let half = self.next_u32();
+        self.index_of(half, n as u64)
+    }
+
+    /// Two indices below `n` from one word: the bootstrap's inner loop.
+    pub fn two_indices(&mut self, n: usize) -> (usize, usize) {
+        let word = self.rng.next_u64();
+        let range = n as u64;
+        let first = self.index_of(word as u32, range);
+        (first, self.index_of((word >> 32) as u32, range))
+    }
+
+    #[inline]
+    fn index_of(&mut self, half: u32, range: u64) -> usize {
+        debug_assert!(range > 0 && range <= 1 << 32);
+        let mut product = u64::from(half) * range;
+        if (product as u32 as u64) < range {
+            // The few low products that would favour some indices are drawn again.
+            let threshold = (1u64 << 32).wrapping_sub(range) % range;
+            while (product as u32 as u64) < threshold {
+                product = u64::from(self.next_u32()) * range;
+            }
+        }
+        (product >> 32) as usize
+    }
+
+    /// 64 fair coin flips, one per bit.
+    pub fn signs(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+/// The mean of one resample with replacement of `values` (not empty).
+pub(crate) fn resampled_mean(values: &[f64], draws: &mut Draws) -> f64 {
+    let n = values.len();
+    // Summed in draw order, as the estimate's mean is, so a resample of equal values is that
+    // value exactly.
+    let mut sum = 0.0;
+    for _ in 0..n / 2 {
+        let (first, second) = draws.two_indices(n);
+        sum += values[first];
+        sum += values[second];
+    }
+    if n % 2 == 1 {
+        sum += values[draws.index(n)];
+    }
+    sum / n as f64
+}
+
+/// The sum of `values` with each sign flipped by a coin: a branch-free sign-bit toggle per
+/// value, 64 values to a random word.
+fn flipped_sum(values: &[f64], draws: &mut Draws) -> f64 {
+    let mut sum = 0.0;
+    for chunk in values.chunks(64) {
+        let signs = draws.signs();
+        for (bit, value) in chunk.iter().enumerate() {
+            let flip = ((signs >> bit) & 1) << 63;
+            sum += f64::from_bits(value.to_bits() ^ flip);
+        }
+    }
+    sum
+}
 
 /// A point estimate with a 95 % (or other level) interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -61,27 +158,28 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Percentile bootstrap of the mean of `values`: `resamples` resamples of the items with
-/// replacement from `StdRng::seed_from_u64(seed)`, interval at `level` (e.g. 0.95) by
+/// replacement from `Draws::new(seed)`, interval at `level` (e.g. 0.95) by
 /// [`percentile`].
 ///
 /// Items are the unit of resampling, so the interval reflects how much the score depends
 /// on which items happen to be in the benchmark. `None` for no values, a non-finite value,
 /// `resamples == 0` or `level` outside (0, 1).
 pub fn bootstrap_mean(values: &[f64], resamples: usize, level: f64, seed: u64) -> Option<Interval> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    bootstrap_mean_with(values, resamples, level, &mut rng)
+    bootstrap_mean_with(values, resamples, level, &mut Draws::new(seed))
 }
 
 /// [`bootstrap_mean`] drawing from a caller's RNG, so [`paired_comparison`] can continue
 /// the same stream for its permutations.
-fn bootstrap_mean_with(values: &[f64], resamples: usize, level: f64, rng: &mut StdRng) -> Option<Interval> {
-    if values.is_empty() || resamples == 0 || !valid_level(level) || !all_finite(values) {
+fn bootstrap_mean_with(values: &[f64], resamples: usize, level: f64, draws: &mut Draws) -> Option<Interval> {
+    if values.is_empty()
+        || values.len() as u64 > 1 << 32
+        || resamples == 0
+        || !valid_level(level)
+        || !all_finite(values)
+    {
         return None;
     }
-    let n = values.len();
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
-        .collect();
+    let mut means: Vec<f64> = (0..resamples).map(|_| resampled_mean(values, draws)).collect();
     means.sort_by(f64::total_cmp);
     let tail = (1.0 - level) / 2.0 * 100.0;
     Some(Interval {
@@ -114,15 +212,12 @@ pub fn paired_comparison(
         return None;
     }
     let diffs: Vec<f64> = a.iter().zip(b).map(|(x, y)| y - x).collect();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let difference = bootstrap_mean_with(&diffs, resamples, level, &mut rng)?;
+    let mut draws = Draws::new(seed);
+    let difference = bootstrap_mean_with(&diffs, resamples, level, &mut draws)?;
     let n = diffs.len() as f64;
     let threshold = difference.estimate.abs() - 1e-12;
     let extreme = (0..permutations)
-        .filter(|_| {
-            let flipped: f64 = diffs.iter().map(|&d| if rng.random::<bool>() { d } else { -d }).sum();
-            (flipped / n).abs() >= threshold
-        })
+        .filter(|_| (flipped_sum(&diffs, &mut draws) / n).abs() >= threshold)
         .count();
     Some(PairedComparison {
         difference,
@@ -312,6 +407,8 @@ fn valid_level(level: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
     use serde::Deserialize;
 
     const TOLERANCE: f64 = 1e-9;
@@ -377,6 +474,46 @@ mod tests {
     fn scores(n: usize, seed: u64) -> Vec<f64> {
         let mut rng = StdRng::seed_from_u64(seed);
         (0..n).map(|_| rng.random_range(0.0..1.0)).collect()
+    }
+
+    #[test]
+    fn indices_are_uniform_and_in_range() {
+        let mut draws = Draws::new(5);
+        for n in [1usize, 2, 3, 7, 300, 1500] {
+            assert!((0..10_000).all(|_| draws.index(n) < n), "n = {n}");
+        }
+        // Three buckets, 300,000 draws: each near 100,000 (σ ≈ 258, so 2,000 is ~8σ).
+        let mut counts = [0usize; 3];
+        for _ in 0..300_000 {
+            counts[draws.index(3)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c.abs_diff(100_000) < 2_000), "{counts:?}");
+        // The widest range still reaches its top half.
+        let top = 1usize << 32;
+        assert!((0..1_000).any(|_| draws.index(top) >= top / 2));
+        assert!((0..1_000).all(|_| Draws::new(1).index(1) == 0));
+        let mut pairs = [0usize; 4];
+        for _ in 0..100_000 {
+            let (a, b) = draws.two_indices(2);
+            pairs[a * 2 + b] += 1;
+        }
+        assert!(pairs.iter().all(|&c| c.abs_diff(25_000) < 1_000), "{pairs:?}");
+    }
+
+    #[test]
+    fn sign_flips_are_fair_and_keep_magnitudes() {
+        let mut draws = Draws::new(9);
+        let values = vec![1.0; 1_000];
+        let mut positive = 0usize;
+        for _ in 0..200 {
+            let sum = flipped_sum(&values, &mut draws);
+            // A sum of ±1 over 1,000 values: even, within ±1,000.
+            assert!(sum.abs() <= 1_000.0 && sum.rem_euclid(2.0) == 0.0, "{sum}");
+            positive += usize::from(sum > 0.0);
+        }
+        assert!((60..140).contains(&positive), "{positive} of 200 sums positive");
+        // Every value's magnitude is kept: flipping 0.5s sums to a multiple of 0.5 too.
+        assert_eq!(flipped_sum(&[0.5; 3], &mut Draws::new(1)).abs() % 0.5, 0.0);
     }
 
     #[test]

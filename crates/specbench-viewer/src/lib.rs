@@ -480,9 +480,9 @@ fn load_run(found: &Found, id: usize, alpha: Alpha, rules: &report::RuleTexts) -
     Some((summary, items))
 }
 
-/// A run as the report module sees it, for the leaderboard. Items pair across runs by a digest
-/// of their prompt rather than the prompt itself, which is all the pairing needs and keeps a
-/// study's worth of them small.
+/// A run as the report module sees it, for the leaderboard, which reads each item's label and
+/// score only ([`report::leaderboard_table`]): prompts and verdicts are left out, so a study's
+/// worth of items (held until the leaderboard is made) stays small.
 fn stored_run(run: &ViewRun, items: &[ViewItem]) -> report::StoredRun {
     report::StoredRun {
         model: run.model.clone(),
@@ -492,27 +492,19 @@ fn stored_run(run: &ViewRun, items: &[ViewItem]) -> report::StoredRun {
         items: items
             .iter()
             .filter_map(|item| {
-                let score = item.score?;
                 let label = match item.label.as_str() {
                     "safe" => Label::Safe,
                     "unsafe" => Label::Unsafe,
                     _ => return None,
                 };
-                let pick = |kind: &str| -> Vec<Verdict> {
-                    item.rules
-                        .iter()
-                        .filter(|r| r.kind == kind)
-                        .map(|r| r.verdict)
-                        .collect()
-                };
                 Some(report::ItemResult {
-                    key: hex::encode(&Sha256::digest(item.prompt.as_bytes())[..12]),
+                    key: String::new(),
                     label,
                     verdicts: specbench::score::Verdicts {
-                        safety: pick("safety"),
-                        behavioral: pick("behavioral"),
+                        safety: Vec::new(),
+                        behavioral: Vec::new(),
                     },
-                    score,
+                    score: item.score?,
                     completion_tokens: None,
                 })
             })

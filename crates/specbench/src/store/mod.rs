@@ -414,33 +414,49 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), S
     })
 }
 
+/// A JSON file as `T`. A bad field is named (`field \`a.b[2]\` is invalid: …`).
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreError> {
     let bytes = fs_err::read(path).map_err(|source| StoreError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let field = error.path().to_string();
-        let error = error.into_inner();
-        if error.is_data() && field != "." {
-            StoreError::Field {
-                path: path.to_path_buf(),
-                field,
-                error,
-            }
-        } else {
-            StoreError::Json {
-                path: path.to_path_buf(),
-                error,
-            }
+    // A good file, the common case, is parsed once without tracking where the parser is
+    // (tracking copies every key it passes; a third of a study report's reading time). Only a
+    // file that fails is parsed again, tracked, to name the field.
+    serde_json::from_slice(&bytes).map_err(|plain| {
+        located_error::<T>(path, &bytes).unwrap_or(StoreError::Json {
+            path: path.to_path_buf(),
+            error: plain,
+        })
+    })
+}
+
+/// The error of parsing `bytes` as `T` with the path of the field that failed, when it fails.
+fn located_error<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Option<StoreError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
+    match parsed {
+        Err(error) => {
+            let field = error.path().to_string();
+            let error = error.into_inner();
+            Some(if error.is_data() && field != "." {
+                StoreError::Field {
+                    path: path.to_path_buf(),
+                    field,
+                    error,
+                }
+            } else {
+                StoreError::Json {
+                    path: path.to_path_buf(),
+                    error,
+                }
+            })
         }
-    })?;
-    deserializer.end().map_err(|error| StoreError::Json {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    Ok(value)
+        Ok(_) => deserializer.end().err().map(|error| StoreError::Json {
+            path: path.to_path_buf(),
+            error,
+        }),
+    }
 }
 
 /// Where all runs live (`result/` by default, as upstream).
@@ -902,8 +918,8 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
     }
     #[derive(Deserialize)]
     struct StoredResult {
-        safety: Option<Value>,
-        behavioral: Option<Value>,
+        safety: Option<StoredVerdicts>,
+        behavioral: Option<StoredVerdicts>,
     }
     let entries: Vec<Option<Stored>> = read_json(path)?;
     let entry_error = |index: usize, problem: String| StoreError::Entry {
@@ -922,25 +938,22 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
             let result = eval
                 .and_then(|e| e.result)
                 .ok_or_else(|| entry_error(index, "field `eval.result`: missing".into()))?;
-            let list = |field: &str, value: Option<Value>| -> Result<Vec<crate::score::Verdict>, StoreError> {
+            let list = |field: &str, value: Option<StoredVerdicts>| -> Result<Vec<crate::score::Verdict>, StoreError> {
                 let value = value.ok_or_else(|| entry_error(index, format!("field `eval.result.{field}`: missing")))?;
-                let texts: Vec<Value> = match value {
-                    Value::Array(list) => list,
-                    // Joint maps are numbered from 1 in insertion order.
-                    Value::Object(map) => map.into_iter().map(|(_, v)| v).collect(),
-                    _ => {
-                        return Err(entry_error(
-                            index,
-                            format!("field `eval.result.{field}`: expected a list or map"),
-                        ));
-                    }
+                let StoredVerdicts::Listed(elements) = value else {
+                    return Err(entry_error(
+                        index,
+                        format!("field `eval.result.{field}`: expected a list or map"),
+                    ));
                 };
-                texts
+                elements
                     .into_iter()
-                    .map(|v| {
-                        v.as_str().and_then(crate::score::Verdict::parse).ok_or_else(|| {
-                            entry_error(index, format!("field `eval.result.{field}`: {v} is not YES, NO or NA"))
-                        })
+                    .map(|element| match element {
+                        StoredVerdict::Verdict(verdict) => Ok(verdict),
+                        StoredVerdict::Other(v) => Err(entry_error(
+                            index,
+                            format!("field `eval.result.{field}`: {v} is not YES, NO or NA"),
+                        )),
                     })
                     .collect()
             };
@@ -955,9 +968,203 @@ pub fn read_verdicts(path: &Path) -> Result<Vec<(Item, Verdicts)>, StoreError> {
         .collect()
 }
 
+/// A stored verdict list, read without building a JSON tree (a study's report reads ten
+/// million of them): a list, or a map numbered from 1 in the file's order (joint judges); a
+/// repeated key keeps its first place and its last value, as a JSON object read into a map.
+enum StoredVerdicts {
+    Listed(Vec<StoredVerdict>),
+    /// Neither a list nor a map.
+    Neither,
+}
+
+/// One element: a verdict, or what stood there instead (kept to name it in the error).
+enum StoredVerdict {
+    Verdict(crate::score::Verdict),
+    Other(Value),
+}
+
+impl<'de> Deserialize<'de> for StoredVerdicts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = StoredVerdicts;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list or map of verdicts")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StoredVerdicts, A::Error> {
+                let mut elements = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(element) = seq.next_element()? {
+                    elements.push(element);
+                }
+                Ok(StoredVerdicts::Listed(elements))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StoredVerdicts, A::Error> {
+                let mut keys: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+                let mut elements = Vec::new();
+                while let Some(key) = map.next_key::<KeyText<'de>>()? {
+                    let element = map.next_value()?;
+                    match keys.iter().position(|k| *k == key.0) {
+                        Some(at) => elements[at] = element,
+                        None => {
+                            keys.push(key.0);
+                            elements.push(element);
+                        }
+                    }
+                }
+                Ok(StoredVerdicts::Listed(elements))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<StoredVerdicts, E> {
+                Ok(StoredVerdicts::Neither)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StoredVerdicts, E> {
+                Ok(StoredVerdicts::Neither)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StoredVerdicts, E> {
+                Ok(StoredVerdicts::Neither)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StoredVerdicts, E> {
+                Ok(StoredVerdicts::Neither)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<StoredVerdicts, E> {
+                Ok(StoredVerdicts::Neither)
+            }
+            fn visit_unit<E>(self) -> Result<StoredVerdicts, E> {
+                Ok(StoredVerdicts::Neither)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A map key, borrowed from the file when it has no escapes.
+struct KeyText<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for KeyText<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = KeyText<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<KeyText<'de>, E> {
+                Ok(KeyText(std::borrow::Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<KeyText<'de>, E> {
+                Ok(KeyText(std::borrow::Cow::Owned(text.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredVerdict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = StoredVerdict;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a verdict")
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<StoredVerdict, E> {
+                // Anything that is not a verdict is kept whole, for the error message.
+                Ok(match crate::score::Verdict::parse(text) {
+                    Some(verdict) => StoredVerdict::Verdict(verdict),
+                    None => StoredVerdict::Other(Value::String(text.to_string())),
+                })
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<StoredVerdict, E> {
+                Ok(StoredVerdict::Other(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<StoredVerdict, E> {
+                Ok(StoredVerdict::Other(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<StoredVerdict, E> {
+                Ok(StoredVerdict::Other(Value::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<StoredVerdict, E> {
+                Ok(StoredVerdict::Other(Value::from(v)))
+            }
+            fn visit_unit<E>(self) -> Result<StoredVerdict, E> {
+                Ok(StoredVerdict::Other(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<StoredVerdict, A::Error> {
+                let value = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(StoredVerdict::Other(value))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<StoredVerdict, A::Error> {
+                let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(StoredVerdict::Other(value))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_verdicts_are_read_as_lists_or_numbered_maps_and_bad_ones_named() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use crate::score::Verdict::{Na, No, Yes};
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("j_evaluate.json");
+        let data = r#"{"prompt": "p", "adversarial_prompt": "p", "label": "safe", "source": "s"}"#;
+        let read = |safety: &str, behavioral: &str| -> Result<Result<Verdicts, String>, std::io::Error> {
+            std::fs::write(
+                &path,
+                format!(
+                    r#"[{{"data": {data}, "eval": {{"result": {{"safety": {safety}, "behavioral": {behavioral}, "eval_response": "x"}}}}}}]"#
+                ),
+            )?;
+            Ok(read_verdicts(&path)
+                .map(|mut entries| entries.remove(0).1)
+                .map_err(|e| e.to_string()))
+        };
+        let verdicts = read(r#"["YES", "<NO>"]"#, r#"{"1": "NA", "2": "YES", "3": " NO "}"#)?;
+        assert_eq!(
+            verdicts,
+            Ok(Verdicts {
+                safety: vec![Yes, No],
+                behavioral: vec![Na, Yes, No]
+            })
+        );
+        // A repeated key keeps its place and takes the last value, as a JSON map does.
+        let repeated = read("[]", r#"{"1": "NA", "2": "YES", "1": "NO"}"#)?;
+        assert_eq!(repeated.map(|v| v.behavioral), Ok(vec![No, Yes]));
+        for (safety, problem) in [
+            (
+                r#"["YES", "MAYBE"]"#,
+                r#"field `eval.result.safety`: "MAYBE" is not YES, NO or NA"#,
+            ),
+            ("[3]", "field `eval.result.safety`: 3 is not YES, NO or NA"),
+            (
+                r#"[["YES"]]"#,
+                r#"field `eval.result.safety`: ["YES"] is not YES, NO or NA"#,
+            ),
+            (
+                r#"{"1": {"v": "YES"}}"#,
+                r#"field `eval.result.safety`: {"v":"YES"} is not YES, NO or NA"#,
+            ),
+            (r#""YES""#, "field `eval.result.safety`: expected a list or map"),
+            ("null", "field `eval.result.safety`: missing"),
+        ] {
+            let error = read(safety, "[]")?.err().unwrap_or_default();
+            assert!(error.contains(problem), "{safety}: {error}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn a_manifest_field_of_the_wrong_shape_is_named() -> Result<(), Box<dyn std::error::Error>> {
