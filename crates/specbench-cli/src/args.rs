@@ -59,6 +59,30 @@ pub enum Command {
     /// Join the results of a run split with --shard (one --results folder per shard) into one
     /// run, identical to a single machine's. Sends nothing.
     Merge(MergeArgs),
+    /// Studies: every model × method of a study file, judged by each of its judges, into one
+    /// results folder (`run FILE`), and how far it got (`status FILE`, sends nothing).
+    Study(StudyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StudyCommand {
+    #[command(subcommand)]
+    pub action: StudyAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StudyAction {
+    /// Run every cell at once, one cap of requests per endpoint across the study (`exec.concurrency`);
+    /// a stopped study resumes where it stopped when run again.
+    Run {
+        /// The study file (YAML; `examples/study.yaml` is a commented one).
+        file: PathBuf,
+    },
+    /// Items selected, generated and judged per cell and scenario, from the run journals.
+    Status {
+        /// The study file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

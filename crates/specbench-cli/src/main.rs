@@ -11,6 +11,7 @@ mod interrupt;
 mod merge;
 mod progress;
 mod report;
+mod study;
 mod view;
 
 use std::process::ExitCode;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
             Command::View(args) => view::view(args).await,
             Command::Data(args) => data::data(args),
             Command::Scenario(args) => data::scenario(args),
+            Command::Study(args) => study::study(args, stop()).await,
         }
     });
     match result {

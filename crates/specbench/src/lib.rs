@@ -28,6 +28,7 @@ pub mod run;
 pub mod score;
 pub mod setup;
 pub mod store;
+pub mod study;
 
 #[cfg(test)]
 mod layering {

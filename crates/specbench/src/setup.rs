@@ -157,6 +157,18 @@ pub struct DataConfig {
     pub shard: Option<Shard>,
 }
 
+impl DataConfig {
+    /// Which items of each scenario: `limit`, else `sample`, else `items`, else all.
+    pub fn selection(&self) -> ItemSelection {
+        match (self.limit, self.sample, self.items.is_empty()) {
+            (Some(limit), _, _) => ItemSelection::First(limit),
+            (None, Some(sample), _) => ItemSelection::Balanced(sample),
+            (None, None, false) => ItemSelection::Indices(self.items.clone()),
+            (None, None, true) => ItemSelection::All,
+        }
+    }
+}
+
 impl Default for DataConfig {
     fn default() -> DataConfig {
         DataConfig {
@@ -404,14 +416,47 @@ pub fn alpha(value: f64) -> Result<Alpha, SetupError> {
     Alpha::new(value).ok_or(SetupError::Alpha(value))
 }
 
+/// What several configurations share when they run at once (the cells of a study): one cap of
+/// requests in flight per endpoint, whichever cell sends them, so a server several models sit
+/// behind gets no more than its cap and a fleet stays busy while one model's cells wait on
+/// another; and one response cache.
+#[derive(Clone)]
+pub struct Shared {
+    limits: ConcurrencyLimits,
+    cache: Option<Arc<ResponseCache>>,
+    stop: Stop,
+}
+
+impl Shared {
+    /// Caps and cache as `exec` says; `stop` is shared by every model and runner (Ctrl-C).
+    pub fn new(exec: &ExecConfig, stop: Stop) -> Shared {
+        // Opened at the first request, once every check has passed: a refused command leaves
+        // no cache file behind.
+        let cache = (!exec.no_cache).then(|| {
+            let dir = exec.cache_dir.clone().unwrap_or_else(crate::cache::default_dir);
+            Arc::new(ResponseCache::deferred(&dir))
+        });
+        Shared {
+            limits: ConcurrencyLimits::new(exec.concurrency).with_stop(stop.clone()),
+            cache,
+            stop,
+        }
+    }
+}
+
 impl RunConfig {
     /// Checks the configuration and builds its runners, one per method, in the order given.
     /// `stop` is shared by every model and runner (Ctrl-C). Nothing is sent or written.
     pub fn resolve(&self, engine: &dyn LocalEngine, stop: Stop) -> Result<Vec<Runner>, SetupError> {
+        self.resolve_shared(engine, &Shared::new(&self.exec, stop))
+    }
+
+    /// [`RunConfig::resolve`] with caps and cache shared with other configurations.
+    pub fn resolve_shared(&self, engine: &dyn LocalEngine, shared: &Shared) -> Result<Vec<Runner>, SetupError> {
         if let Task::Evaluate { model } = &self.task {
             name::check_model_key("--model", model)?;
         }
-        let session = Session::new(&self.data, &self.exec, engine, stop)?;
+        let session = Session::new(&self.data, &self.exec, engine, shared)?;
         let methods = session.methods(&self.methods)?;
         let mut runners = Vec::with_capacity(methods.len());
         match &self.task {
@@ -592,7 +637,7 @@ impl<'e> Session<'e> {
         data: &DataConfig,
         exec: &ExecConfig,
         engine: &'e dyn LocalEngine,
-        stop: Stop,
+        shared: &Shared,
     ) -> Result<Session<'e>, SetupError> {
         if exec.concurrency == 0 {
             return Err(SetupError::AtLeastOne("--concurrency"));
@@ -614,12 +659,6 @@ impl<'e> Session<'e> {
         }
         let pack_dir = resolve_pack(data.data.as_deref())?;
         let pack = load_pack(&pack_dir)?;
-        // Opened at the first request, once every check has passed: a refused command leaves
-        // no cache file behind.
-        let cache = (!exec.no_cache).then(|| {
-            let dir = exec.cache_dir.clone().unwrap_or_else(crate::cache::default_dir);
-            Arc::new(ResponseCache::deferred(&dir))
-        });
         let protocol = Protocol::for_pack(pack.protocol_dir.as_deref())?;
         tracing::info!(protocol = ?protocol.source, hash = %protocol.hash, "protocol texts");
         Ok(Session {
@@ -628,10 +667,10 @@ impl<'e> Session<'e> {
             store: Store::new(&data.results),
             data: data.clone(),
             exec: exec.clone(),
-            limits: ConcurrencyLimits::new(exec.concurrency).with_stop(stop.clone()),
-            cache,
+            limits: shared.limits.clone(),
+            cache: shared.cache.clone(),
             engine,
-            stop,
+            stop: shared.stop.clone(),
         })
     }
 
@@ -908,15 +947,9 @@ impl<'e> Session<'e> {
     }
 
     fn plan(&self, config: &RunConfig, model_key: &str, method: MethodConfig) -> Result<RunPlan, SetupError> {
-        let items = match (self.data.limit, self.data.sample, self.data.items.is_empty()) {
-            (Some(limit), _, _) => ItemSelection::First(limit),
-            (None, Some(sample), _) => ItemSelection::Balanced(sample),
-            (None, None, false) => ItemSelection::Indices(self.data.items.clone()),
-            (None, None, true) => ItemSelection::All,
-        };
         Ok(RunPlan {
             scenarios: self.data.scenarios.clone(),
-            items,
+            items: self.data.selection(),
             variant: if config.adversarial {
                 PromptVariant::Adversarial
             } else {

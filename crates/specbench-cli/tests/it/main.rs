@@ -8,5 +8,6 @@ mod report;
 mod run;
 mod scenarios;
 mod stops;
+mod study;
 mod support;
 mod viewer;

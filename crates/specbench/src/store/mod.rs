@@ -482,6 +482,23 @@ impl Store {
     }
 }
 
+/// What a run folder's journals hold: see [`RunDir::progress`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FolderProgress {
+    pub generated: usize,
+    /// Items whose last generation failed (run again to retry them).
+    pub generation_failed: usize,
+    pub judges: Vec<JudgeProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JudgeProgress {
+    pub stem: String,
+    pub judged: usize,
+    /// Items whose judge reply never parsed.
+    pub failed: usize,
+}
+
 /// A `<model>/<scenario>/<method>` folder found under a results folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunFolder {
@@ -669,6 +686,63 @@ impl RunDir {
             .and_then(|()| file.flush())
             .map_err(error)?;
         Ok(RunLock { _file: file })
+    }
+
+    /// How far runs got in this folder, from its journals (every finished unit is there the
+    /// moment it finishes, so this is current even while a run is going): items generated and
+    /// failed, and per judge file stem, items judged and failed. Nothing is written.
+    pub fn progress(&self) -> Result<FolderProgress, StoreError> {
+        use std::collections::BTreeSet;
+        let mut progress = FolderProgress::default();
+        let mut done = BTreeSet::new();
+        let mut failed = BTreeSet::new();
+        for record in read_journal::<GenerationRecord>(&self.generation_journal())? {
+            match record {
+                GenerationRecord::Done { index, .. } => {
+                    done.insert(index);
+                }
+                GenerationRecord::Failed { index, .. } => {
+                    failed.insert(index);
+                }
+            }
+        }
+        progress.generated = done.len();
+        progress.generation_failed = failed.difference(&done).count();
+        let journals = self.dir.join(".journal");
+        if journals.is_dir() {
+            let read = |source| StoreError::Read {
+                path: journals.clone(),
+                source,
+            };
+            let mut stems = Vec::new();
+            for entry in fs_err::read_dir(&journals).map_err(read)? {
+                let name = entry.map_err(read)?.file_name().to_string_lossy().into_owned();
+                if let Some(stem) = name.strip_suffix(".jsonl").filter(|stem| *stem != "generate") {
+                    stems.push(stem.to_string());
+                }
+            }
+            stems.sort();
+            for stem in stems {
+                let mut judged = BTreeSet::new();
+                let mut failed = BTreeSet::new();
+                for record in read_journal::<JudgeRecord>(&self.judge_journal(&stem))? {
+                    match record {
+                        JudgeRecord::Judged { index, .. } => {
+                            judged.insert(index);
+                        }
+                        JudgeRecord::Failed { index, .. } => {
+                            failed.insert(index);
+                        }
+                    }
+                }
+                progress.judges.push(JudgeProgress {
+                    failed: failed.difference(&judged).count(),
+                    judged: judged.len(),
+                    stem,
+                });
+            }
+        }
+        Ok(progress)
     }
 
     pub fn generation_journal(&self) -> PathBuf {

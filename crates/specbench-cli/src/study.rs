@@ -1,0 +1,299 @@
+//! `specbench study run|status FILE`: the library's studies, rendered.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use specbench::backend::{Stop, Usage};
+use specbench::run::{Event, Outcome, PLAIN_PROGRESS_EVERY, RunReport};
+use specbench::setup::Shared;
+use specbench::study::{Study, StudyError};
+
+use crate::args::{StudyAction, StudyCommand};
+use crate::commands::{ExitStatus, UsageError};
+
+pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStatus> {
+    match command.action {
+        StudyAction::Run { file } => run(&load(&file)?, stop).await,
+        StudyAction::Status { file } => status(&load(&file)?),
+    }
+}
+
+/// The study file, with the pack from `SPECBENCH_DATA` when the file names none (as every
+/// command's `--data`).
+fn load(file: &std::path::Path) -> anyhow::Result<Study> {
+    let mut study = Study::load(file).map_err(usage)?;
+    if study.file.data.data.is_none() {
+        study.file.data.data = std::env::var_os("SPECBENCH_DATA")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from);
+    }
+    Ok(study)
+}
+
+fn usage(error: StudyError) -> anyhow::Error {
+    UsageError(error.to_string()).into()
+}
+
+/// Every cell at once, under one cap per endpoint: each cell is checked and its folder taken
+/// before anything is sent, so bad input anywhere in the study writes nothing.
+async fn run(study: &Study, stop: Stop) -> anyhow::Result<ExitStatus> {
+    let shared = Shared::new(study.exec(), stop);
+    let cells = study
+        .resolve(&specbench_local::Engine::default(), &shared)
+        .map_err(usage)?;
+    let mut locks = Vec::new();
+    for (_, runner) in &cells {
+        locks.extend(runner.lock().map_err(|e| UsageError(e.to_string()))?);
+    }
+    let names: Vec<String> = cells
+        .iter()
+        .map(|(_, runner)| format!("{} {}", runner.plan.model_key, runner.plan.method.dir_name()))
+        .collect();
+    let progress = Arc::new(StudyProgress::new(&names));
+    let runs = cells.into_iter().enumerate().map(|(at, (_, runner))| {
+        let (sink, progress) = (progress.clone(), progress.clone());
+        // Each cell on the runtime's threads; the shared caps pace them.
+        tokio::spawn(async move {
+            let result = Arc::new(runner)
+                .run(Arc::new(move |event| sink.handle(at, event)))
+                .await;
+            progress.finished(at);
+            result
+        })
+    });
+    let results = futures::future::join_all(runs).await;
+    progress.finish();
+    drop(locks);
+
+    let mut status = ExitStatus::Success;
+    let mut interrupted = 0;
+    let mut out = std::io::stdout().lock();
+    for (name, joined) in names.iter().zip(results) {
+        // A cell's panic is passed on, as a run's would be.
+        let result = joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+        match result {
+            Ok(report) if report.stopped.is_some() => interrupted += 1,
+            Ok(report) => {
+                let _ = writeln!(out, "== {name}");
+                print_scores(&mut out, &report);
+                if report.problems() > 0 {
+                    status = ExitStatus::Incomplete;
+                }
+            }
+            Err(error) => {
+                let _ = writeln!(out, "== {name}: failed: {error}");
+                status = ExitStatus::Incomplete;
+            }
+        }
+    }
+    if interrupted > 0 {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "interrupted: {} of {} cells finished; run the same command to resume",
+            names.len() - interrupted,
+            names.len()
+        );
+        return Ok(ExitStatus::Interrupted);
+    }
+    Ok(status)
+}
+
+fn print_scores(out: &mut impl Write, report: &RunReport) {
+    for scenario in &report.scenarios {
+        for judge in &scenario.judges {
+            let full = &judge.summary.full_dataset;
+            let _ = writeln!(
+                out,
+                "{:<10} {:<22} safety {:.4} behavioral {:.4} SAR {:.4} items {}",
+                scenario.scenario,
+                judge.stem,
+                full.safety.avg(),
+                full.behavioral.avg(),
+                full.sar.avg(),
+                full.sar.count
+            );
+        }
+    }
+}
+
+/// The stored state of every cell and scenario; sends nothing.
+fn status(study: &Study) -> anyhow::Result<ExitStatus> {
+    let rows = study.status().map_err(usage)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<28} {:<10} {:>9} {:>9}  judged",
+        "model", "method", "scenario", "selected", "generated"
+    );
+    let (mut complete, mut cells) = (0, 0);
+    for row in &rows {
+        let judged: Vec<String> = row
+            .progress
+            .judges
+            .iter()
+            .map(|judge| {
+                let failed = if judge.failed > 0 {
+                    format!(" ({} judge errors)", judge.failed)
+                } else {
+                    String::new()
+                };
+                format!("{} {}{failed}", judge.stem, judge.judged)
+            })
+            .collect();
+        let failed = if row.progress.generation_failed > 0 {
+            format!(" ({} failed)", row.progress.generation_failed)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<28} {:<10} {:>9} {:>9}  {}{failed}",
+            row.model,
+            row.method,
+            row.scenario,
+            row.selected,
+            row.progress.generated,
+            if judged.is_empty() {
+                "-".to_string()
+            } else {
+                judged.join(", ")
+            }
+        );
+        cells += 1;
+        let judges = study.file.judges.len();
+        if row.progress.generated >= row.selected
+            && row.progress.judges.len() >= judges
+            && row.progress.judges.iter().all(|j| j.judged >= row.selected)
+        {
+            complete += 1;
+        }
+    }
+    let _ = writeln!(out, "{complete} of {cells} cell scenarios complete");
+    Ok(ExitStatus::Success)
+}
+
+/// One line of state per cell; the study's bar (terminal) or a plain line every few seconds.
+struct StudyProgress {
+    state: Mutex<State>,
+    bar: Option<ProgressBar>,
+}
+
+struct State {
+    cells: Vec<CellState>,
+    cost: Usage,
+    started: Instant,
+    last_line: Instant,
+}
+
+#[derive(Default)]
+struct CellState {
+    total: usize,
+    done: usize,
+    failed: usize,
+    finished: bool,
+}
+
+impl StudyProgress {
+    fn new(names: &[String]) -> StudyProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
+            if let Ok(style) = ProgressStyle::with_template("study {wide_bar} {pos}/{len} eta {eta} | {msg}") {
+                bar.set_style(style);
+            }
+            bar
+        });
+        StudyProgress {
+            state: Mutex::new(State {
+                cells: names.iter().map(|_| CellState::default()).collect(),
+                cost: Usage::default(),
+                started: Instant::now(),
+                last_line: Instant::now(),
+            }),
+            bar,
+        }
+    }
+
+    fn handle(&self, cell: usize, event: Event) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Planned { total, .. } => {
+                if let Some(c) = state.cells.get_mut(cell) {
+                    c.total += total;
+                }
+                if let Some(bar) = &self.bar {
+                    bar.inc_length(total as u64);
+                }
+            }
+            Event::Unit { outcome, cost, .. } => {
+                if let Some(c) = state.cells.get_mut(cell) {
+                    c.done += 1;
+                    if matches!(outcome, Outcome::Failed(_)) {
+                        c.failed += 1;
+                    }
+                }
+                state.cost.prompt_tokens += cost.prompt_tokens;
+                state.cost.completion_tokens += cost.completion_tokens;
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+            Event::Written { .. } | Event::Resuming { .. } => {}
+        }
+        self.show(&mut state);
+    }
+
+    fn finished(&self, cell: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = state.cells.get_mut(cell) {
+            c.finished = true;
+        }
+        self.show(&mut state);
+    }
+
+    fn message(state: &State) -> String {
+        let finished = state.cells.iter().filter(|c| c.finished).count();
+        let running = state.cells.iter().filter(|c| !c.finished && c.done > 0).count();
+        let failed: usize = state.cells.iter().map(|c| c.failed).sum();
+        format!(
+            "cells {finished}/{} done, {running} running | units failed {failed} | tok {}/{}",
+            state.cells.len(),
+            state.cost.prompt_tokens,
+            state.cost.completion_tokens
+        )
+    }
+
+    fn show(&self, state: &mut State) {
+        let message = StudyProgress::message(state);
+        match &self.bar {
+            Some(bar) => bar.set_message(message),
+            None if state.last_line.elapsed() >= PLAIN_PROGRESS_EVERY => {
+                state.last_line = Instant::now();
+                let total: usize = state.cells.iter().map(|c| c.total).sum();
+                let done: usize = state.cells.iter().map(|c| c.done).sum();
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "[study] {done}/{total} units in {:.0}s | {message}",
+                    state.started.elapsed().as_secs_f64()
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let message = StudyProgress::message(&state);
+        match &self.bar {
+            Some(bar) => bar.finish_with_message(message),
+            None => {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "[study] finished in {:.0}s | {message}",
+                    state.started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+}

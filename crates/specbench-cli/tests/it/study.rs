@@ -1,0 +1,141 @@
+//! Studies: every model × method of one file, against loopback stubs.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use specbench_test::{Reply, StubOptions, StubServer, synthetic_reply};
+
+use crate::support::TestContext;
+
+/// Two models and one judge behind one server, two methods, a cap of 2 requests in flight.
+fn study_text(url: &str, methods: &str) -> String {
+    format!(
+        "data:\n  results: result\nmodels:\n  - {{key: org/model-a, provider: compatible, base_urls: [\"{url}\"]}}\n  \
+         - {{key: org/model-b, provider: compatible, base_urls: [\"{url}\"]}}\nmethods:\n{methods}\
+         judges:\n  - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\nexec:\n  concurrency: 2\n"
+    )
+}
+
+const TWO_METHODS: &str = "  - method: vanilla\n  - method: zero_think\n";
+
+#[test]
+fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let latency = Duration::from_millis(100);
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen = arrivals.clone();
+    let options = StubOptions {
+        latency,
+        threads: 2,
+        ..StubOptions::default()
+    };
+    let server = StubServer::start_with(options, move |request| {
+        if let Ok(mut seen) = seen.lock() {
+            seen.push(Instant::now());
+        }
+        Reply::Content(synthetic_reply(request))
+    })?;
+    let file = ctx.dir.path().join("study.yaml");
+    std::fs::write(&file, study_text(&server.base_url(), TWO_METHODS))?;
+    let file = file.to_string_lossy().into_owned();
+
+    let finished = ctx.run(&["study", "run", &file])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    // 2 models × 2 methods × 2 scenarios × 3 items, each generated and judged.
+    assert_eq!(server.requests().len(), 48);
+    // Every cell ran at once, yet the server never had more than 2 requests of the study in
+    // flight: within any window shorter than one answer's latency, at most 2 arrived.
+    let times = arrivals.lock().map(|t| t.clone()).unwrap_or_default();
+    let window = latency.mul_f64(0.9);
+    let most = times
+        .iter()
+        .map(|start| times.iter().filter(|t| **t >= *start && **t - *start < window).count())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(most, 2, "requests in flight at once");
+    for model in ["model-a", "model-b"] {
+        for method in ["vanilla", "zero_think"] {
+            for scenario in ["Garden", "Museum"] {
+                let evaluated = ctx.read_json(&format!("{model}/{scenario}/{method}/test-judge_evaluate.json"))?;
+                assert_eq!(
+                    evaluated.as_array().map(Vec::len),
+                    Some(3),
+                    "{model} {scenario} {method}"
+                );
+            }
+        }
+        assert!(
+            finished.stdout.contains(&format!("== org/{model} zero_think")),
+            "{}",
+            finished.stdout
+        );
+    }
+
+    // The report reads the study's folder as it reads a run's.
+    let report = ctx.run(&["report", "result"])?;
+    assert_eq!(report.code, Some(0), "{report:?}");
+    assert!(report.stdout.contains("model-a") && report.stdout.contains("model-b"));
+
+    // Status, from the stored files: every cell complete.
+    let status = ctx.run(&["study", "status", &file])?;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(
+        status.stdout.contains("8 of 8 cell scenarios complete"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("test-judge 3"), "{}", status.stdout);
+
+    // Run again: everything is found in the journals, nothing is sent.
+    let again = ctx.run(&["study", "run", &file])?;
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(server.requests().len(), 48);
+    Ok(())
+}
+
+#[test]
+fn status_shows_a_study_that_has_not_started() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let file = ctx.dir.path().join("study.yaml");
+    // No server at all: status sends nothing.
+    std::fs::write(&file, study_text("http://127.0.0.1:9", TWO_METHODS))?;
+    let status = ctx.run(&["study", "status", &file.to_string_lossy()])?;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(
+        status.stdout.contains("0 of 8 cell scenarios complete"),
+        "{}",
+        status.stdout
+    );
+    assert!(!ctx.results.exists(), "status writes nothing");
+    Ok(())
+}
+
+#[test]
+fn a_bad_study_is_refused_whole_with_its_place_named() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let file = ctx.dir.path().join("study.yaml");
+    let path = file.to_string_lossy().into_owned();
+    let cases = [
+        (
+            study_text("http://127.0.0.1:9", "  - method: vanilla\n    rethinks: 2\n"),
+            "line 8 column 5: unknown field `rethinks`",
+        ),
+        (
+            study_text("http://127.0.0.1:9", "  - method: vanilla\n  - method: vanilla\n"),
+            "both write model-a/<scenario>/vanilla",
+        ),
+        (
+            study_text("http://127.0.0.1:9", "  - method: vanilla\n    n: 4\n"),
+            "a parameter of another method",
+        ),
+    ];
+    for (text, problem) in cases {
+        std::fs::write(&file, text)?;
+        let finished = ctx.run(&["study", "run", &path])?;
+        assert_eq!(finished.code, Some(2), "{finished:?}");
+        assert!(finished.stderr.contains(&path), "{}", finished.stderr);
+        assert!(finished.stderr.contains(problem), "{problem}: {}", finished.stderr);
+        assert!(!ctx.results.exists(), "nothing written for {problem}");
+    }
+    Ok(())
+}
