@@ -60,7 +60,8 @@ pub enum Command {
     /// run, identical to a single machine's. Sends nothing.
     Merge(MergeArgs),
     /// Studies: every model × method of a study file, judged by each of its judges, into one
-    /// results folder (`run FILE`), and how far it got (`status FILE`, sends nothing).
+    /// results folder (`run FILE`); what it sends (`plan FILE`) and how far it got (`status
+    /// FILE`), both sending nothing.
     Study(StudyCommand),
 }
 
@@ -76,6 +77,12 @@ pub enum StudyAction {
     /// a stopped study resumes where it stopped when run again.
     Run {
         /// The study file (YAML; `examples/study.yaml` is a commented one).
+        file: PathBuf,
+    },
+    /// Requests per cell and scenario (each method's calls per item, one judge call per item
+    /// in joint mode and one per rule in sequential), and how many are left; sends nothing.
+    Plan {
+        /// The study file.
         file: PathBuf,
     },
     /// Items selected, generated and judged per cell and scenario, from the run journals.

@@ -17,6 +17,7 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
     match command.action {
         StudyAction::Run { file } => run(&load(&file)?, stop).await,
         StudyAction::Status { file } => status(&load(&file)?),
+        StudyAction::Plan { file } => plan(&load(&file)?),
     }
 }
 
@@ -162,15 +163,53 @@ fn status(study: &Study) -> anyhow::Result<ExitStatus> {
             }
         );
         cells += 1;
-        let judges = study.file.judges.len();
-        if row.progress.generated >= row.selected
-            && row.progress.judges.len() >= judges
-            && row.progress.judges.iter().all(|j| j.judged >= row.selected)
-        {
-            complete += 1;
-        }
+        complete += usize::from(row.complete());
     }
     let _ = writeln!(out, "{complete} of {cells} cell scenarios complete");
+    Ok(ExitStatus::Success)
+}
+
+/// What the study sends: per cell and scenario, the calls of one item and the requests in
+/// all, and what is left after the stored results; sends nothing.
+fn plan(study: &Study) -> anyhow::Result<ExitStatus> {
+    let rows = study.status().map_err(usage)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<28} {:<10} {:>6} {:>9} {:>9} {:>9}  judge calls/item",
+        "model", "method", "scenario", "items", "gen/item", "requests", "remaining"
+    );
+    let (mut requests, mut remaining) = (0u64, 0u64);
+    for row in &rows {
+        let judges: Vec<String> = row
+            .judge_calls
+            .iter()
+            .map(|(stem, calls)| format!("{stem} {calls}"))
+            .collect();
+        let scored = if row.calls.scored > 0 {
+            format!("{}+{}", row.calls.generation, row.calls.scored)
+        } else {
+            row.calls.generation.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<28} {:<10} {:>6} {:>9} {:>9} {:>9}  {}",
+            row.model,
+            row.method,
+            row.scenario,
+            row.selected,
+            scored,
+            row.requests(),
+            row.remaining(),
+            judges.join(", ")
+        );
+        requests += row.requests();
+        remaining += row.remaining();
+    }
+    let _ = writeln!(
+        out,
+        "{requests} requests in all, {remaining} still to send (judge parse retries aside; cached replies are not sent again)"
+    );
     Ok(ExitStatus::Success)
 }
 

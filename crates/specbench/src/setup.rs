@@ -226,6 +226,23 @@ pub struct ModelConfig {
     pub eos_token: Option<String>,
 }
 
+impl ModelConfig {
+    /// Whether it runs on the embedded engine: said so, or a GGUF file (or nothing) named and
+    /// no server.
+    pub fn is_local(&self) -> bool {
+        match self.provider {
+            Some(Provider::Local) => true,
+            Some(_) => false,
+            None => self.base_urls.is_empty() && (self.model_path.is_some() || self.key.is_none()),
+        }
+    }
+
+    /// Its key: the one given, else the embedded default model's.
+    pub fn key_or_default(&self) -> &str {
+        self.key.as_deref().unwrap_or(DEFAULT_LOCAL_MODEL)
+    }
+}
+
 /// What ranks Best-of-N's and TPO's samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -294,6 +311,24 @@ pub struct JudgeConfig {
     pub api_key_env: Option<String>,
     /// Judge again the items whose judge reply never parsed.
     pub retry_errors: bool,
+}
+
+impl JudgeConfig {
+    /// The judge's model key when it judges `model`, as the run picks it: the one given; the
+    /// embedded default for a local judge; the generator's own for a local generator with no
+    /// judge named; else the paper's GPT-4.1. Result files are named after it.
+    pub fn key_for(&self, model: &ModelConfig) -> String {
+        let local =
+            matches!(self.provider, Some(Provider::Local)) || (self.provider.is_none() && self.model_path.is_some());
+        let nothing_named =
+            self.key.is_none() && self.provider.is_none() && self.base_urls.is_empty() && self.model_path.is_none();
+        match &self.key {
+            Some(key) => key.clone(),
+            None if local => DEFAULT_LOCAL_MODEL.to_string(),
+            None if nothing_named && model.is_local() => model.key_or_default().to_string(),
+            None => DEFAULT_JUDGE.to_string(),
+        }
+    }
 }
 
 impl Default for JudgeConfig {
@@ -790,12 +825,7 @@ impl<'e> Session<'e> {
         let key = config.key.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.to_string());
         name::check_model_key("--model", &key)?;
         let entry = self.entry(&key, file.as_ref())?;
-        let local = match config.provider {
-            Some(Provider::Local) => true,
-            Some(_) => false,
-            None => config.base_urls.is_empty() && (config.model_path.is_some() || config.key.is_none()),
-        };
-        if local {
+        if config.is_local() {
             let path = config
                 .model_path
                 .clone()

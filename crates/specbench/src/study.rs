@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::method::MethodKind;
+use crate::judge::JudgeMode;
+use crate::method::{ItemCalls, MethodKind};
 use crate::pack::Scenario;
 use crate::run::Runner;
 use crate::setup::{
@@ -158,7 +159,43 @@ pub struct CellProgress {
     pub scenario: String,
     /// Items the study covers in this scenario.
     pub selected: usize,
+    /// Calls per item: to the model under test, and to the scorer of samples.
+    pub calls: ItemCalls,
+    /// Per judge file stem (a judge in one mode), its calls per item: one in joint mode, one
+    /// per rule in sequential mode (more when a reply does not parse).
+    pub judge_calls: Vec<(String, u32)>,
     pub progress: FolderProgress,
+}
+
+impl CellProgress {
+    /// Requests the whole cell scenario sends (parse retries aside).
+    pub fn requests(&self) -> u64 {
+        let per_item = u64::from(self.calls.generation + self.calls.scored)
+            + self.judge_calls.iter().map(|(_, calls)| u64::from(*calls)).sum::<u64>();
+        per_item * self.selected as u64
+    }
+
+    /// Requests still to send: items not generated yet, and items each judge has not judged.
+    /// A cached reply is not sent either; this does not count those.
+    pub fn remaining(&self) -> u64 {
+        let generate = self.selected.saturating_sub(self.progress.generated) as u64;
+        let mut left = generate * u64::from(self.calls.generation + self.calls.scored);
+        for (stem, calls) in &self.judge_calls {
+            let judged = self
+                .progress
+                .judges
+                .iter()
+                .find(|judge| judge.stem == *stem)
+                .map_or(0, |judge| judge.judged);
+            left += self.selected.saturating_sub(judged) as u64 * u64::from(*calls);
+        }
+        left
+    }
+
+    /// Generated, and judged by every judge.
+    pub fn complete(&self) -> bool {
+        self.remaining() == 0
+    }
 }
 
 /// A study file, read and checked for shape.
@@ -292,27 +329,49 @@ impl Study {
         let ttd = pack.config_dir.as_ref().map(|dir| dir.join("config_ttd.yaml"));
         let mut rows = Vec::new();
         for cell in self.cells() {
-            let model = cell.config.model.key.as_deref().unwrap_or(setup::DEFAULT_LOCAL_MODEL);
+            let model = cell.config.model.key_or_default();
             let methods = &cell.config.methods;
-            let method = setup::method_config(methods, methods.methods[0], ttd.clone())
-                .map_err(|source| StudyError::Cell {
+            let method =
+                setup::method_config(methods, methods.methods[0], ttd.clone()).map_err(|source| StudyError::Cell {
                     path: self.path.clone(),
                     cell: cell.name.clone(),
                     source: Box::new(source),
-                })?
-                .dir_name();
+                })?;
+            let calls = method.calls_per_item();
+            let method = method.dir_name();
+            let judge_keys: Vec<(String, Vec<JudgeMode>)> = cell
+                .config
+                .judges
+                .iter()
+                .map(|judge| (judge.key_for(&cell.config.model), judge.modes.clone()))
+                .collect();
             for scenario in &scenarios {
                 let selected = selection.select(scenario).map_err(|e| setup_error(e.into()))?.len();
                 let dir = store
                     .run_dir(model, &scenario.name, &method)
                     .map_err(StudyError::Store)?;
                 let progress = dir.progress().map_err(StudyError::Store)?;
+                let mut judge_calls = Vec::new();
+                for (key, modes) in &judge_keys {
+                    for &mode in modes {
+                        let calls = match mode {
+                            JudgeMode::Joint => 1,
+                            JudgeMode::Sequential => scenario.rules.len() as u32,
+                        };
+                        let entry = (crate::judge::file_stem(key, mode), calls);
+                        if !judge_calls.contains(&entry) {
+                            judge_calls.push(entry);
+                        }
+                    }
+                }
                 rows.push(CellProgress {
                     cell: cell.name.clone(),
                     model: model.to_string(),
                     method: method.clone(),
                     scenario: scenario.name.clone(),
                     selected,
+                    calls,
+                    judge_calls,
                     progress,
                 });
             }

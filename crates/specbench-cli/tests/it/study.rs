@@ -7,16 +7,20 @@ use specbench_test::{Reply, StubOptions, StubServer, synthetic_reply};
 
 use crate::support::TestContext;
 
-/// Two models and one judge behind one server, two methods, a cap of 2 requests in flight.
+/// Two models and one judge behind one server, a cap of 2 requests in flight. No response
+/// cache: the stub answers both models alike, and the tests count every request.
 fn study_text(url: &str, methods: &str) -> String {
     format!(
         "data:\n  results: result\nmodels:\n  - {{key: org/model-a, provider: compatible, base_urls: [\"{url}\"]}}\n  \
          - {{key: org/model-b, provider: compatible, base_urls: [\"{url}\"]}}\nmethods:\n{methods}\
-         judges:\n  - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\nexec:\n  concurrency: 2\n"
+         judges:\n  - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\nexec:\n  concurrency: 2\n  no_cache: true\n"
     )
 }
 
 const TWO_METHODS: &str = "  - method: vanilla\n  - method: zero_think\n";
+
+/// Three methods with one, two and three calls per item.
+const THREE_METHODS: &str = "  - method: vanilla\n  - method: more_think\n    rethink_count: 2\n  - method: align3\n";
 
 #[test]
 fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::Result<()> {
@@ -36,13 +40,29 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
         Reply::Content(synthetic_reply(request))
     })?;
     let file = ctx.dir.path().join("study.yaml");
-    std::fs::write(&file, study_text(&server.base_url(), TWO_METHODS))?;
+    std::fs::write(&file, study_text(&server.base_url(), THREE_METHODS))?;
     let file = file.to_string_lossy().into_owned();
+
+    // 2 models × 2 scenarios × 3 items, each generated (1, 2 and 3 calls) and judged (1 call).
+    let plan = ctx.run(&["study", "plan", &file])?;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    assert!(
+        plan.stdout.contains("108 requests in all, 108 still to send"),
+        "{}",
+        plan.stdout
+    );
+    assert!(server.requests().is_empty(), "plan sends nothing");
 
     let finished = ctx.run(&["study", "run", &file])?;
     assert_eq!(finished.code, Some(0), "{finished:?}");
-    // 2 models × 2 methods × 2 scenarios × 3 items, each generated and judged.
-    assert_eq!(server.requests().len(), 48);
+    // What the plan counted is what the study sent.
+    assert_eq!(server.requests().len(), 108);
+    let plan = ctx.run(&["study", "plan", &file])?;
+    assert!(
+        plan.stdout.contains("108 requests in all, 0 still to send"),
+        "{}",
+        plan.stdout
+    );
     // Every cell ran at once, yet the server never had more than 2 requests of the study in
     // flight: within any window shorter than one answer's latency, at most 2 arrived.
     let times = arrivals.lock().map(|t| t.clone()).unwrap_or_default();
@@ -54,7 +74,7 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
         .unwrap_or(0);
     assert_eq!(most, 2, "requests in flight at once");
     for model in ["model-a", "model-b"] {
-        for method in ["vanilla", "zero_think"] {
+        for method in ["vanilla", "more_think-rethink_count=2", "align3"] {
             for scenario in ["Garden", "Museum"] {
                 let evaluated = ctx.read_json(&format!("{model}/{scenario}/{method}/test-judge_evaluate.json"))?;
                 assert_eq!(
@@ -65,7 +85,7 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
             }
         }
         assert!(
-            finished.stdout.contains(&format!("== org/{model} zero_think")),
+            finished.stdout.contains(&format!("== org/{model} align3")),
             "{}",
             finished.stdout
         );
@@ -80,7 +100,7 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
     let status = ctx.run(&["study", "status", &file])?;
     assert_eq!(status.code, Some(0), "{status:?}");
     assert!(
-        status.stdout.contains("8 of 8 cell scenarios complete"),
+        status.stdout.contains("12 of 12 cell scenarios complete"),
         "{}",
         status.stdout
     );
@@ -89,7 +109,7 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
     // Run again: everything is found in the journals, nothing is sent.
     let again = ctx.run(&["study", "run", &file])?;
     assert_eq!(again.code, Some(0), "{again:?}");
-    assert_eq!(server.requests().len(), 48);
+    assert_eq!(server.requests().len(), 108);
     Ok(())
 }
 
@@ -137,5 +157,35 @@ fn a_bad_study_is_refused_whole_with_its_place_named() -> anyhow::Result<()> {
         assert!(finished.stderr.contains(problem), "{problem}: {}", finished.stderr);
         assert!(!ctx.results.exists(), "nothing written for {problem}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_plan_counts_what_every_multi_call_method_sends() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let file = ctx.dir.path().join("study.yaml");
+    // Per item: self_refine 1 + 2 × 1; best_of_n 2 samples and 2 scores; tpo 2 + 1 × (2 + 2)
+    // calls and 2 × 2 scores; each judged once.
+    std::fs::write(
+        &file,
+        format!(
+            "models:\n  - {{key: org/model-a, provider: compatible, base_urls: [\"{url}\"]}}\nmethods:\n  \
+             - {{method: self_refine, max_iters: 1}}\n  - {{method: best_of_n, n: 2, scorer: judge}}\n  \
+             - {{method: tpo, samples: 2, iterations: 1, scorer: judge}}\n\
+             judges:\n  - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\nexec:\n  concurrency: 8\n  no_cache: true\n"
+        ),
+    )?;
+    let file = file.to_string_lossy().into_owned();
+    let plan = ctx.run(&["study", "plan", &file])?;
+    assert!(
+        plan.stdout.contains("120 requests in all, 120 still to send"),
+        "{}",
+        plan.stdout
+    );
+    let finished = ctx.run(&["study", "run", &file])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(server.requests().len(), 120);
     Ok(())
 }

@@ -26,6 +26,15 @@ use crate::score::{Verdict, Verdicts};
 /// Upstream's limit on attempts at one judge call whose reply does not parse.
 pub const MAX_PARSE_ATTEMPTS: u32 = 5;
 
+/// The stem of the result files of judge `key` in `mode` (see [`Judge::file_stem`]).
+pub fn file_stem(key: &str, mode: JudgeMode) -> String {
+    let short = key.rsplit('/').next().unwrap_or(key);
+    match mode {
+        JudgeMode::Joint => short.to_string(),
+        JudgeMode::Sequential => format!("{short}-sequential"),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JudgeMode {
@@ -114,12 +123,7 @@ impl Judge {
     /// The stem of this judge's result files: the model key without its organisation, plus
     /// `-sequential` so that the two modes of one judge do not overwrite each other.
     pub fn file_stem(&self) -> String {
-        let key = self.model.key();
-        let short = key.rsplit('/').next().unwrap_or(key);
-        match self.mode {
-            JudgeMode::Joint => short.to_string(),
-            JudgeMode::Sequential => format!("{short}-sequential"),
-        }
+        file_stem(self.model.key(), self.mode)
     }
 
     /// The joint judge's user prompt for `item`'s `response` (already cut).

@@ -21,6 +21,14 @@ mod search;
 pub use deliberate::{Align3, MoreThink, SelfRefine, ZeroThink};
 pub use search::{BestOfN, Scorer, ScorerKind, Tpo};
 
+/// See [`MethodConfig::calls_per_item`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ItemCalls {
+    pub generation: u32,
+    /// Samples scored (a reward-model call each, or a judge call with `scorer: judge`).
+    pub scored: u32,
+}
+
 /// The methods specbench knows, by their upstream names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -178,6 +186,23 @@ impl MethodConfig {
             MethodConfig::BestOfN { .. } => MethodKind::BestOfN,
             MethodConfig::Tpo { .. } => MethodKind::Tpo,
         }
+    }
+
+    /// The calls one item costs: to the model under test, and to the scorer (Best-of-N's and
+    /// TPO's samples), as each method's code makes them (no method stops early). What a study
+    /// plan counts; a test checks it against the requests a run sends.
+    pub fn calls_per_item(&self) -> ItemCalls {
+        let (generation, scored) = match self {
+            MethodConfig::Raw | MethodConfig::Vanilla | MethodConfig::ZeroThink => (1, 0),
+            MethodConfig::MoreThink { rethink_count } => ((*rethink_count).max(1), 0),
+            MethodConfig::SelfRefine { max_iters, .. } => (1 + 2 * max_iters, 0),
+            MethodConfig::Align3 { stages } => (stages.len() as u32, 0),
+            MethodConfig::BestOfN { n, .. } => (*n, *n),
+            MethodConfig::Tpo {
+                samples, iterations, ..
+            } => (samples + iterations * (2 + samples), samples * (1 + iterations)),
+        };
+        ItemCalls { generation, scored }
     }
 
     /// The result folder: upstream's method name, with the parameters appended when they are
