@@ -40,7 +40,7 @@ fn usage(error: StudyError) -> anyhow::Error {
 /// Every cell at once, under one cap per endpoint: each cell is checked and its folder taken
 /// before anything is sent, so bad input anywhere in the study writes nothing.
 async fn run(study: &Study, stop: Stop) -> anyhow::Result<ExitStatus> {
-    let shared = Shared::new(study.exec(), stop);
+    let shared = Shared::new(study.exec(), stop).at_once(study.exec(), study.endpoints());
     let cells = study
         .resolve(&specbench_local::Engine::default(), &shared)
         .map_err(usage)?;

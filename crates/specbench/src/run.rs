@@ -224,6 +224,9 @@ pub struct Runner {
     /// Once set, no new item is started and in-flight ones get [`STOP_GRACE`] to finish. Give
     /// the same `Stop` to the models (`Model::with_stop`) so that no new request is sent either.
     pub stop: Stop,
+    /// Items in flight, shared with other runners running at once (a study's cells), so memory
+    /// is bounded by the whole, not per runner; none: this runner's own `item_concurrency`.
+    pub item_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// One scenario's state while a run is under way.
@@ -242,6 +245,8 @@ struct ScenarioRun {
     remaining: AtomicUsize,
     /// Whoever sets this writes the scenario's files: its last item, or a stopped run.
     claimed: AtomicBool,
+    /// Set once the files are written and the records let go: the items it had done.
+    released: Mutex<Option<usize>>,
     /// The first journal append that failed, in any scenario of the run (shared).
     journal_failure: Arc<Mutex<Option<StoreError>>>,
 }
@@ -264,7 +269,10 @@ impl Runner {
         let scenarios: Vec<Arc<ScenarioRun>> = self.prepare()?.into_iter().map(Arc::new).collect();
         self.announce(&scenarios, events.as_ref());
 
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.plan.item_concurrency.max(1)));
+        let slots = self
+            .item_slots
+            .clone()
+            .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(self.plan.item_concurrency.max(1))));
         let mut tasks = tokio::task::JoinSet::new();
         let mut written = Vec::new();
         let collect = |finished: Result<Option<Result<ScenarioReport, RunError>>, tokio::task::JoinError>,
@@ -396,6 +404,9 @@ impl Runner {
 
     /// Items of `scenario` generated and judged by every judge, this run or earlier.
     fn items_done(&self, scenario: &ScenarioRun) -> usize {
+        if let Some(done) = *lock(&scenario.released) {
+            return done;
+        }
         let generations = lock(&scenario.generations);
         scenario
             .items
@@ -474,6 +485,17 @@ impl Runner {
     ) -> Result<ScenarioReport, RunError> {
         let writer = tokio::task::spawn_blocking(move || {
             let report = self.finish(&scenario, started, jiff::Timestamp::now())?;
+            // Written: its records are in the files and the journals, and no item of it runs
+            // again in this run. Keep the count a stop reports, and let the memory go (a
+            // study holds many runs at once).
+            if !self.stop.is_stopped() {
+                let done = self.items_done(&scenario);
+                *lock(&scenario.released) = Some(done);
+                lock(&scenario.generations).clear();
+                for judged in &scenario.judgements {
+                    lock(judged).clear();
+                }
+            }
             events(Event::Written {
                 scenario: scenario.name.clone(),
                 dir: scenario.dir.dir.clone(),
@@ -575,6 +597,7 @@ impl Runner {
                 unreachable: self.judges.iter().map(|_| Mutex::new(0)).collect(),
                 remaining: AtomicUsize::new(items_len),
                 claimed: AtomicBool::new(false),
+                released: Mutex::new(None),
                 journal_failure: journal_failure.clone(),
             });
         }

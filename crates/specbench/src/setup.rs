@@ -451,6 +451,9 @@ pub fn alpha(value: f64) -> Result<Alpha, SetupError> {
     Alpha::new(value).ok_or(SetupError::Alpha(value))
 }
 
+/// A pack folder, loaded, with its protocol texts.
+type LoadedPack = (PathBuf, Arc<Pack>, Arc<Protocol>);
+
 /// What several configurations share when they run at once (the cells of a study): one cap of
 /// requests in flight per endpoint, whichever cell sends them, so a server several models sit
 /// behind gets no more than its cap and a fleet stays busy while one model's cells wait on
@@ -460,6 +463,12 @@ pub struct Shared {
     limits: ConcurrencyLimits,
     cache: Option<Arc<ResponseCache>>,
     stop: Stop,
+    /// Items in flight across every runner, when they run at once; none: each its own.
+    item_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Packs (with their protocol texts) by folder, loaded once for every configuration.
+    packs: Arc<std::sync::Mutex<Vec<LoadedPack>>>,
+    /// One HTTP connection pool for every server backend, when they run at once.
+    client: Option<reqwest::Client>,
 }
 
 impl Shared {
@@ -475,7 +484,35 @@ impl Shared {
             limits: ConcurrencyLimits::new(exec.concurrency).with_stop(stop.clone()),
             cache,
             stop,
+            item_slots: None,
+            packs: Arc::default(),
+            client: None,
         }
+    }
+
+    /// For runners that run at once against `endpoints` servers in all: items in flight are
+    /// capped across them, four per request slot (an item makes its calls one after another,
+    /// so that keeps every slot busy) instead of four per slot in each runner, which would
+    /// hold a study's memory in proportion to its cells.
+    pub fn at_once(mut self, exec: &ExecConfig, endpoints: usize) -> Shared {
+        let slots = exec.concurrency.max(1) * endpoints.max(1) * 4;
+        self.item_slots = Some(Arc::new(tokio::sync::Semaphore::new(slots)));
+        // A shared pool; should it fail to build, each backend reports that with its own.
+        self.client = crate::backend::openai::http_client(Duration::from_secs_f64(exec.timeout.max(0.001))).ok();
+        self
+    }
+
+    /// The pack in `dir` and its protocol texts, loaded at the first call.
+    fn pack(&self, dir: &Path) -> Result<(Arc<Pack>, Arc<Protocol>), SetupError> {
+        let mut packs = self.packs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, pack, protocol)) = packs.iter().find(|(loaded, _, _)| loaded == dir) {
+            return Ok((pack.clone(), protocol.clone()));
+        }
+        let pack = Arc::new(load_pack(dir)?);
+        let protocol = Arc::new(Protocol::for_pack(pack.protocol_dir.as_deref())?);
+        tracing::info!(protocol = ?protocol.source, hash = %protocol.hash, "protocol texts");
+        packs.push((dir.to_path_buf(), pack.clone(), protocol.clone()));
+        Ok((pack, protocol))
     }
 }
 
@@ -665,6 +702,8 @@ struct Session<'e> {
     engine: &'e dyn LocalEngine,
     /// Set by Ctrl-C: shared by every model and run.
     stop: Stop,
+    item_slots: Option<Arc<tokio::sync::Semaphore>>,
+    client: Option<reqwest::Client>,
 }
 
 impl<'e> Session<'e> {
@@ -693,12 +732,10 @@ impl<'e> Session<'e> {
             return Err(SetupError::AtLeastOne("--sample"));
         }
         let pack_dir = resolve_pack(data.data.as_deref())?;
-        let pack = load_pack(&pack_dir)?;
-        let protocol = Protocol::for_pack(pack.protocol_dir.as_deref())?;
-        tracing::info!(protocol = ?protocol.source, hash = %protocol.hash, "protocol texts");
+        let (pack, protocol) = shared.pack(&pack_dir)?;
         Ok(Session {
-            pack: Arc::new(pack),
-            protocol: Arc::new(protocol),
+            pack,
+            protocol,
             store: Store::new(&data.results),
             data: data.clone(),
             exec: exec.clone(),
@@ -706,6 +743,8 @@ impl<'e> Session<'e> {
             cache: shared.cache.clone(),
             engine,
             stop: shared.stop.clone(),
+            item_slots: shared.item_slots.clone(),
+            client: shared.client.clone(),
         })
     }
 
@@ -778,6 +817,7 @@ impl<'e> Session<'e> {
             .chat_template(chat_template)
             .prefill(prefill)
             .max_reply_bytes(self.exec.max_reply_bytes)
+            .client(self.client.clone())
             .build()
             .map_err(|source| SetupError::Backend {
                 model: entry.key.clone(),
@@ -1010,6 +1050,7 @@ impl<'e> Session<'e> {
             generator: generator.map(|model| (model, method)),
             judges,
             stop: self.stop.clone(),
+            item_slots: self.item_slots.clone(),
         })
     }
 }

@@ -379,6 +379,22 @@ impl Study {
         Ok(rows)
     }
 
+    /// The distinct servers its models and judges name (at least one: the embedded model or
+    /// a provider's default).
+    pub fn endpoints(&self) -> usize {
+        let mut urls: Vec<&str> = self
+            .file
+            .models
+            .iter()
+            .flat_map(|model| model.base_urls.iter())
+            .chain(self.file.judges.iter().flat_map(|judge| judge.base_urls.iter()))
+            .map(|url| url.trim_end_matches('/'))
+            .collect();
+        urls.sort_unstable();
+        urls.dedup();
+        urls.len().max(1)
+    }
+
     /// Where the study's results go.
     pub fn results(&self) -> &Path {
         &self.file.data.results

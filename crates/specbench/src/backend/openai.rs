@@ -203,6 +203,7 @@ pub struct OpenAiBackendBuilder {
     prefill: PrefillStyle,
     chat_template: Option<String>,
     max_reply_bytes: usize,
+    client: Option<reqwest::Client>,
 }
 
 impl OpenAiBackend {
@@ -219,8 +220,21 @@ impl OpenAiBackend {
             prefill: PrefillStyle::default(),
             chat_template: None,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            client: None,
         }
     }
+}
+
+/// The HTTP client of a backend: one connection pool. Backends given the same one (a study's
+/// cells) share their connections to a server instead of each keeping its own.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, BackendError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| BackendError::Config(format!("cannot build the HTTP client: {e}")))
 }
 
 impl OpenAiBackendBuilder {
@@ -255,6 +269,13 @@ impl OpenAiBackendBuilder {
     }
 
     /// Shared per-endpoint caps. Default: 8 in flight per endpoint, not shared.
+    /// Sends through `client` (made by [`http_client`] with this builder's timeout) rather
+    /// than a client of its own. Default: its own.
+    pub fn client(&mut self, client: Option<reqwest::Client>) -> &mut Self {
+        self.client = client;
+        self
+    }
+
     pub fn limits(&mut self, limits: ConcurrencyLimits) -> &mut Self {
         self.limits = Some(limits);
         self
@@ -319,13 +340,10 @@ impl OpenAiBackendBuilder {
         }
         let mut secrets: Vec<String> = endpoints.iter().flat_map(|e| e.secrets.iter().cloned()).collect();
         secrets.extend(api_key.as_ref().map(ApiKey::value));
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(self.timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| BackendError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => http_client(self.timeout)?,
+        };
         Ok(OpenAiBackend {
             client,
             endpoints,

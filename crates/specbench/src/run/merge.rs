@@ -205,6 +205,7 @@ pub fn prepare(shards: &[PathBuf], into: &Path, pack: Arc<Pack>, protocol: Arc<P
             generator: Some((generator, Arc::new(Replayed))),
             judges,
             stop: Stop::default(),
+            item_slots: None,
         });
     }
     Ok(Merge { runners, locks, units })

@@ -1,0 +1,233 @@
+//! A study against two loopback stub endpoints with a fixed latency, on the real binary: wall
+//! time against the ideal, harness CPU seconds per 1,000 requests and peak RSS, for 1, 4 and 16
+//! cells, beside a single `specbench run` of the same kind.
+//!
+//! `SPECBENCH_DATA=… cargo bench -p specbench-cli --bench study`
+//!
+//! Every scenario, all 300 items each. 16 cells: 4 models × vanilla, zero_think, more_think and
+//! align3, one joint judge; 4 cells: one model × those methods; 1 cell: one model × vanilla.
+//! Every model and the judge are served by both endpoints, `concurrency` (32) each. The stubs
+//! run in their own processes (this binary, re-run with `SPECBENCH_BENCH_STUB=1`), so the CPU
+//! and memory printed are the harness's alone (`wait4` on the `specbench` child). The ideal is
+//! the requests `study plan` counts ÷ total concurrency × latency. Both run without the response
+//! cache: the stub answers every model alike, so a cache would answer many judge calls and the
+//! plan's count would not be the requests sent.
+//! Optional: `SPECBENCH_BENCH_CONCURRENCY` (32 per endpoint), `SPECBENCH_BENCH_LATENCY_MS` (100).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use specbench_test::bench::{env_number, wait_with_rusage};
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use specbench_test::{Reply, StubOptions, StubServer, synthetic_reply};
+
+const STUB_VARIABLE: &str = "SPECBENCH_BENCH_STUB";
+const METHODS: [&str; 4] = ["vanilla", "zero_think", "more_think", "align3"];
+
+fn main() -> anyhow::Result<()> {
+    let latency = Duration::from_millis(env_number("SPECBENCH_BENCH_LATENCY_MS", 100)?);
+    if std::env::var_os(STUB_VARIABLE).is_some() {
+        return serve(latency);
+    }
+    let concurrency: u64 = env_number("SPECBENCH_BENCH_CONCURRENCY", 32)?;
+    let data = specbench_test::golden::pack_dir()?;
+    let (mut first, first_url) = start_stub()?;
+    let (mut second, second_url) = start_stub()?;
+    let urls = [first_url.as_str(), second_url.as_str()];
+    let total_concurrency = 2 * concurrency;
+    println!(
+        "study: 2 endpoints × concurrency {concurrency}, stub latency {:.3} s, every scenario, 300 items each",
+        latency.as_secs_f64()
+    );
+
+    let single = measure_run(&data, &urls, concurrency)?;
+    let ideal = single.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
+    single.print("a single run (vanilla)", ideal);
+    let baseline = single.cpu_per_thousand();
+
+    for (models, methods) in [(1, &METHODS[..1]), (1, &METHODS[..]), (4, &METHODS[..])] {
+        let measured = measure_study(&data, &urls, concurrency, models, methods)?;
+        let ideal = measured.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
+        let cells = models * methods.len();
+        measured.print(
+            &format!("{cells} cell(s): {models} model(s) × {}", methods.join(", ")),
+            ideal,
+        );
+        let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
+        println!(
+            "    targets: wall <= 1.05 × ideal {}; RSS <= 64 MiB {}; CPU per 1,000 requests <= the single run's ({baseline:.3} s) {}",
+            verdict(measured.wall <= 1.05 * ideal),
+            verdict(measured.rss_mib <= 64.0),
+            verdict(measured.cpu_per_thousand() <= baseline)
+        );
+    }
+    for stub in [&mut first, &mut second] {
+        let _ = stub.kill();
+        let _ = stub.wait();
+    }
+    Ok(())
+}
+
+struct Measured {
+    requests: u64,
+    wall: f64,
+    cpu: f64,
+    rss_mib: f64,
+}
+
+impl Measured {
+    fn cpu_per_thousand(&self) -> f64 {
+        self.cpu / self.requests as f64 * 1000.0
+    }
+
+    fn print(&self, what: &str, ideal: f64) {
+        println!("  {what}: {} requests", self.requests);
+        println!(
+            "    wall {:>7.2} s (ideal {ideal:.2} s, ratio {:.3}); harness CPU {:.2} s = {:.3} s per 1,000 requests; peak RSS {:.1} MiB",
+            self.wall,
+            self.wall / ideal,
+            self.cpu,
+            self.cpu_per_thousand(),
+            self.rss_mib
+        );
+    }
+}
+
+fn start_stub() -> anyhow::Result<(Child, String)> {
+    let mut stub = Command::new(std::env::current_exe()?)
+        .env(STUB_VARIABLE, "1")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut first_line = String::new();
+    BufReader::new(
+        stub.stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stub has no stdout"))?,
+    )
+    .read_line(&mut first_line)?;
+    let url = first_line.trim().to_string();
+    anyhow::ensure!(url.starts_with("http://127.0.0.1:"), "stub said {first_line:?}");
+    Ok((stub, url))
+}
+
+/// The binary, run to the end (with an empty cache folder it does not use); its CPU and peak
+/// memory.
+fn timed(mut command: Command, cache: &Path) -> anyhow::Result<(f64, f64, f64)> {
+    let started = Instant::now();
+    let child = command
+        .env("SPECBENCH_CACHE_DIR", cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (status, usage) = wait_with_rusage(child.id() as libc::pid_t)?;
+    let wall = started.elapsed().as_secs_f64();
+    anyhow::ensure!(status == 0, "specbench exited with status {status}");
+    let cpu = timeval_seconds(usage.ru_utime) + timeval_seconds(usage.ru_stime);
+    Ok((wall, cpu, usage.ru_maxrss as f64 / 1024.0))
+}
+
+fn measure_run(data: &Path, urls: &[&str], concurrency: u64) -> anyhow::Result<Measured> {
+    let results = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let urls = urls.join(",");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
+    command
+        .args(["run", "--model", "bench-model-0", "--base-url", &urls])
+        .args(["--judge", "bench-judge", "--judge-base-url", &urls])
+        .args([
+            "--method",
+            "vanilla",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--no-cache",
+        ])
+        .arg("--results")
+        .arg(results.path())
+        .env("SPECBENCH_DATA", data);
+    let (wall, cpu, rss_mib) = timed(command, cache.path())?;
+    Ok(Measured {
+        requests: 3000,
+        wall,
+        cpu,
+        rss_mib,
+    })
+}
+
+fn measure_study(
+    data: &Path,
+    urls: &[&str],
+    concurrency: u64,
+    models: usize,
+    methods: &[&str],
+) -> anyhow::Result<Measured> {
+    let folder = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let servers = urls
+        .iter()
+        .map(|url| format!("\"{url}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!(
+        "data:\n  results: {}\nmodels:\n",
+        folder.path().join("result").display()
+    );
+    for model in 0..models {
+        text.push_str(&format!(
+            "  - {{key: bench-model-{model}, provider: compatible, base_urls: [{servers}]}}\n"
+        ));
+    }
+    text.push_str("methods:\n");
+    for method in methods {
+        text.push_str(&format!("  - method: {method}\n"));
+    }
+    text.push_str(&format!(
+        "judges:\n  - {{key: bench-judge, provider: compatible, base_urls: [{servers}]}}\nexec:\n  concurrency: {concurrency}\n  no_cache: true\n"
+    ));
+    let file = folder.path().join("study.yaml");
+    std::fs::write(&file, text)?;
+
+    let plan = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["study", "plan"])
+        .arg(&file)
+        .env("SPECBENCH_DATA", data)
+        .output()?;
+    anyhow::ensure!(plan.status.success(), "study plan failed: {plan:?}");
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    let requests: u64 = stdout
+        .lines()
+        .last()
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no total in the plan: {stdout}"))?;
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
+    command.args(["study", "run"]).arg(&file).env("SPECBENCH_DATA", data);
+    let (wall, cpu, rss_mib) = timed(command, cache.path())?;
+    Ok(Measured {
+        requests,
+        wall,
+        cpu,
+        rss_mib,
+    })
+}
+
+/// The stub process: synthetic replies after a fixed latency, until killed.
+fn serve(latency: Duration) -> anyhow::Result<()> {
+    let options = StubOptions {
+        latency,
+        record: false,
+        threads: 1,
+    };
+    let server = StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
+    println!("{}", server.base_url());
+    server.wait();
+    Ok(())
+}
+
+fn timeval_seconds(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
