@@ -11,8 +11,20 @@ fn parse_method(text: &str) -> Result<MethodKind, String> {
     text.parse()
 }
 
+/// `K/N`, or `auto` (a Slurm array task's share) or `auto/N` (a Kubernetes Indexed Job of N).
 fn parse_shard(text: &str) -> Result<Shard, String> {
-    text.parse()
+    let var = |name: &str| std::env::var(name).ok();
+    match text.trim() {
+        "auto" => Shard::from_job_array(None, var),
+        auto if auto.starts_with("auto/") => {
+            let count = auto["auto/".len()..]
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| format!("shard `{text}`: want auto/N, for example auto/4"))?;
+            Shard::from_job_array(Some(count), var)
+        }
+        _ => text.parse(),
+    }
 }
 
 fn parse_judge_mode(text: &str) -> Result<JudgeMode, String> {
@@ -78,6 +90,14 @@ pub enum StudyAction {
     Run {
         /// The study file (YAML; `examples/study.yaml` is a commented one).
         file: PathBuf,
+        /// Only this machine's share of every cell's items (`K/N`, `auto` in a Slurm array
+        /// task, `auto/N` in a Kubernetes Indexed Job); give each share its own --results and
+        /// join them with `specbench merge`.
+        #[arg(long, value_name = "K/N|auto|auto/N", value_parser = parse_shard)]
+        shard: Option<Shard>,
+        /// Where results go, instead of the file's `data.results`.
+        #[arg(long, value_name = "DIR")]
+        results: Option<PathBuf>,
     },
     /// Requests per cell and scenario (each method's calls per item, one judge call per item
     /// in joint mode and one per rule in sequential), and how many are left; sends nothing.
@@ -415,8 +435,10 @@ pub struct DataArgs {
     #[arg(long, default_value = "result", value_name = "DIR")]
     pub results: PathBuf,
     /// Only this machine's share of the items: K of N (`2/4` takes positions 1, 5, 9, ...).
-    /// Run every K with its own --results, then `specbench merge` joins them.
-    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    /// Run every K with its own --results, then `specbench merge` joins them. `auto`: this
+    /// Slurm array task's share (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT); `auto/N`: a
+    /// Kubernetes Indexed Job's (JOB_COMPLETION_INDEX of N).
+    #[arg(long, value_name = "K/N|auto|auto/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
 }
 

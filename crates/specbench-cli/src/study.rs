@@ -15,7 +15,16 @@ use crate::commands::{ExitStatus, UsageError};
 
 pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStatus> {
     match command.action {
-        StudyAction::Run { file } => run(&load(&file)?, stop).await,
+        StudyAction::Run { file, shard, results } => {
+            let mut study = load(&file)?;
+            if shard.is_some() {
+                study.file.data.shard = shard;
+            }
+            if let Some(results) = results {
+                study.file.data.results = results;
+            }
+            run(&study, stop).await
+        }
         StudyAction::Status { file } => status(&load(&file)?),
         StudyAction::Plan { file } => plan(&load(&file)?),
     }

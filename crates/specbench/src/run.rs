@@ -83,6 +83,40 @@ impl Shard {
     pub fn contains(&self, item_index: usize) -> bool {
         item_index % self.count == self.index - 1
     }
+
+    /// This task's shard from a job array's variables (`--shard auto`), read through `var`:
+    /// with `count` given, Kubernetes Indexed Jobs' `JOB_COMPLETION_INDEX` (0-based) of that
+    /// many; else Slurm's `SLURM_ARRAY_TASK_ID` from `SLURM_ARRAY_TASK_MIN` in steps of
+    /// `SLURM_ARRAY_TASK_STEP`, `SLURM_ARRAY_TASK_COUNT` tasks (`--array=0-2` and
+    /// `--array=1-5:2` both give 1/3, 2/3, 3/3).
+    pub fn from_job_array(count: Option<usize>, var: impl Fn(&str) -> Option<String>) -> Result<Shard, String> {
+        let number = |name: &str| -> Result<Option<usize>, String> {
+            var(name)
+                .map(|text| {
+                    text.trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("--shard auto: {name}={text} is not a number"))
+                })
+                .transpose()
+        };
+        if let Some(count) = count {
+            let index = number("JOB_COMPLETION_INDEX")?.ok_or_else(|| {
+                format!("--shard auto/{count}: JOB_COMPLETION_INDEX is not set (not a Kubernetes Indexed Job)")
+            })?;
+            return Shard::new(index + 1, count).map_err(|e| format!("--shard auto/{count}: {e}"));
+        }
+        let id = number("SLURM_ARRAY_TASK_ID")?.ok_or(
+            "--shard auto: SLURM_ARRAY_TASK_ID is not set (not a Slurm array task); on Kubernetes give --shard auto/N",
+        )?;
+        let count = number("SLURM_ARRAY_TASK_COUNT")?.ok_or("--shard auto: SLURM_ARRAY_TASK_COUNT is not set")?;
+        let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+        let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+        let offset = id
+            .checked_sub(min)
+            .filter(|offset| offset % step == 0)
+            .ok_or_else(|| format!("--shard auto: task {id} is not in the array {min}, {min}+{step}, ..."))?;
+        Shard::new(offset / step + 1, count).map_err(|e| format!("--shard auto: {e}"))
+    }
 }
 
 impl std::str::FromStr for Shard {
@@ -952,6 +986,39 @@ pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::Shard;
+
+    #[test]
+    fn a_job_array_task_finds_its_shard() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let slurm = |id, min, step| {
+            let pairs: Vec<(String, String)> = vec![
+                ("SLURM_ARRAY_TASK_ID".into(), id),
+                ("SLURM_ARRAY_TASK_COUNT".into(), "3".into()),
+                ("SLURM_ARRAY_TASK_MIN".into(), min),
+                ("SLURM_ARRAY_TASK_STEP".into(), step),
+            ];
+            Shard::from_job_array(None, move |name: &str| {
+                pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+            .map(|shard| shard.to_string())
+        };
+        // --array=0-2 and --array=1-5:2: the second task is 2/3 either way.
+        assert_eq!(slurm("1".into(), "0".into(), "1".into()), Ok("2/3".into()));
+        assert_eq!(slurm("3".into(), "1".into(), "2".into()), Ok("2/3".into()));
+        assert_eq!(slurm("5".into(), "1".into(), "2".into()), Ok("3/3".into()));
+        assert!(
+            slurm("2".into(), "1".into(), "2".into()).is_err(),
+            "off the array's steps"
+        );
+        assert!(slurm("x".into(), "0".into(), "1".into()).is_err_and(|e| e.contains("SLURM_ARRAY_TASK_ID=x")));
+        let k8s = Shard::from_job_array(Some(4), env(&[("JOB_COMPLETION_INDEX", "0")]));
+        assert_eq!(k8s.map(|s| s.to_string()), Ok("1/4".into()));
+        assert!(Shard::from_job_array(Some(4), env(&[("JOB_COMPLETION_INDEX", "4")])).is_err());
+        let outside = Shard::from_job_array(None, env(&[])).err().unwrap_or_default();
+        assert!(outside.contains("not a Slurm array task"), "{outside}");
+    }
 
     #[test]
     fn shards_split_positions_without_overlap_or_gap() {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use specbench_test::{Reply, StubOptions, StubServer, synthetic_reply};
 
-use crate::support::TestContext;
+use crate::support::{TestContext, finish};
 
 /// Two models and one judge behind one server, a cap of 2 requests in flight. No response
 /// cache: the stub answers both models alike, and the tests count every request.
@@ -187,5 +187,62 @@ fn the_plan_counts_what_every_multi_call_method_sends() -> anyhow::Result<()> {
     let finished = ctx.run(&["study", "run", &file])?;
     assert_eq!(finished.code, Some(0), "{finished:?}");
     assert_eq!(server.requests().len(), 120);
+    Ok(())
+}
+
+#[test]
+fn slurm_array_shards_of_a_study_merged_equal_one_process() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let file = ctx.dir.path().join("study.yaml");
+    std::fs::write(&file, study_text(&server.base_url(), TWO_METHODS))?;
+    let file = file.to_string_lossy().into_owned();
+    let single = ctx.run(&["study", "run", &file, "--results", "single"])?;
+    assert_eq!(single.code, Some(0), "{single:?}");
+    // Three array tasks, as `sbatch --array=1-3` starts them: each finds its share itself.
+    for task in 1..=3 {
+        let results = format!("shard{task}");
+        let finished = finish(
+            ctx.specbench()
+                .args(["study", "run", &file, "--shard", "auto", "--results", &results])
+                .env("SLURM_ARRAY_TASK_ID", task.to_string())
+                .env("SLURM_ARRAY_TASK_COUNT", "3")
+                .env("SLURM_ARRAY_TASK_MIN", "1"),
+        )?;
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+    }
+    let one = ctx.dir.path().join("shard1/model-a/Garden/vanilla/generate.json");
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(one)?)?;
+    assert_eq!(entries.len(), 1, "task 1 of 3 over 3 items: the first");
+    let merged = ctx.run(&["merge", "--into", "merged", "shard1", "shard2", "shard3"])?;
+    assert_eq!(merged.code, Some(0), "{merged:?}");
+    let mut compared = 0;
+    for model in ["model-a", "model-b"] {
+        for scenario in ["Garden", "Museum"] {
+            for method in ["vanilla", "zero_think"] {
+                for name in ["generate.json", "test-judge_evaluate.json", "test-judge_score.json"] {
+                    let relative = format!("{model}/{scenario}/{method}/{name}");
+                    let single = std::fs::read(ctx.dir.path().join("single").join(&relative))?;
+                    let joined = std::fs::read(ctx.dir.path().join("merged").join(&relative))?;
+                    assert!(single == joined, "{relative} differs after merge");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 24);
+    // Outside an array task, `auto` says what it needs, and nothing is written.
+    let outside = finish(
+        ctx.specbench()
+            .args(["study", "run", &file, "--shard", "auto", "--results", "outside"])
+            .env_remove("SLURM_ARRAY_TASK_ID"),
+    )?;
+    assert_eq!(outside.code, Some(2), "{outside:?}");
+    assert!(
+        outside.stderr.contains("SLURM_ARRAY_TASK_ID is not set"),
+        "{}",
+        outside.stderr
+    );
+    assert!(!ctx.dir.path().join("outside").exists());
     Ok(())
 }
