@@ -7,6 +7,7 @@ mod reliability;
 mod report;
 mod run;
 mod scenarios;
+mod slurm;
 mod stops;
 mod study;
 mod support;
