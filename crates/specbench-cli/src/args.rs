@@ -99,6 +99,37 @@ pub enum StudyAction {
         #[arg(long, value_name = "DIR")]
         results: Option<PathBuf>,
     },
+    /// Split the study over a Slurm job array: writes `<results>.shards/study.sbatch` (each
+    /// array task runs its share with `--shard auto` into `<results>.shards/shardK`) and submits
+    /// it with `sbatch`. Join the shares with `study merge` once every task is done.
+    Submit {
+        /// The study file.
+        file: PathBuf,
+        /// Submit to Slurm (the only engine so far).
+        #[arg(long, required = true)]
+        slurm: bool,
+        /// Array tasks (each takes every N-th item of every cell).
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        array_size: usize,
+        /// The Slurm partition. Default: the cluster's.
+        #[arg(long, value_name = "P")]
+        partition: Option<String>,
+        /// CPUs per task.
+        #[arg(long, default_value_t = 2, value_name = "N")]
+        cpus_per_task: usize,
+        /// Wait until every task has finished (`sbatch --wait`), then merge.
+        #[arg(long)]
+        wait: bool,
+        /// Write the script and print the `sbatch` command without submitting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Join the shares a submitted study wrote (`<results>.shards/shard*`) into its results
+    /// folder, identical to a one-process study. Sends nothing.
+    Merge {
+        /// The study file.
+        file: PathBuf,
+    },
     /// Requests per cell and scenario (each method's calls per item, one judge call per item
     /// in joint mode and one per rule in sequential), and how many are left; sends nothing.
     Plan {

@@ -1,6 +1,7 @@
 //! `specbench study run|status FILE`: the library's studies, rendered.
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,6 +27,25 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             run(&study, stop).await
         }
         StudyAction::Status { file } => status(&load(&file)?),
+        StudyAction::Submit {
+            file,
+            slurm: _,
+            array_size,
+            partition,
+            cpus_per_task,
+            wait,
+            dry_run,
+        } => {
+            let study = load(&file)?;
+            let job = SlurmJob {
+                array_size,
+                partition,
+                cpus_per_task,
+                wait,
+            };
+            submit(&file, &study, &job, dry_run).await
+        }
+        StudyAction::Merge { file } => merge(&load(&file)?).await,
         StudyAction::Plan { file } => plan(&load(&file)?),
     }
 }
@@ -176,6 +196,159 @@ fn status(study: &Study) -> anyhow::Result<ExitStatus> {
     }
     let _ = writeln!(out, "{complete} of {cells} cell scenarios complete");
     Ok(ExitStatus::Success)
+}
+
+/// How a study is split over a Slurm array.
+struct SlurmJob {
+    array_size: usize,
+    partition: Option<String>,
+    cpus_per_task: usize,
+    wait: bool,
+}
+
+/// Where a submitted study's shares go: beside its results folder.
+fn shards_dir(study: &Study) -> PathBuf {
+    let results = study.results();
+    let name = results
+        .file_name()
+        .map_or_else(|| "result".into(), |n| n.to_string_lossy().into_owned());
+    results.with_file_name(format!("{name}.shards"))
+}
+
+/// A path as the batch script names it: absolute, so tasks find it from any folder.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
+/// A word for `sh`, quoted unless it is plainly safe.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+async fn submit(file: &Path, study: &Study, job: &SlurmJob, dry_run: bool) -> anyhow::Result<ExitStatus> {
+    if job.array_size == 0 {
+        anyhow::bail!(UsageError("--array-size must be at least 1".into()));
+    }
+    // Every cell checked first, as `study run` would: a bad study is refused here, not in
+    // every array task.
+    study
+        .resolve(
+            &specbench::setup::NoLocalEngine,
+            &Shared::new(study.exec(), Stop::default()),
+        )
+        .or_else(|error| match error {
+            // The embedded model loads in the tasks, not here.
+            StudyError::Cell { ref source, .. } if matches!(**source, specbench::setup::SetupError::Local(_)) => {
+                Ok(Vec::new())
+            }
+            other => Err(other),
+        })
+        .map_err(usage)?;
+    let shards = absolute(&shards_dir(study))?;
+    std::fs::create_dir_all(&shards)?;
+    let binary = std::env::current_exe()?;
+    let file = absolute(file)?;
+    let mut script = String::from("#!/bin/sh\n");
+    script.push_str("#SBATCH --job-name=specbench-study\n");
+    script.push_str(&format!("#SBATCH --array=1-{}\n", job.array_size));
+    script.push_str(&format!("#SBATCH --cpus-per-task={}\n", job.cpus_per_task.max(1)));
+    script.push_str(&format!("#SBATCH --output={}/task-%a.log\n", shards.display()));
+    script.push_str(&format!("#SBATCH --chdir={}\n", std::env::current_dir()?.display()));
+    if let Some(partition) = &job.partition {
+        script.push_str(&format!("#SBATCH --partition={partition}\n"));
+    }
+    script.push_str(&format!(
+        "exec {} study run {} --shard auto --results {}/shard$SLURM_ARRAY_TASK_ID\n",
+        shell_word(&binary.to_string_lossy()),
+        shell_word(&file.to_string_lossy()),
+        shell_word(&shards.to_string_lossy())
+    ));
+    let path = shards.join("study.sbatch");
+    std::fs::write(&path, script)?;
+    let mut sbatch = tokio::process::Command::new("sbatch");
+    sbatch.arg("--parsable");
+    if job.wait {
+        sbatch.arg("--wait");
+    }
+    sbatch.arg(&path);
+    let mut out = std::io::stdout().lock();
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "wrote {}; submit it with: sbatch {}",
+            path.display(),
+            path.display()
+        );
+        return Ok(ExitStatus::Success);
+    }
+    drop(out);
+    let submitted = sbatch
+        .output()
+        .await
+        .map_err(|e| UsageError(format!("sbatch: {e} (is Slurm installed here?)")))?;
+    let job_id = String::from_utf8_lossy(&submitted.stdout).trim().to_string();
+    if !submitted.status.success() {
+        anyhow::bail!(UsageError(format!(
+            "sbatch {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&submitted.stderr).trim()
+        )));
+    }
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "submitted job {job_id}: {} array tasks, each writing {}/shardK",
+        job.array_size,
+        shards.display()
+    );
+    if job.wait {
+        return merge(study).await;
+    }
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "when every task is done: specbench study merge {}",
+        file.display()
+    );
+    Ok(ExitStatus::Success)
+}
+
+/// Joins `<results>.shards/shard*` into the study's results folder.
+async fn merge(study: &Study) -> anyhow::Result<ExitStatus> {
+    let shards = shards_dir(study);
+    let mut found: Vec<PathBuf> = match std::fs::read_dir(&shards) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.is_dir()
+                    && path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("shard"))
+            })
+            .collect(),
+        Err(error) => anyhow::bail!(UsageError(format!(
+            "{}: no shares to merge ({error}); submit the study first",
+            shards.display()
+        ))),
+    };
+    found.sort();
+    let args = crate::args::MergeArgs {
+        shards: found,
+        into: study.results().to_path_buf(),
+        data: study.file.data.data.clone(),
+    };
+    crate::merge::merge(args).await
 }
 
 /// What the study sends: per cell and scenario, the calls of one item and the requests in

@@ -164,36 +164,40 @@ fn a_slurm_job_array_of_a_study_merged_equals_one_process() -> anyhow::Result<()
     let single = ctx.run(&["study", "run", &file.to_string_lossy(), "--results", "single"])?;
     assert_eq!(single.code, Some(0), "{single:?}");
 
-    // The batch script users write (README, Reliability): each task finds its share.
-    let script = ctx.dir.path().join("study.sbatch");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec {} study run {} --shard auto --results {}/shard$SLURM_ARRAY_TASK_ID\n",
-            env!("CARGO_BIN_EXE_specbench"),
-            file.display(),
-            ctx.dir.path().display()
-        ),
-    )?;
-    let submitted = cluster
-        .command("sbatch")
-        .args(["--wait", "--array=1-3", "--cpus-per-task=1"])
-        .arg(format!("--output={}/task-%a.log", ctx.dir.path().display()))
-        .arg(format!("--chdir={}", ctx.dir.path().display()))
-        .arg(&script)
-        // The tasks inherit this environment (the pack, the cache folder), as sbatch's do.
-        .env("SPECBENCH_DATA", &ctx.pack)
-        .env("SPECBENCH_CACHE_DIR", ctx.cache_dir())
-        .output()?;
-    let logs: String = (1..=3)
-        .filter_map(|task| std::fs::read_to_string(ctx.dir.path().join(format!("task-{task}.log"))).ok())
-        .collect();
-    assert!(submitted.status.success(), "{submitted:?}\n{logs}");
-
-    let merged = finish(
+    // `study submit` writes the batch script and submits it; with --wait it merges the shares
+    // into the study's results folder when every task is done.
+    let submitted = finish(
         ctx.specbench()
-            .args(["merge", "--into", "merged", "shard1", "shard2", "shard3"]),
+            .args([
+                "study",
+                "submit",
+                &file.to_string_lossy(),
+                "--slurm",
+                "--array-size",
+                "3",
+            ])
+            .args(["--cpus-per-task", "1", "--wait"])
+            .env("SLURM_CONF", &cluster.conf),
     )?;
+    let logs: String = (1..=3)
+        .filter_map(|task| std::fs::read_to_string(ctx.dir.path().join(format!("result.shards/task-{task}.log"))).ok())
+        .collect();
+    assert_eq!(submitted.code, Some(0), "{submitted:?}\n{logs}");
+    assert!(submitted.stdout.contains("3 array tasks"), "{}", submitted.stdout);
+    let script = std::fs::read_to_string(ctx.dir.path().join("result.shards/study.sbatch"))?;
+    assert!(
+        script.contains("#SBATCH --array=1-3") && script.contains("--shard auto"),
+        "{script}"
+    );
+    let one = ctx
+        .dir
+        .path()
+        .join("result.shards/shard1/model-a/Garden/vanilla/generate.json");
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(one)?)?;
+    assert_eq!(entries.len(), 1, "task 1 of 3 over 3 items: the first");
+
+    // Merging again (as `study merge` does after a submit without --wait) changes nothing.
+    let merged = finish(ctx.specbench().args(["study", "merge", &file.to_string_lossy()]))?;
     assert_eq!(merged.code, Some(0), "{merged:?}");
     let mut compared = 0;
     for model in ["model-a", "model-b"] {
@@ -202,7 +206,7 @@ fn a_slurm_job_array_of_a_study_merged_equals_one_process() -> anyhow::Result<()
                 for name in ["generate.json", "test-judge_evaluate.json", "test-judge_score.json"] {
                     let relative = format!("{model}/{scenario}/{method}/{name}");
                     let single = std::fs::read(ctx.dir.path().join("single").join(&relative))?;
-                    let joined = std::fs::read(ctx.dir.path().join("merged").join(&relative))?;
+                    let joined = std::fs::read(ctx.dir.path().join("result").join(&relative))?;
                     assert!(single == joined, "{relative} differs after merge\n{logs}");
                     compared += 1;
                 }
