@@ -98,6 +98,13 @@ pub enum StudyAction {
         /// Where results go, instead of the file's `data.results`.
         #[arg(long, value_name = "DIR")]
         results: Option<PathBuf>,
+        /// The paper's tables when the study is done (leaderboard, methods against vanilla,
+        /// judge agreement): `table` on the terminal, or `markdown` or `html`.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write those tables to FILE instead of the terminal.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Split the study over a Slurm job array: writes `<results>.shards/study.sbatch` (each
     /// array task runs its share with `--shard auto` into `<results>.shards/shardK`) and submits

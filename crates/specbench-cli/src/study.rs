@@ -11,20 +11,33 @@ use specbench::run::{Event, Outcome, PLAIN_PROGRESS_EVERY, RunReport};
 use specbench::setup::Shared;
 use specbench::study::{Study, StudyError};
 
-use crate::args::{StudyAction, StudyCommand};
+use crate::args::{ReportFormat, StudyAction, StudyCommand};
 use crate::commands::{ExitStatus, UsageError};
+use specbench_report::render::{self, Format};
 
 pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStatus> {
     match command.action {
-        StudyAction::Run { file, shard, results } => {
+        StudyAction::Run {
+            file,
+            shard,
+            results,
+            format,
+            output,
+        } => {
             let mut study = load(&file)?;
-            if shard.is_some() {
+            let sharded = shard.is_some();
+            if sharded {
                 study.file.data.shard = shard;
             }
             if let Some(results) = results {
                 study.file.data.results = results;
             }
-            run(&study, stop).await
+            let (status, folders) = run(&study, stop).await?;
+            // A share's tables would be a share's: they come with `study merge`'s folder.
+            if status != ExitStatus::Interrupted && !sharded {
+                paper_tables(&study, &folders, format, output.as_deref())?;
+            }
+            Ok(status)
         }
         StudyAction::Status { file } => status(&load(&file)?),
         StudyAction::Submit {
@@ -45,7 +58,24 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             };
             submit(&file, &study, &job, dry_run).await
         }
-        StudyAction::Merge { file } => merge(&load(&file)?).await,
+        StudyAction::Merge { file } => {
+            let study = load(&file)?;
+            let status = merge(&study).await?;
+            if status == ExitStatus::Success {
+                let mut folders = Folders::default();
+                for row in study.status().map_err(usage)? {
+                    let model = specbench::store::short_name(&row.model).to_string();
+                    if !folders.models.contains(&model) {
+                        folders.models.push(model);
+                    }
+                    if !folders.methods.contains(&row.method) {
+                        folders.methods.push(row.method);
+                    }
+                }
+                paper_tables(&study, &folders, ReportFormat::Table, None)?;
+            }
+            Ok(status)
+        }
         StudyAction::Plan { file } => plan(&load(&file)?),
     }
 }
@@ -68,7 +98,7 @@ fn usage(error: StudyError) -> anyhow::Error {
 
 /// Every cell at once, under one cap per endpoint: each cell is checked and its folder taken
 /// before anything is sent, so bad input anywhere in the study writes nothing.
-async fn run(study: &Study, stop: Stop) -> anyhow::Result<ExitStatus> {
+async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)> {
     let shared = Shared::new(study.exec(), stop).at_once(study.exec(), study.endpoints());
     let cells = study
         .resolve(&specbench_local::Engine::default(), &shared)
@@ -81,6 +111,17 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<ExitStatus> {
         .iter()
         .map(|(_, runner)| format!("{} {}", runner.plan.model_key, runner.plan.method.dir_name()))
         .collect();
+    let mut folders = Folders::default();
+    for (_, runner) in &cells {
+        let model = specbench::store::short_name(&runner.plan.model_key).to_string();
+        let method = runner.plan.method.dir_name();
+        if !folders.models.contains(&model) {
+            folders.models.push(model);
+        }
+        if !folders.methods.contains(&method) {
+            folders.methods.push(method);
+        }
+    }
     let progress = Arc::new(StudyProgress::new(&names));
     let runs = cells.into_iter().enumerate().map(|(at, (_, runner))| {
         let (sink, progress) = (progress.clone(), progress.clone());
@@ -125,9 +166,59 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<ExitStatus> {
             names.len() - interrupted,
             names.len()
         );
-        return Ok(ExitStatus::Interrupted);
+        return Ok((ExitStatus::Interrupted, folders));
     }
-    Ok(status)
+    Ok((status, folders))
+}
+
+/// The model and method folders a study's cells write.
+#[derive(Debug, Default)]
+struct Folders {
+    models: Vec<String>,
+    methods: Vec<String>,
+}
+
+/// The tables the paper reports, from the study's own folders of its results: the leaderboard
+/// (S, B and SAR over scenarios), each model's methods against vanilla with completion tokens
+/// per item, and, with two judges or modes, their agreement.
+fn paper_tables(study: &Study, folders: &Folders, format: ReportFormat, output: Option<&Path>) -> anyhow::Result<()> {
+    let alpha = crate::commands::alpha(study.exec().alpha)?;
+    let filter = specbench_report::Filter {
+        models: folders.models.clone(),
+        methods: folders.methods.clone(),
+        ..specbench_report::Filter::default()
+    };
+    let loaded = specbench_report::load(study.results(), alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
+    crate::report::warn_skipped(&loaded.skipped);
+    if loaded.runs.is_empty() {
+        return Ok(());
+    }
+    let options = specbench_report::ReportOptions {
+        alpha,
+        rules: crate::report::rule_texts(study.file.data.data.as_deref())?,
+        ..specbench_report::ReportOptions::default()
+    };
+    let mut built = specbench_report::build(&loaded.runs, &options);
+    built
+        .tables
+        .retain(|table| ["leaderboard", "methods", "judge_agreement"].contains(&table.name.as_str()));
+    let format = match format {
+        ReportFormat::Markdown => Format::Markdown,
+        ReportFormat::Html => Format::Html,
+        ReportFormat::Csv => Format::Csv,
+        ReportFormat::Json => Format::Json,
+        ReportFormat::Table => Format::Table,
+    };
+    let text = render::render(&built, format);
+    match output {
+        Some(path) => specbench::store::write_atomic(path, |out| out.write_all(text.as_bytes()))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
 fn print_scores(out: &mut impl Write, report: &RunReport) {

@@ -199,6 +199,7 @@ fn a_slurm_job_array_of_a_study_merged_equals_one_process() -> anyhow::Result<()
     // Merging again (as `study merge` does after a submit without --wait) changes nothing.
     let merged = finish(ctx.specbench().args(["study", "merge", &file.to_string_lossy()]))?;
     assert_eq!(merged.code, Some(0), "{merged:?}");
+    assert!(merged.stdout.contains("Leaderboard"), "{}", merged.stdout);
     let mut compared = 0;
     for model in ["model-a", "model-b"] {
         for scenario in ["Garden", "Museum"] {

@@ -91,6 +91,14 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
         );
     }
 
+    // The study ends with the paper's tables, from its own folders.
+    assert!(finished.stdout.contains("Leaderboard"), "{}", finished.stdout);
+    assert!(
+        finished.stdout.contains("Methods against vanilla"),
+        "{}",
+        finished.stdout
+    );
+
     // The report reads the study's folder as it reads a run's.
     let report = ctx.run(&["report", "result"])?;
     assert_eq!(report.code, Some(0), "{report:?}");
@@ -184,9 +192,11 @@ fn the_plan_counts_what_every_multi_call_method_sends() -> anyhow::Result<()> {
         "{}",
         plan.stdout
     );
-    let finished = ctx.run(&["study", "run", &file])?;
+    let finished = ctx.run(&["study", "run", &file, "--format", "html", "--output", "tables.html"])?;
     assert_eq!(finished.code, Some(0), "{finished:?}");
     assert_eq!(server.requests().len(), 120);
+    let tables = std::fs::read_to_string(ctx.dir.path().join("tables.html"))?;
+    assert!(tables.contains("<html") && tables.contains("Leaderboard"), "{tables}");
     Ok(())
 }
 
