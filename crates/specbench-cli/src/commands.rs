@@ -326,7 +326,7 @@ pub(crate) async fn execute_locked(runners: Vec<Runner>, resume: Resume) -> anyh
 
 /// A run's error as the CLI reports it: a file that cannot be written keeps finished work (exit
 /// 3 in `main`); anything else is bad input, or another process holding the folder (exit 2).
-fn run_error(error: RunError) -> anyhow::Error {
+pub(crate) fn run_error(error: RunError) -> anyhow::Error {
     match error {
         RunError::Store(store @ (store::StoreError::Write { .. } | store::StoreError::Append { .. })) => {
             anyhow::Error::new(store)

@@ -1,4 +1,4 @@
-//! `specbench study run|status FILE`: the library's studies, rendered.
+//! `specbench study run|plan|status|submit|merge FILE`: the library's studies, rendered.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use specbench::setup::Shared;
 use specbench::study::{Study, StudyError};
 
 use crate::args::{ReportFormat, StudyAction, StudyCommand};
-use crate::commands::{ExitStatus, UsageError};
+use crate::commands::{ExitStatus, UsageError, run_error};
 use specbench_report::render::{self, Format};
 
 pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStatus> {
@@ -64,13 +64,7 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             if status == ExitStatus::Success {
                 let mut folders = Folders::default();
                 for row in study.status().map_err(usage)? {
-                    let model = specbench::store::short_name(&row.model).to_string();
-                    if !folders.models.contains(&model) {
-                        folders.models.push(model);
-                    }
-                    if !folders.methods.contains(&row.method) {
-                        folders.methods.push(row.method);
-                    }
+                    folders.add(&row.model, row.method);
                 }
                 paper_tables(&study, &folders, ReportFormat::Table, None)?;
             }
@@ -105,7 +99,7 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
         .map_err(usage)?;
     let mut locks = Vec::new();
     for (_, runner) in &cells {
-        locks.extend(runner.lock().map_err(|e| UsageError(e.to_string()))?);
+        locks.extend(runner.lock().map_err(run_error)?);
     }
     let names: Vec<String> = cells
         .iter()
@@ -113,14 +107,7 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
         .collect();
     let mut folders = Folders::default();
     for (_, runner) in &cells {
-        let model = specbench::store::short_name(&runner.plan.model_key).to_string();
-        let method = runner.plan.method.dir_name();
-        if !folders.models.contains(&model) {
-            folders.models.push(model);
-        }
-        if !folders.methods.contains(&method) {
-            folders.methods.push(method);
-        }
+        folders.add(&runner.plan.model_key, runner.plan.method.dir_name());
     }
     let progress = Arc::new(StudyProgress::new(&names));
     let runs = cells.into_iter().enumerate().map(|(at, (_, runner))| {
@@ -140,6 +127,7 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
 
     let mut status = ExitStatus::Success;
     let mut interrupted = 0;
+    let mut failed = None;
     let mut out = std::io::stdout().lock();
     for (name, joined) in names.iter().zip(results) {
         // A cell's panic is passed on, as a run's would be.
@@ -156,8 +144,18 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
             Err(error) => {
                 let _ = writeln!(out, "== {name}: failed: {error}");
                 status = ExitStatus::Incomplete;
+                // A file that cannot be written (a full disk) ends the command as a run's does
+                // (exit 3); its finished work is in the journals.
+                failed.get_or_insert(error);
             }
         }
+    }
+    drop(out);
+    if let Some(error) = failed
+        .map(run_error)
+        .filter(|e| e.downcast_ref::<specbench::store::StoreError>().is_some())
+    {
+        return Err(error);
     }
     if interrupted > 0 {
         let _ = writeln!(
@@ -176,6 +174,19 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
 struct Folders {
     models: Vec<String>,
     methods: Vec<String>,
+}
+
+impl Folders {
+    /// The folders of model `key` (named without its organisation) and `method`.
+    fn add(&mut self, key: &str, method: String) {
+        let model = specbench::store::short_name(key).to_string();
+        if !self.models.contains(&model) {
+            self.models.push(model);
+        }
+        if !self.methods.contains(&method) {
+            self.methods.push(method);
+        }
+    }
 }
 
 /// The tables the paper reports, from the study's own folders of its results: the leaderboard
