@@ -10,38 +10,23 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use specbench_test::bench::{env_number, wait_with_rusage};
+use specbench_test::bench::{env_number, serve_stub, start_stub_process, timeval_seconds, wait_with_rusage};
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use specbench_test::{Reply, StubOptions, StubServer, synthetic_reply};
 
 const STUB_VARIABLE: &str = "SPECBENCH_BENCH_STUB";
 
 fn main() -> anyhow::Result<()> {
     let latency = Duration::from_millis(env_number("SPECBENCH_BENCH_LATENCY_MS", 200)?);
     if std::env::var_os(STUB_VARIABLE).is_some() {
-        return serve(latency);
+        return serve_stub(latency);
     }
     // `cargo bench` passes `--bench`; any other argument is a filter this bench ignores.
     let concurrency: u64 = env_number("SPECBENCH_BENCH_CONCURRENCY", 64)?;
     let data = specbench_test::golden::pack_dir()?;
 
-    let mut stub = Command::new(std::env::current_exe()?)
-        .env(STUB_VARIABLE, "1")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut first_line = String::new();
-    BufReader::new(
-        stub.stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("stub has no stdout"))?,
-    )
-    .read_line(&mut first_line)?;
-    let base_url = first_line.trim().to_string();
-    anyhow::ensure!(base_url.starts_with("http://127.0.0.1:"), "stub said {first_line:?}");
+    let (mut stub, base_url) = start_stub_process(STUB_VARIABLE)?;
 
     let results = tempfile::tempdir()?;
     let cache = tempfile::tempdir()?;
@@ -103,23 +88,6 @@ fn main() -> anyhow::Result<()> {
         verdict(rss_mib <= 40.0)
     );
     Ok(())
-}
-
-/// The stub process: synthetic replies after a fixed latency, until killed.
-fn serve(latency: Duration) -> anyhow::Result<()> {
-    let options = StubOptions {
-        latency,
-        record: false,
-        threads: 1,
-    };
-    let server = StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
-    println!("{}", server.base_url());
-    server.wait();
-    Ok(())
-}
-
-fn timeval_seconds(t: libc::timeval) -> f64 {
-    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
 /// Generated entries and judged entries over every scenario folder the run wrote.

@@ -16,14 +16,11 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use specbench_test::bench::{env_number, wait_with_rusage};
+use specbench_test::bench::{env_number, serve_stub, start_stub_process, timeval_seconds, wait_with_rusage};
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use specbench_test::{Reply, StubOptions, StubServer, synthetic_reply};
 
 const STUB_VARIABLE: &str = "SPECBENCH_BENCH_STUB";
 const METHODS: [&str; 4] = ["vanilla", "zero_think", "more_think", "align3"];
@@ -31,12 +28,12 @@ const METHODS: [&str; 4] = ["vanilla", "zero_think", "more_think", "align3"];
 fn main() -> anyhow::Result<()> {
     let latency = Duration::from_millis(env_number("SPECBENCH_BENCH_LATENCY_MS", 100)?);
     if std::env::var_os(STUB_VARIABLE).is_some() {
-        return serve(latency);
+        return serve_stub(latency);
     }
     let concurrency: u64 = env_number("SPECBENCH_BENCH_CONCURRENCY", 32)?;
     let data = specbench_test::golden::pack_dir()?;
-    let (mut first, first_url) = start_stub()?;
-    let (mut second, second_url) = start_stub()?;
+    let (mut first, first_url) = start_stub_process(STUB_VARIABLE)?;
+    let (mut second, second_url) = start_stub_process(STUB_VARIABLE)?;
     let urls = [first_url.as_str(), second_url.as_str()];
     let total_concurrency = 2 * concurrency;
     println!(
@@ -95,23 +92,6 @@ impl Measured {
             self.rss_mib
         );
     }
-}
-
-fn start_stub() -> anyhow::Result<(Child, String)> {
-    let mut stub = Command::new(std::env::current_exe()?)
-        .env(STUB_VARIABLE, "1")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut first_line = String::new();
-    BufReader::new(
-        stub.stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("stub has no stdout"))?,
-    )
-    .read_line(&mut first_line)?;
-    let url = first_line.trim().to_string();
-    anyhow::ensure!(url.starts_with("http://127.0.0.1:"), "stub said {first_line:?}");
-    Ok((stub, url))
 }
 
 /// The binary, run to the end (with an empty cache folder it does not use); its CPU and peak
@@ -213,21 +193,4 @@ fn measure_study(
         cpu,
         rss_mib,
     })
-}
-
-/// The stub process: synthetic replies after a fixed latency, until killed.
-fn serve(latency: Duration) -> anyhow::Result<()> {
-    let options = StubOptions {
-        latency,
-        record: false,
-        threads: 1,
-    };
-    let server = StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
-    println!("{}", server.base_url());
-    server.wait();
-    Ok(())
-}
-
-fn timeval_seconds(t: libc::timeval) -> f64 {
-    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }

@@ -9,6 +9,18 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+/// A YAML parser's error as one line: its first line names the place (`line 4 column 5:
+/// unknown field …`); the source excerpt on the lines after would repeat the user's own file.
+pub fn yaml_message(error: &impl std::fmt::Display) -> String {
+    error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read", file.display())]
@@ -70,14 +82,7 @@ impl ModelFile {
     pub fn parse(text: &str, file: &Path) -> Result<ModelFile, ConfigError> {
         let value: Option<Value> = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
             file: file.to_path_buf(),
-            // The parser adds a source snippet on further lines; errors here are one line.
-            message: e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_string(),
+            message: yaml_message(&e),
         })?;
         let entries = match value {
             None | Some(Value::Null) => Map::new(),

@@ -217,17 +217,9 @@ impl Study {
 
     /// Parses `text`, read from `path` (named in errors).
     pub fn parse(text: &str, path: &Path) -> Result<Study, StudyError> {
-        // The parser's first line names the place (`line 4 column 5: unknown field …`); the
-        // source excerpt after it would repeat the user's own file.
         let file: StudyFile = serde_saphyr::from_str(text).map_err(|error| StudyError::Yaml {
             path: path.to_path_buf(),
-            message: error
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_string(),
+            message: crate::config::yaml_message(&error),
         })?;
         for (field, empty) in [("models", file.models.is_empty()), ("methods", file.methods.is_empty())] {
             if empty {

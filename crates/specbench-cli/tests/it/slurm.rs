@@ -200,21 +200,7 @@ fn a_slurm_job_array_of_a_study_merged_equals_one_process() -> anyhow::Result<()
     let merged = finish(ctx.specbench().args(["study", "merge", &file.to_string_lossy()]))?;
     assert_eq!(merged.code, Some(0), "{merged:?}");
     assert!(merged.stdout.contains("Leaderboard"), "{}", merged.stdout);
-    let mut compared = 0;
-    for model in ["model-a", "model-b"] {
-        for scenario in ["Garden", "Museum"] {
-            for method in ["vanilla", "zero_think"] {
-                for name in ["generate.json", "test-judge_evaluate.json", "test-judge_score.json"] {
-                    let relative = format!("{model}/{scenario}/{method}/{name}");
-                    let single = std::fs::read(ctx.dir.path().join("single").join(&relative))?;
-                    let joined = std::fs::read(ctx.dir.path().join("result").join(&relative))?;
-                    assert!(single == joined, "{relative} differs after merge\n{logs}");
-                    compared += 1;
-                }
-            }
-        }
-    }
-    assert_eq!(compared, 24);
+    crate::study::assert_same_study_files(&ctx, "single", "result", &logs)?;
     drop(cluster);
     Ok(())
 }

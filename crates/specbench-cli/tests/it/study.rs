@@ -17,6 +17,27 @@ fn study_text(url: &str, methods: &str) -> String {
     )
 }
 
+/// The result files of the 2 × 2 × 2 study in `a` and `b` (folders under the test's folder),
+/// byte for byte: 24 files.
+pub fn assert_same_study_files(ctx: &TestContext, a: &str, b: &str, context: &str) -> anyhow::Result<()> {
+    let mut compared = 0;
+    for model in ["model-a", "model-b"] {
+        for scenario in ["Garden", "Museum"] {
+            for method in ["vanilla", "zero_think"] {
+                for name in ["generate.json", "test-judge_evaluate.json", "test-judge_score.json"] {
+                    let relative = format!("{model}/{scenario}/{method}/{name}");
+                    let first = std::fs::read(ctx.dir.path().join(a).join(&relative))?;
+                    let second = std::fs::read(ctx.dir.path().join(b).join(&relative))?;
+                    assert!(first == second, "{relative} differs between {a} and {b}\n{context}");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 24);
+    Ok(())
+}
+
 const TWO_METHODS: &str = "  - method: vanilla\n  - method: zero_think\n";
 
 /// Three methods with one, two and three calls per item.
@@ -226,21 +247,7 @@ fn slurm_array_shards_of_a_study_merged_equal_one_process() -> anyhow::Result<()
     assert_eq!(entries.len(), 1, "task 1 of 3 over 3 items: the first");
     let merged = ctx.run(&["merge", "--into", "merged", "shard1", "shard2", "shard3"])?;
     assert_eq!(merged.code, Some(0), "{merged:?}");
-    let mut compared = 0;
-    for model in ["model-a", "model-b"] {
-        for scenario in ["Garden", "Museum"] {
-            for method in ["vanilla", "zero_think"] {
-                for name in ["generate.json", "test-judge_evaluate.json", "test-judge_score.json"] {
-                    let relative = format!("{model}/{scenario}/{method}/{name}");
-                    let single = std::fs::read(ctx.dir.path().join("single").join(&relative))?;
-                    let joined = std::fs::read(ctx.dir.path().join("merged").join(&relative))?;
-                    assert!(single == joined, "{relative} differs after merge");
-                    compared += 1;
-                }
-            }
-        }
-    }
-    assert_eq!(compared, 24);
+    assert_same_study_files(&ctx, "single", "merged", "")?;
     // Outside an array task, `auto` says what it needs, and nothing is written.
     let outside = finish(
         ctx.specbench()
