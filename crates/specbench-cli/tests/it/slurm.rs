@@ -149,17 +149,11 @@ fn a_slurm_job_array_of_a_study_merged_equals_one_process() -> anyhow::Result<()
     let ctx = TestContext::with_pack("minimal")?;
     let cluster = Cluster::start(&ctx.dir.path().join("slurm"))?;
     let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
-    let url = server.base_url();
     let file = ctx.dir.path().join("study.yaml");
+    // Two models × vanilla and zero_think, judged once, results in `result`.
     std::fs::write(
         &file,
-        format!(
-            "models:\n  - {{key: org/model-a, provider: compatible, base_urls: [\"{url}\"]}}\n  \
-             - {{key: org/model-b, provider: compatible, base_urls: [\"{url}\"]}}\n\
-             methods:\n  - method: vanilla\n  - method: zero_think\n\
-             judges:\n  - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\n\
-             exec: {{concurrency: 2, no_cache: true}}\n"
-        ),
+        crate::study::study_text(&server.base_url(), crate::study::TWO_METHODS),
     )?;
     let single = ctx.run(&["study", "run", &file.to_string_lossy(), "--results", "single"])?;
     assert_eq!(single.code, Some(0), "{single:?}");

@@ -9,7 +9,7 @@ use crate::support::{TestContext, finish};
 
 /// Two models and one judge behind one server, a cap of 2 requests in flight. No response
 /// cache: the stub answers both models alike, and the tests count every request.
-fn study_text(url: &str, methods: &str) -> String {
+pub fn study_text(url: &str, methods: &str) -> String {
     format!(
         "data:\n  results: result\nmodels:\n  - {{key: org/model-a, provider: compatible, base_urls: [\"{url}\"]}}\n  \
          - {{key: org/model-b, provider: compatible, base_urls: [\"{url}\"]}}\nmethods:\n{methods}\
@@ -38,7 +38,7 @@ pub fn assert_same_study_files(ctx: &TestContext, a: &str, b: &str, context: &st
     Ok(())
 }
 
-const TWO_METHODS: &str = "  - method: vanilla\n  - method: zero_think\n";
+pub const TWO_METHODS: &str = "  - method: vanilla\n  - method: zero_think\n";
 
 /// Three methods with one, two and three calls per item.
 const THREE_METHODS: &str = "  - method: vanilla\n  - method: more_think\n    rethink_count: 2\n  - method: align3\n";
