@@ -86,14 +86,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
         compare,
     };
     let built = report::build(&runs, &options);
-    let format = match args.format {
-        ReportFormat::Table => Format::Table,
-        ReportFormat::Markdown => Format::Markdown,
-        ReportFormat::Csv => Format::Csv,
-        ReportFormat::Json => Format::Json,
-        ReportFormat::Html => Format::Html,
-    };
-    let text = render::render(&built, format);
+    let text = render::render(&built, format(args.format));
     if let Some(dir) = &args.plots {
         fs_err::create_dir_all(dir)?;
         for plot in &built.plots {
@@ -105,7 +98,24 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
             specbench::store::write_atomic(&dir.join(format!("{}.png", plot.name)), |out| out.write_all(&png))?;
         }
     }
-    match &args.output {
+    write_text(&text, args.output.as_deref())?;
+    Ok(ExitStatus::Success)
+}
+
+/// The renderer's format for the flag's.
+pub(crate) fn format(format: ReportFormat) -> Format {
+    match format {
+        ReportFormat::Table => Format::Table,
+        ReportFormat::Markdown => Format::Markdown,
+        ReportFormat::Csv => Format::Csv,
+        ReportFormat::Json => Format::Json,
+        ReportFormat::Html => Format::Html,
+    }
+}
+
+/// A rendered report to `output` (written atomically), else to the terminal.
+pub(crate) fn write_text(text: &str, output: Option<&Path>) -> anyhow::Result<()> {
+    match output {
         Some(path) => specbench::store::write_atomic(path, |out| out.write_all(text.as_bytes()))?,
         None => {
             let mut out = std::io::stdout().lock();
@@ -113,5 +123,5 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
             out.flush()?;
         }
     }
-    Ok(ExitStatus::Success)
+    Ok(())
 }

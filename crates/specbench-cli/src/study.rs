@@ -13,7 +13,6 @@ use specbench::study::{Study, StudyError};
 
 use crate::args::{ReportFormat, StudyAction, StudyCommand};
 use crate::commands::{ExitStatus, UsageError, run_error};
-use specbench_report::render::{self, Format};
 
 pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStatus> {
     match command.action {
@@ -94,23 +93,23 @@ fn usage(error: StudyError) -> anyhow::Error {
 /// before anything is sent, so bad input anywhere in the study writes nothing.
 async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)> {
     let shared = Shared::new(study.exec(), stop).at_once(study.exec(), study.endpoints());
-    let cells = study
+    let runners = study
         .resolve(&specbench_local::Engine::default(), &shared)
         .map_err(usage)?;
     let mut locks = Vec::new();
-    for (_, runner) in &cells {
+    for runner in &runners {
         locks.extend(runner.lock().map_err(run_error)?);
     }
-    let names: Vec<String> = cells
+    let names: Vec<String> = runners
         .iter()
-        .map(|(_, runner)| format!("{} {}", runner.plan.model_key, runner.plan.method.dir_name()))
+        .map(|runner| format!("{} {}", runner.plan.model_key, runner.plan.method.dir_name()))
         .collect();
     let mut folders = Folders::default();
-    for (_, runner) in &cells {
+    for runner in &runners {
         folders.add(&runner.plan.model_key, runner.plan.method.dir_name());
     }
     let progress = Arc::new(StudyProgress::new(&names));
-    let runs = cells.into_iter().enumerate().map(|(at, (_, runner))| {
+    let runs = runners.into_iter().enumerate().map(|(at, runner)| {
         let (sink, progress) = (progress.clone(), progress.clone());
         // Each cell on the runtime's threads; the shared caps pace them.
         tokio::spawn(async move {
@@ -213,23 +212,8 @@ fn paper_tables(study: &Study, folders: &Folders, format: ReportFormat, output: 
     built
         .tables
         .retain(|table| ["leaderboard", "methods", "judge_agreement"].contains(&table.name.as_str()));
-    let format = match format {
-        ReportFormat::Markdown => Format::Markdown,
-        ReportFormat::Html => Format::Html,
-        ReportFormat::Csv => Format::Csv,
-        ReportFormat::Json => Format::Json,
-        ReportFormat::Table => Format::Table,
-    };
-    let text = render::render(&built, format);
-    match output {
-        Some(path) => specbench::store::write_atomic(path, |out| out.write_all(text.as_bytes()))?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
-        }
-    }
-    Ok(())
+    let text = specbench_report::render::render(&built, crate::report::format(format));
+    crate::report::write_text(&text, output)
 }
 
 fn print_scores(out: &mut impl Write, report: &RunReport) {
@@ -259,7 +243,6 @@ fn status(study: &Study) -> anyhow::Result<ExitStatus> {
         "{:<24} {:<28} {:<10} {:>9} {:>9}  judged",
         "model", "method", "scenario", "selected", "generated"
     );
-    let (mut complete, mut cells) = (0, 0);
     for row in &rows {
         let judged: Vec<String> = row
             .progress
@@ -293,10 +276,9 @@ fn status(study: &Study) -> anyhow::Result<ExitStatus> {
                 judged.join(", ")
             }
         );
-        cells += 1;
-        complete += usize::from(row.complete());
     }
-    let _ = writeln!(out, "{complete} of {cells} cell scenarios complete");
+    let complete = rows.iter().filter(|row| row.complete()).count();
+    let _ = writeln!(out, "{complete} of {} cell scenarios complete", rows.len());
     Ok(ExitStatus::Success)
 }
 
@@ -359,7 +341,7 @@ async fn submit(file: &Path, study: &Study, job: &SlurmJob, dry_run: bool) -> an
         })
         .map_err(usage)?;
     let shards = absolute(&shards_dir(study))?;
-    std::fs::create_dir_all(&shards)?;
+    fs_err::create_dir_all(&shards)?;
     let binary = std::env::current_exe()?;
     let file = absolute(file)?;
     let mut script = String::from("#!/bin/sh\n");
@@ -378,25 +360,23 @@ async fn submit(file: &Path, study: &Study, job: &SlurmJob, dry_run: bool) -> an
         shell_word(&shards.to_string_lossy())
     ));
     let path = shards.join("study.sbatch");
-    std::fs::write(&path, script)?;
-    let mut sbatch = tokio::process::Command::new("sbatch");
-    sbatch.arg("--parsable");
-    if job.wait {
-        sbatch.arg("--wait");
-    }
-    sbatch.arg(&path);
-    let mut out = std::io::stdout().lock();
+    fs_err::write(&path, script)?;
     if dry_run {
         let _ = writeln!(
-            out,
+            std::io::stdout().lock(),
             "wrote {}; submit it with: sbatch {}",
             path.display(),
             path.display()
         );
         return Ok(ExitStatus::Success);
     }
-    drop(out);
+    let mut sbatch = tokio::process::Command::new("sbatch");
+    sbatch.arg("--parsable");
+    if job.wait {
+        sbatch.arg("--wait");
+    }
     let submitted = sbatch
+        .arg(&path)
         .output()
         .await
         .map_err(|e| UsageError(format!("sbatch: {e} (is Slurm installed here?)")))?;

@@ -263,7 +263,7 @@ impl Study {
     /// Nothing is sent or written; the first problem is named with its cell. Two cells that
     /// would write the same folder (one model, one method twice with the same parameters) are
     /// refused.
-    pub fn resolve(&self, engine: &dyn LocalEngine, shared: &Shared) -> Result<Vec<(Cell, Runner)>, StudyError> {
+    pub fn resolve(&self, engine: &dyn LocalEngine, shared: &Shared) -> Result<Vec<Runner>, StudyError> {
         let mut resolved = Vec::new();
         let mut folders: HashMap<(String, String), String> = HashMap::new();
         for cell in self.cells() {
@@ -290,7 +290,7 @@ impl Study {
                     });
                 }
                 folders.insert(key, cell.name.clone());
-                resolved.push((cell.clone(), runner));
+                resolved.push(runner);
             }
         }
         Ok(resolved)
@@ -346,11 +346,10 @@ impl Study {
                 let mut judge_calls = Vec::new();
                 for (key, modes) in &judge_keys {
                     for &mode in modes {
-                        let calls = match mode {
-                            JudgeMode::Joint => 1,
-                            JudgeMode::Sequential => scenario.rules.len() as u32,
-                        };
-                        let entry = (crate::judge::file_stem(key, mode), calls);
+                        let entry = (
+                            crate::judge::file_stem(key, mode),
+                            mode.calls_per_item(scenario.rules.len()),
+                        );
                         if !judge_calls.contains(&entry) {
                             judge_calls.push(entry);
                         }

@@ -263,3 +263,48 @@ fn slurm_array_shards_of_a_study_merged_equal_one_process() -> anyhow::Result<()
     assert!(!ctx.dir.path().join("outside").exists());
     Ok(())
 }
+
+#[test]
+fn a_kubernetes_index_takes_its_share_and_a_dry_run_only_writes_the_batch_script() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let file = ctx.dir.path().join("study.yaml");
+    std::fs::write(&file, study_text(&server.base_url(), TWO_METHODS))?;
+    let file = file.to_string_lossy().into_owned();
+    // Completion index 2 of an Indexed Job of 3: share 3/3, the third of each scenario's 3 items.
+    let finished = finish(
+        ctx.specbench()
+            .args(["study", "run", &file, "--shard", "auto/3", "--results", "k8s"])
+            .env("JOB_COMPLETION_INDEX", "2"),
+    )?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let generated: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(
+        ctx.dir.path().join("k8s/model-a/Garden/vanilla/generate.json"),
+    )?)?;
+    let prompts: Vec<&str> = generated.iter().filter_map(|e| e["data"]["prompt"].as_str()).collect();
+    assert_eq!(prompts.len(), 1, "{prompts:?}");
+
+    let dry = ctx.run(&[
+        "study",
+        "submit",
+        &file,
+        "--slurm",
+        "--array-size",
+        "5",
+        "--partition",
+        "gpu",
+        "--dry-run",
+    ])?;
+    assert_eq!(dry.code, Some(0), "{dry:?}");
+    let script = std::fs::read_to_string(ctx.dir.path().join("result.shards/study.sbatch"))?;
+    for line in [
+        "#SBATCH --array=1-5",
+        "#SBATCH --partition=gpu",
+        "--shard auto --results ",
+    ] {
+        assert!(script.contains(line), "{line}: {script}");
+    }
+    assert!(dry.stdout.contains("submit it with: sbatch"), "{}", dry.stdout);
+    assert!(!ctx.results.exists(), "a dry run runs nothing");
+    Ok(())
+}

@@ -43,6 +43,15 @@ pub enum JudgeMode {
 }
 
 impl JudgeMode {
+    /// The judge calls one item costs (more when a reply does not parse): one in
+    /// joint mode, one per rule in sequential mode.
+    pub fn calls_per_item(self, rules: usize) -> u32 {
+        match self {
+            JudgeMode::Joint => 1,
+            JudgeMode::Sequential => u32::try_from(rules).unwrap_or(u32::MAX),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             JudgeMode::Joint => "joint",
