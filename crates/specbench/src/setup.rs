@@ -690,20 +690,16 @@ struct Server<'a> {
     key_variable: Option<&'a String>,
 }
 
-/// What every part of one configuration shares: the pack, the protocol, the limits, the cache.
+/// What every part of one configuration shares: the pack, the protocol, and (with other
+/// configurations that run at once) the limits, the cache and the stop.
 struct Session<'e> {
     pack: Arc<Pack>,
     protocol: Arc<Protocol>,
     store: Store,
     data: DataConfig,
     exec: ExecConfig,
-    limits: ConcurrencyLimits,
-    cache: Option<Arc<ResponseCache>>,
     engine: &'e dyn LocalEngine,
-    /// Set by Ctrl-C: shared by every model and run.
-    stop: Stop,
-    item_slots: Option<Arc<tokio::sync::Semaphore>>,
-    client: Option<reqwest::Client>,
+    shared: Shared,
 }
 
 impl<'e> Session<'e> {
@@ -739,12 +735,8 @@ impl<'e> Session<'e> {
             store: Store::new(&data.results),
             data: data.clone(),
             exec: exec.clone(),
-            limits: shared.limits.clone(),
-            cache: shared.cache.clone(),
             engine,
-            stop: shared.stop.clone(),
-            item_slots: shared.item_slots.clone(),
-            client: shared.client.clone(),
+            shared: shared.clone(),
         })
     }
 
@@ -813,19 +805,19 @@ impl<'e> Session<'e> {
             .params(entry.params.clone())
             .extra_body(entry.extra_body.clone())
             .timeout(Duration::from_secs_f64(self.exec.timeout))
-            .limits(self.limits.clone())
+            .limits(self.shared.limits.clone())
             .chat_template(chat_template)
             .prefill(prefill)
             .max_reply_bytes(self.exec.max_reply_bytes)
-            .client(self.client.clone())
+            .client(self.shared.client.clone())
             .build()
             .map_err(|source| SetupError::Backend {
                 model: entry.key.clone(),
                 source,
             })?;
         Ok(Model::new(entry.key.clone(), Arc::new(backend), self.retry())
-            .with_cache(self.cache.clone())
-            .with_stop(self.stop.clone()))
+            .with_cache(self.shared.cache.clone())
+            .with_stop(self.shared.stop.clone()))
     }
 
     fn methods(&self, config: &MethodsConfig) -> Result<Vec<MethodConfig>, SetupError> {
@@ -856,8 +848,8 @@ impl<'e> Session<'e> {
         };
         let backend = self.engine.backend(entry, path, spec).map_err(SetupError::Local)?;
         Ok(Model::new(entry.key.clone(), backend, self.retry())
-            .with_cache(self.cache.clone())
-            .with_stop(self.stop.clone()))
+            .with_cache(self.shared.cache.clone())
+            .with_stop(self.shared.stop.clone()))
     }
 
     fn model(&self, config: &ModelConfig, methods: &[MethodConfig]) -> Result<Generator, SetupError> {
@@ -1005,12 +997,17 @@ impl<'e> Session<'e> {
                     }
                     None => None,
                 };
-                let backend =
-                    RewardModel::new(url, name, key, Duration::from_secs_f64(self.exec.timeout), &self.limits)
-                        .map_err(SetupError::Reward)?;
+                let backend = RewardModel::new(
+                    url,
+                    name,
+                    key,
+                    Duration::from_secs_f64(self.exec.timeout),
+                    &self.shared.limits,
+                )
+                .map_err(SetupError::Reward)?;
                 let model = Model::new(name.clone(), Arc::new(backend), self.retry())
-                    .with_cache(self.cache.clone())
-                    .with_stop(self.stop.clone());
+                    .with_cache(self.shared.cache.clone())
+                    .with_stop(self.shared.stop.clone());
                 Ok(Some(Scorer::RewardModel(model)))
             }
         }
@@ -1049,8 +1046,8 @@ impl<'e> Session<'e> {
             plan,
             generator: generator.map(|model| (model, method)),
             judges,
-            stop: self.stop.clone(),
-            item_slots: self.item_slots.clone(),
+            stop: self.shared.stop.clone(),
+            item_slots: self.shared.item_slots.clone(),
         })
     }
 }
