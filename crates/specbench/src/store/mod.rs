@@ -298,7 +298,6 @@ pub fn merge_run_dirs(sources: &[RunDir], into: &RunDir) -> Result<MergeCount, S
     let mut count = MergeCount::default();
     let mut generations: BTreeMap<usize, GenerationRecord> = BTreeMap::new();
     let mut judge_files: BTreeMap<String, Vec<JudgeRecord>> = BTreeMap::new();
-    let journal_dir = |dir: &RunDir| dir.dir.join(".journal");
     for source in std::iter::once(into).chain(sources) {
         for record in read_journal::<GenerationRecord>(&source.generation_journal())? {
             match generations.get(&record.index()) {
@@ -313,32 +312,13 @@ pub fn merge_run_dirs(sources: &[RunDir], into: &RunDir) -> Result<MergeCount, S
                 }
             }
         }
-        let dir = journal_dir(source);
-        if !dir.is_dir() {
-            continue;
-        }
-        let entries = fs_err::read_dir(&dir).map_err(|source| StoreError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| StoreError::Read {
-                path: dir.clone(),
-                source,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".jsonl") else {
-                continue;
-            };
-            if stem == "generate" {
-                continue;
-            }
-            let records = read_journal::<JudgeRecord>(&entry.path())?;
-            judge_files.entry(stem.to_string()).or_default().extend(records);
+        for stem in source.judge_journal_stems()? {
+            let records = read_journal::<JudgeRecord>(&source.judge_journal(&stem))?;
+            judge_files.entry(stem).or_default().extend(records);
         }
     }
-    fs_err::create_dir_all(journal_dir(into)).map_err(|source| StoreError::Write {
-        path: journal_dir(into),
+    fs_err::create_dir_all(into.journal_dir()).map_err(|source| StoreError::Write {
+        path: into.journal_dir(),
         source,
     })?;
     count.generations = generations.len();
@@ -708,49 +688,59 @@ impl RunDir {
         }
         progress.generated = done.len();
         progress.generation_failed = failed.difference(&done).count();
-        let journals = self.dir.join(".journal");
-        if journals.is_dir() {
-            let read = |source| StoreError::Read {
-                path: journals.clone(),
-                source,
-            };
-            let mut stems = Vec::new();
-            for entry in fs_err::read_dir(&journals).map_err(read)? {
-                let name = entry.map_err(read)?.file_name().to_string_lossy().into_owned();
-                if let Some(stem) = name.strip_suffix(".jsonl").filter(|stem| *stem != "generate") {
-                    stems.push(stem.to_string());
-                }
-            }
-            stems.sort();
-            for stem in stems {
-                let mut judged = BTreeSet::new();
-                let mut failed = BTreeSet::new();
-                for record in read_journal::<JudgeRecord>(&self.judge_journal(&stem))? {
-                    match record {
-                        JudgeRecord::Judged { index, .. } => {
-                            judged.insert(index);
-                        }
-                        JudgeRecord::Failed { index, .. } => {
-                            failed.insert(index);
-                        }
+        for stem in self.judge_journal_stems()? {
+            let mut judged = BTreeSet::new();
+            let mut failed = BTreeSet::new();
+            for record in read_journal::<JudgeRecord>(&self.judge_journal(&stem))? {
+                match record {
+                    JudgeRecord::Judged { index, .. } => {
+                        judged.insert(index);
+                    }
+                    JudgeRecord::Failed { index, .. } => {
+                        failed.insert(index);
                     }
                 }
-                progress.judges.push(JudgeProgress {
-                    failed: failed.difference(&judged).count(),
-                    judged: judged.len(),
-                    stem,
-                });
             }
+            progress.judges.push(JudgeProgress {
+                failed: failed.difference(&judged).count(),
+                judged: judged.len(),
+                stem,
+            });
         }
         Ok(progress)
     }
 
+    fn journal_dir(&self) -> PathBuf {
+        self.dir.join(".journal")
+    }
+
     pub fn generation_journal(&self) -> PathBuf {
-        self.dir.join(".journal").join("generate.jsonl")
+        self.journal_dir().join("generate.jsonl")
     }
 
     pub fn judge_journal(&self, judge_stem: &str) -> PathBuf {
-        self.dir.join(".journal").join(format!("{judge_stem}.jsonl"))
+        self.journal_dir().join(format!("{judge_stem}.jsonl"))
+    }
+
+    /// The judge file stems with a journal here, sorted; none without a journal folder.
+    fn judge_journal_stems(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.journal_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let read = |source| StoreError::Read {
+            path: dir.clone(),
+            source,
+        };
+        let mut stems = Vec::new();
+        for entry in fs_err::read_dir(&dir).map_err(read)? {
+            let name = entry.map_err(read)?.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".jsonl").filter(|stem| *stem != "generate") {
+                stems.push(stem.to_string());
+            }
+        }
+        stems.sort();
+        Ok(stems)
     }
 
     /// Writes `generate.json` (a `null` where an item failed, as upstream leaves it) and
