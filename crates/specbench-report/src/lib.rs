@@ -630,12 +630,14 @@ fn model_comparisons(systems: &[System<'_>], options: &ReportOptions) -> Table {
     // Every pair first, then their tests on every core: each has its own seeded stream, so
     // the rows are the same as one at a time.
     let mut pairs: Vec<(&str, &str, &System<'_>, &System<'_>)> = Vec::new();
-    for ((method, judge), mut models) in by_setting {
-        models.sort_by(|a, b| {
-            overall_sar(b)
-                .unwrap_or(f64::NEG_INFINITY)
-                .total_cmp(&overall_sar(a).unwrap_or(f64::NEG_INFINITY))
-        });
+    for ((method, judge), models) in by_setting {
+        // Best first; each model's SAR computed once, not at every comparison.
+        let mut ranked: Vec<(f64, &System<'_>)> = models
+            .into_iter()
+            .map(|system| (overall_sar(system).unwrap_or(f64::NEG_INFINITY), system))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let models: Vec<&System<'_>> = ranked.into_iter().map(|(_, system)| system).collect();
         match &options.compare {
             Some((first, second)) => {
                 let find = |name: &str| models.iter().copied().find(|s| s.model == name);
