@@ -37,7 +37,8 @@ fn parse_judge_mode(text: &str) -> Result<JudgeMode, String> {
 /// Exit codes: 0 every item done; 1 some items failed or were not judged (they are listed and
 /// kept out of the averages); 2 bad input or configuration, or the run folder in use by another
 /// specbench (nothing was written); 3 results could not be written, for example on a full disk
-/// (finished work is kept: run the same command again to resume); 130 and 143 stopped by Ctrl-C
+/// (finished work is kept: run the same command again to resume); 4 a study stopped at its
+/// --max-cost (finished work is kept: run again with a higher cap); 130 and 143 stopped by Ctrl-C
 /// or SIGTERM (finished work is kept and in the files: run the same command again to resume).
 #[derive(Debug, Parser)]
 #[command(name = "specbench", version, propagate_version = true, max_term_width = 100)]
@@ -105,6 +106,14 @@ pub enum StudyAction {
         /// Write those tables to FILE instead of the terminal.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Refuse to start when the plan's estimate of what is left costs more than this many
+        /// dollars, and stop sending new requests once the measured cost of this command
+        /// reaches it (finished work is kept; run again with a higher cap to go on). Needs
+        /// prices for every model and judge.
+        #[arg(long, value_name = "DOLLARS")]
+        max_cost: Option<f64>,
+        #[command(flatten)]
+        cost: CostArgs,
     },
     /// Split the study over a Slurm job array: writes `<results>.shards/study.sbatch` (each
     /// array task runs its share with `--shard auto` into `<results>.shards/shardK`) and submits
@@ -142,12 +151,40 @@ pub enum StudyAction {
     Plan {
         /// The study file.
         file: PathBuf,
+        #[command(flatten)]
+        cost: CostArgs,
     },
     /// Items selected, generated and judged per cell and scenario, from the run journals.
     Status {
         /// The study file.
         file: PathBuf,
     },
+}
+
+/// What prices a study's tokens, and what its estimate assumes.
+#[derive(Debug, Clone, Args)]
+pub struct CostArgs {
+    /// Prices per million tokens by model key, YAML or JSON (`GPT-4.1: {prompt: 2.0,
+    /// completion: 8.0}`), instead of the study file's `prices`.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// Completion tokens one call to a model under test is assumed to write. Default: its
+    /// `max_tokens`, an upper bound.
+    #[arg(long, value_name = "N")]
+    pub completion_tokens: Option<u64>,
+    /// Completion tokens one judge call is assumed to write. Default: the judge's
+    /// `max_tokens`, an upper bound.
+    #[arg(long, value_name = "N")]
+    pub judge_completion_tokens: Option<u64>,
+}
+
+impl CostArgs {
+    pub fn assumptions(&self) -> specbench::study::Assumptions {
+        specbench::study::Assumptions {
+            completion_tokens: self.completion_tokens,
+            judge_completion_tokens: self.judge_completion_tokens,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -206,7 +243,8 @@ pub struct ReportArgs {
     /// Prices per million tokens, YAML or JSON: `GPT-4.1: {prompt: 2.0, completion: 8.0}`.
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
-    /// The scenario pack, for the rule texts in the per-rule table (optional).
+    /// The scenario pack, for the rule texts in the per-rule table and the model families of
+    /// the leaderboard (the sections of its `config/config_model.yaml`); optional.
     #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
 }
@@ -535,6 +573,11 @@ pub struct ModelArgs {
     /// With `--prefill completions`: the tokenizer's EOS token, for templates that print it.
     #[arg(long, value_name = "TEXT")]
     pub eos_token: Option<String>,
+    /// Send this sampling `seed` with every request of the model under test (OpenAI and vLLM
+    /// take it; the embedded model seeds its sampler). It is part of the cache key, so another
+    /// seed is another sample. Default: none, as upstream.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -31,6 +31,8 @@ pub enum ExitStatus {
     Incomplete,
     /// Stopped by SIGINT or SIGTERM; what was finished is kept and in the files.
     Interrupted,
+    /// A study stopped when its measured cost reached `--max-cost`; what was finished is kept.
+    OverBudget,
 }
 
 /// Bad input of any kind: exit code 2, and nothing was written.
@@ -126,6 +128,7 @@ fn model_config(args: &ModelArgs) -> ModelConfig {
         },
         bos_token: args.bos_token.clone(),
         eos_token: args.eos_token.clone(),
+        seed: args.seed,
     }
 }
 
@@ -318,7 +321,7 @@ pub(crate) async fn execute_locked(runners: Vec<Runner>, resume: Resume) -> anyh
             ExitStatus::Success => {}
             ExitStatus::Incomplete => status = ExitStatus::Incomplete,
             // The methods not reached yet are left for the next run.
-            ExitStatus::Interrupted => return Ok(ExitStatus::Interrupted),
+            stopped @ (ExitStatus::Interrupted | ExitStatus::OverBudget) => return Ok(stopped),
         }
     }
     Ok(status)

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Ok(ExitStatus::Success) => ExitCode::SUCCESS,
         Ok(ExitStatus::Incomplete) => ExitCode::from(1),
         Ok(ExitStatus::Interrupted) => ExitCode::from(interrupt.as_ref().map_or(130, |i| i.exit_code())),
+        Ok(ExitStatus::OverBudget) => ExitCode::from(4),
         Err(err) => {
             // One line: the error and its causes, each naming what to fix.
             eprintln!("specbench: error: {err:#}");

@@ -1,11 +1,10 @@
 //! `specbench report`: stored results in, tables and plots out.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
 use specbench_report::render::{self, Format};
-use specbench_report::{self as report, Filter, Price, ReportOptions, RuleTexts};
+use specbench_report::{self as report, Filter, Prices, ReportOptions, RuleTexts};
 
 use crate::args::{ReportArgs, ReportFormat};
 use crate::commands::{ExitStatus, UsageError, alpha};
@@ -46,12 +45,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
     if args.resamples == 0 || args.permutations == 0 {
         anyhow::bail!(UsageError("--resamples and --permutations must be at least 1".into()));
     }
-    let prices: BTreeMap<String, Price> = match &args.prices {
-        Some(path) => {
-            let text = fs_err::read_to_string(path).map_err(|e| UsageError(e.to_string()))?;
-            serde_saphyr::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?
-        }
-        None => BTreeMap::new(),
+    let prices = match &args.prices {
+        Some(path) => Prices::load(path).map_err(|e| UsageError(e.to_string()))?,
+        None => Prices::default(),
     };
     let rules = rule_texts(args.data.as_deref())?;
     let compare = match args.compare.as_slice() {
@@ -68,6 +64,28 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
     let loaded = report::load(&args.results, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
     warn_skipped(&loaded.skipped);
     let runs = loaded.runs;
+    let repeats = repeat_folders(&args.results);
+    if runs.is_empty() && !repeats.is_empty() {
+        // A study with repeats: its runs are one level down, one folder per seed.
+        let mut loaded = Vec::new();
+        for (name, dir) in repeats {
+            let runs = report::load(&dir, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
+            warn_skipped(&runs.skipped);
+            loaded.push((name, runs.runs));
+        }
+        let options = ReportOptions {
+            alpha,
+            resamples: args.resamples,
+            seed: args.seed,
+            ..ReportOptions::default()
+        };
+        let built = report::Report {
+            tables: vec![report::repeats::repeats_table(&loaded, &options)],
+            plots: Vec::new(),
+        };
+        write_text(&render::render(&built, format(args.format)), args.output.as_deref())?;
+        return Ok(ExitStatus::Success);
+    }
     if runs.is_empty() {
         anyhow::bail!(UsageError(format!(
             "{}: no judged results (no <judge>_evaluate.json) match",
@@ -84,6 +102,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
         prices,
         rules,
         compare,
+        families: families(args.data.as_deref())?,
     };
     let built = report::build(&runs, &options);
     let text = render::render(&built, format(args.format));
@@ -100,6 +119,42 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
     }
     write_text(&text, args.output.as_deref())?;
     Ok(ExitStatus::Success)
+}
+
+/// Model folder name → family (`instruct`, `reasoning`), from the sections of the pack's
+/// `config/config_model.yaml`, for the leaderboard's Table 1 grouping; none without a pack.
+pub(crate) fn families(data: Option<&Path>) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let Some(data) = data else {
+        return Ok(Default::default());
+    };
+    let path = data.join("config").join("config_model.yaml");
+    if !path.is_file() {
+        return Ok(Default::default());
+    }
+    let file = specbench::config::ModelFile::load(&path).map_err(|e| UsageError(e.to_string()))?;
+    Ok(file
+        .keys()
+        .filter_map(|key| {
+            let family = file.family(key)?;
+            Some((specbench::store::short_name(key).to_string(), family.to_string()))
+        })
+        .collect())
+}
+
+/// The `repeat-<r>` folders a study with repeats wrote under `results`, by r.
+pub(crate) fn repeat_folders(results: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut found: Vec<(u32, String, std::path::PathBuf)> = std::fs::read_dir(results)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let r: u32 = name.strip_prefix("repeat-")?.parse().ok()?;
+            entry.path().is_dir().then(|| (r, name, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, name, path)| (name, path)).collect()
 }
 
 /// The renderer's format for the flag's.

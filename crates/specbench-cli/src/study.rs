@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use specbench::backend::{Stop, Usage};
+use specbench::cost::Prices;
 use specbench::run::{Event, Outcome, PLAIN_PROGRESS_EVERY, RunReport};
 use specbench::setup::Shared;
-use specbench::study::{Study, StudyError};
+use specbench::study::{Assumptions, Money, Study, StudyError};
 
 use crate::args::{ReportFormat, StudyAction, StudyCommand};
 use crate::commands::{ExitStatus, UsageError, run_error};
@@ -22,8 +23,13 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             results,
             format,
             output,
+            max_cost,
+            cost,
         } => {
             let mut study = load(&file)?;
+            if cost.prices.is_some() {
+                study.file.prices = cost.prices.clone();
+            }
             let sharded = shard.is_some();
             if sharded {
                 study.file.data.shard = shard;
@@ -31,9 +37,13 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             if let Some(results) = results {
                 study.file.data.results = results;
             }
-            let (status, folders) = run(&study, stop).await?;
+            let budget = match max_cost {
+                Some(cap) => Some(check_budget(&study, cap, cost.assumptions())?),
+                None => None,
+            };
+            let (status, folders) = run(&study, stop, budget).await?;
             // A share's tables would be a share's: they come with `study merge`'s folder.
-            if status != ExitStatus::Interrupted && !sharded {
+            if !matches!(status, ExitStatus::Interrupted | ExitStatus::OverBudget) && !sharded {
                 paper_tables(&study, &folders, format, output.as_deref())?;
             }
             Ok(status)
@@ -62,14 +72,20 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             let status = merge(&study).await?;
             if status == ExitStatus::Success {
                 let mut folders = Folders::default();
-                for row in study.status().map_err(usage)? {
+                for row in study.status(Default::default()).map_err(usage)? {
                     folders.add(&row.model, row.method);
                 }
                 paper_tables(&study, &folders, ReportFormat::Table, None)?;
             }
             Ok(status)
         }
-        StudyAction::Plan { file } => plan(&load(&file)?),
+        StudyAction::Plan { file, cost } => {
+            let mut study = load(&file)?;
+            if cost.prices.is_some() {
+                study.file.prices = cost.prices.clone();
+            }
+            plan(&study, cost.assumptions())
+        }
     }
 }
 
@@ -91,8 +107,12 @@ fn usage(error: StudyError) -> anyhow::Error {
 
 /// Every cell at once, under one cap per endpoint: each cell is checked and its folder taken
 /// before anything is sent, so bad input anywhere in the study writes nothing.
-async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)> {
-    let shared = Shared::new(study.exec(), stop).at_once(study.exec(), study.endpoints());
+async fn run(study: &Study, stop: Stop, budget: Option<Budget>) -> anyhow::Result<(ExitStatus, Folders)> {
+    let prices = match &budget {
+        Some(budget) => budget.prices.clone(),
+        None => study.prices().map_err(usage)?,
+    };
+    let shared = Shared::new(study.exec(), stop.clone()).at_once(study.exec(), study.endpoints());
     let runners = study
         .resolve(&specbench_local::Engine::default(), &shared)
         .map_err(usage)?;
@@ -102,13 +122,37 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
     }
     let names: Vec<String> = runners
         .iter()
-        .map(|runner| format!("{} {}", runner.plan.model_key, runner.plan.method.dir_name()))
+        .map(|runner| {
+            let name = format!("{} {}", runner.plan.model_key, runner.plan.method.dir_name());
+            // A repeat's cells write under `<results>/repeat-<r>`.
+            match runner.store.root.strip_prefix(study.results()) {
+                Ok(repeat) if !repeat.as_os_str().is_empty() => format!("{name} ({})", repeat.display()),
+                _ => name,
+            }
+        })
         .collect();
     let mut folders = Folders::default();
     for runner in &runners {
         folders.add(&runner.plan.model_key, runner.plan.method.dir_name());
     }
-    let progress = Arc::new(StudyProgress::new(&names));
+    // What the measured cost is read from: every model and judge of every cell, priced by its
+    // key (a judge by its file stem), counting only requests sent (not cache hits).
+    let mut meters = Vec::new();
+    for runner in &runners {
+        if let Some((model, _)) = &runner.generator {
+            meters.push((runner.plan.model_key.clone(), model.clone()));
+        }
+        for judge in &runner.judges {
+            meters.push((judge.file_stem(), judge.model.clone()));
+        }
+    }
+    let meter = Meter {
+        prices,
+        meters,
+        cap: budget.map(|b| b.cap),
+        stop,
+    };
+    let progress = Arc::new(StudyProgress::new(&names, meter));
     let runs = runners.into_iter().enumerate().map(|(at, runner)| {
         let (sink, progress) = (progress.clone(), progress.clone());
         // Each cell on the runtime's threads; the shared caps pace them.
@@ -116,7 +160,7 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
             let result = Arc::new(runner)
                 .run(Arc::new(move |event| sink.handle(at, event)))
                 .await;
-            progress.finished(at);
+            progress.finished(at, result.is_err());
             result
         })
     });
@@ -157,13 +201,25 @@ async fn run(study: &Study, stop: Stop) -> anyhow::Result<(ExitStatus, Folders)>
         return Err(error);
     }
     if interrupted > 0 {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "interrupted: {} of {} cells finished; run the same command to resume",
-            names.len() - interrupted,
-            names.len()
-        );
-        return Ok((ExitStatus::Interrupted, folders));
+        let finished = names.len() - interrupted;
+        let message = match progress.capped() {
+            Some((spent, cap)) => format!(
+                "stopped: the measured cost ${spent:.2} reached --max-cost {cap:.2}; {finished} of {} cells finished \
+                 and every finished item is kept; run again with a higher --max-cost to go on",
+                names.len()
+            ),
+            None => format!(
+                "interrupted: {finished} of {} cells finished; run the same command to resume",
+                names.len()
+            ),
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{message}");
+        let status = if progress.capped().is_some() {
+            ExitStatus::OverBudget
+        } else {
+            ExitStatus::Interrupted
+        };
+        return Ok((status, folders));
     }
     Ok((status, folders))
 }
@@ -198,20 +254,37 @@ fn paper_tables(study: &Study, folders: &Folders, format: ReportFormat, output: 
         methods: folders.methods.clone(),
         ..specbench_report::Filter::default()
     };
-    let loaded = specbench_report::load(study.results(), alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
-    crate::report::warn_skipped(&loaded.skipped);
-    if loaded.runs.is_empty() {
-        return Ok(());
-    }
     let options = specbench_report::ReportOptions {
         alpha,
         rules: crate::report::rule_texts(study.file.data.data.as_deref())?,
+        families: crate::report::families(study.file.data.data.as_deref())?,
         ..specbench_report::ReportOptions::default()
     };
-    let mut built = specbench_report::build(&loaded.runs, &options);
-    built
-        .tables
-        .retain(|table| ["leaderboard", "methods", "judge_agreement"].contains(&table.name.as_str()));
+    let repeats: Vec<u32> = study.repeats().into_iter().flatten().collect();
+    let built = if repeats.is_empty() {
+        let loaded = specbench_report::load(study.results(), alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
+        crate::report::warn_skipped(&loaded.skipped);
+        if loaded.runs.is_empty() {
+            return Ok(());
+        }
+        let mut built = specbench_report::build(&loaded.runs, &options);
+        built
+            .tables
+            .retain(|table| ["leaderboard", "methods", "judge_agreement"].contains(&table.name.as_str()));
+        built
+    } else {
+        let mut loaded = Vec::new();
+        for r in repeats {
+            let dir = study.repeat_results(r);
+            let runs = specbench_report::load(&dir, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
+            crate::report::warn_skipped(&runs.skipped);
+            loaded.push((format!("repeat-{r}"), runs.runs));
+        }
+        specbench_report::Report {
+            tables: vec![specbench_report::repeats::repeats_table(&loaded, &options)],
+            plots: Vec::new(),
+        }
+    };
     let text = specbench_report::render::render(&built, crate::report::format(format));
     crate::report::write_text(&text, output)
 }
@@ -236,7 +309,7 @@ fn print_scores(out: &mut impl Write, report: &RunReport) {
 
 /// The stored state of every cell and scenario; sends nothing.
 fn status(study: &Study) -> anyhow::Result<ExitStatus> {
-    let rows = study.status().map_err(usage)?;
+    let rows = study.status(Default::default()).map_err(usage)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -266,7 +339,7 @@ fn status(study: &Study) -> anyhow::Result<ExitStatus> {
             out,
             "{:<24} {:<28} {:<10} {:>9} {:>9}  {}{failed}",
             row.model,
-            row.method,
+            method_label(row),
             row.scenario,
             row.selected,
             row.progress.generated,
@@ -280,6 +353,14 @@ fn status(study: &Study) -> anyhow::Result<ExitStatus> {
     let complete = rows.iter().filter(|row| row.complete()).count();
     let _ = writeln!(out, "{complete} of {} cell scenarios complete", rows.len());
     Ok(ExitStatus::Success)
+}
+
+/// A row's method, with its repeat when the study has several.
+fn method_label(row: &specbench::study::CellProgress) -> String {
+    match row.repeat {
+        Some(r) => format!("{} r{r}", row.method),
+        None => row.method.clone(),
+    }
 }
 
 /// How a study is split over a Slurm array.
@@ -405,7 +486,8 @@ async fn submit(file: &Path, study: &Study, job: &SlurmJob, dry_run: bool) -> an
     Ok(ExitStatus::Success)
 }
 
-/// Joins `<results>.shards/shard*` into the study's results folder.
+/// Joins `<results>.shards/shard*` into the study's results folder (each repeat's shares into
+/// that repeat's folder).
 async fn merge(study: &Study) -> anyhow::Result<ExitStatus> {
     let shards = shards_dir(study);
     let mut found: Vec<PathBuf> = match std::fs::read_dir(&shards) {
@@ -425,25 +507,51 @@ async fn merge(study: &Study) -> anyhow::Result<ExitStatus> {
         ))),
     };
     found.sort();
-    let args = crate::args::MergeArgs {
-        shards: found,
-        into: study.results().to_path_buf(),
-        data: study.file.data.data.clone(),
-    };
-    crate::merge::merge(args).await
+    let mut status = ExitStatus::Success;
+    for repeat in study.repeats() {
+        let (shares, into) = match repeat {
+            None => (found.clone(), study.results().to_path_buf()),
+            Some(r) => (
+                found.iter().map(|share| share.join(format!("repeat-{r}"))).collect(),
+                study.repeat_results(r),
+            ),
+        };
+        let args = crate::args::MergeArgs {
+            shards: shares,
+            into,
+            data: study.file.data.data.clone(),
+        };
+        match crate::merge::merge(args).await? {
+            ExitStatus::Success => {}
+            other => status = other,
+        }
+    }
+    Ok(status)
 }
 
-/// What the study sends: per cell and scenario, the calls of one item and the requests in
-/// all, and what is left after the stored results; sends nothing.
-fn plan(study: &Study) -> anyhow::Result<ExitStatus> {
-    let rows = study.status().map_err(usage)?;
+/// What the study sends: per cell and scenario, the calls of one item, the requests in all,
+/// what is left after the stored results, and the estimated tokens and cost; sends nothing.
+fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitStatus> {
+    let rows = study.status(assumptions).map_err(usage)?;
+    let prices = study.prices().map_err(usage)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:<24} {:<28} {:<10} {:>6} {:>9} {:>9} {:>9}  judge calls/item",
-        "model", "method", "scenario", "items", "gen/item", "requests", "remaining"
+        "{:<24} {:<28} {:<10} {:>6} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10}  judge calls/item",
+        "model",
+        "method",
+        "scenario",
+        "items",
+        "gen/item",
+        "requests",
+        "remaining",
+        "prompt tok",
+        "compl. tok",
+        "cost $"
     );
     let (mut requests, mut remaining) = (0u64, 0u64);
+    let (mut tokens, mut left_tokens) = (Usage::default(), Usage::default());
+    let (mut money, mut left_money) = (Money::default(), Money::default());
     for row in &rows {
         let judges: Vec<String> = row
             .judge_calls
@@ -455,32 +563,165 @@ fn plan(study: &Study) -> anyhow::Result<ExitStatus> {
         } else {
             row.calls.generation.to_string()
         };
+        let mut cell = Usage::default();
+        for (_, usage) in row.tokens() {
+            cell += &usage;
+        }
+        for (_, usage) in row.remaining_tokens() {
+            left_tokens += &usage;
+        }
+        let cost = Money::of(&prices, row.tokens());
         let _ = writeln!(
             out,
-            "{:<24} {:<28} {:<10} {:>6} {:>9} {:>9} {:>9}  {}",
+            "{:<24} {:<28} {:<10} {:>6} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10}  {}",
             row.model,
-            row.method,
+            method_label(row),
             row.scenario,
             row.selected,
             scored,
             row.requests(),
             row.remaining(),
+            cell.prompt_tokens,
+            cell.completion_tokens,
+            dollars(cost),
             judges.join(", ")
         );
         requests += row.requests();
         remaining += row.remaining();
+        tokens += &cell;
+        money.add(cost);
+        left_money.add(Money::of(&prices, row.remaining_tokens()));
     }
     let _ = writeln!(
         out,
         "{requests} requests in all, {remaining} still to send (judge parse retries aside; cached replies are not sent again)"
     );
+    let _ = writeln!(
+        out,
+        "tokens, estimated: {} prompt and {} completion in all; {} and {} still to send",
+        tokens.prompt_tokens, tokens.completion_tokens, left_tokens.prompt_tokens, left_tokens.completion_tokens
+    );
+    if prices.is_empty() {
+        let _ = writeln!(
+            out,
+            "cost: no prices (give --prices FILE or `prices:` in the study file)"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "cost, estimated: ${} in all, ${} still to send{}",
+            dollars(money),
+            dollars(left_money),
+            if money.unpriced || left_money.unpriced {
+                " (+ models with no price, marked +)"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(out, "{}", assumption_line(assumptions));
     Ok(ExitStatus::Success)
+}
+
+/// What the estimate assumed, in one line.
+fn assumption_line(assumptions: Assumptions) -> String {
+    let calls = |given: Option<u64>| match given {
+        Some(tokens) => format!("{tokens} tokens per call"),
+        None => "its max_tokens per call (an upper bound)".to_string(),
+    };
+    format!(
+        "estimate: prompts at {} characters per token; each model writes {}, each judge {}",
+        specbench::cost::CHARS_PER_TOKEN,
+        calls(assumptions.completion_tokens),
+        calls(assumptions.judge_completion_tokens)
+    )
+}
+
+/// Dollars to the cent, `+` when some tokens had no price, `-` when none had one.
+fn dollars(money: Money) -> String {
+    match (money.dollars, money.unpriced) {
+        (0.0, true) => "-".to_string(),
+        (d, true) => format!("{d:.2}+"),
+        (d, false) => format!("{d:.2}"),
+    }
+}
+
+/// `--max-cost`: the cap, with what prices the measured cost.
+struct Budget {
+    cap: f64,
+    prices: Prices,
+}
+
+/// Refuses a study whose estimate of what is left costs more than `cap`, or that has a
+/// model or judge with no price (its cost could not be held to any cap).
+fn check_budget(study: &Study, cap: f64, assumptions: Assumptions) -> anyhow::Result<Budget> {
+    if !(cap.is_finite() && cap >= 0.0) {
+        anyhow::bail!(UsageError("--max-cost must be a number of dollars, at least 0".into()));
+    }
+    let prices = study.prices().map_err(usage)?;
+    let rows = study.status(assumptions).map_err(usage)?;
+    let mut left = Money::default();
+    for row in &rows {
+        for (key, usage) in row.remaining_tokens() {
+            if usage.prompt_tokens + usage.completion_tokens > 0 && prices.of(key).is_none() {
+                anyhow::bail!(UsageError(format!(
+                    "{}: --max-cost needs a price for `{key}` (give --prices FILE or `prices:` in the study file)",
+                    study.path.display()
+                )));
+            }
+        }
+        left.add(Money::of(&prices, row.remaining_tokens()));
+    }
+    if left.dollars > cap {
+        anyhow::bail!(UsageError(format!(
+            "{}: what is left is estimated at ${:.2}, above --max-cost {cap:.2}; nothing was sent. Raise the cap, or \
+             estimate with the completions you expect (--completion-tokens, --judge-completion-tokens; see `study plan`)",
+            study.path.display(),
+            left.dollars
+        )));
+    }
+    Ok(Budget { cap, prices })
 }
 
 /// One line of state per cell; the study's bar (terminal) or a plain line every few seconds.
 struct StudyProgress {
     state: Mutex<State>,
     bar: Option<ProgressBar>,
+    meter: Meter,
+}
+
+/// The study's measured cost, and the cap that stops it.
+struct Meter {
+    prices: Prices,
+    /// (price key, model): every model and judge of every cell.
+    meters: Vec<(String, specbench::backend::Model)>,
+    cap: Option<f64>,
+    stop: Stop,
+}
+
+impl Meter {
+    /// Dollars spent on requests sent so far (none without prices).
+    fn spent(&self) -> Option<Money> {
+        if self.prices.is_empty() {
+            return None;
+        }
+        let usage: Vec<(&str, Usage)> = self
+            .meters
+            .iter()
+            .map(|(key, model)| {
+                let totals = model.totals();
+                (
+                    key.as_str(),
+                    Usage {
+                        prompt_tokens: totals.prompt_tokens,
+                        completion_tokens: totals.completion_tokens,
+                        total_tokens: totals.prompt_tokens + totals.completion_tokens,
+                    },
+                )
+            })
+            .collect();
+        Some(Money::of(&self.prices, usage))
+    }
 }
 
 struct State {
@@ -488,6 +729,10 @@ struct State {
     cost: Usage,
     started: Instant,
     last_line: Instant,
+    /// Dollars spent so far, when there are prices.
+    spent: Option<Money>,
+    /// Set when the measured cost reached `--max-cost`: (spent, cap).
+    capped: Option<(f64, f64)>,
 }
 
 #[derive(Default)]
@@ -496,10 +741,12 @@ struct CellState {
     done: usize,
     failed: usize,
     finished: bool,
+    /// The cell's run ended in an error (its message follows the study).
+    broke: bool,
 }
 
 impl StudyProgress {
-    fn new(names: &[String]) -> StudyProgress {
+    fn new(names: &[String], meter: Meter) -> StudyProgress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
             if let Ok(style) = ProgressStyle::with_template("study {wide_bar} {pos}/{len} eta {eta} | {msg}") {
@@ -513,9 +760,17 @@ impl StudyProgress {
                 cost: Usage::default(),
                 started: Instant::now(),
                 last_line: Instant::now(),
+                spent: None,
+                capped: None,
             }),
             bar,
+            meter,
         }
+    }
+
+    /// (spent, cap) when `--max-cost` stopped the study.
+    fn capped(&self) -> Option<(f64, f64)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).capped
     }
 
     fn handle(&self, cell: usize, event: Event) {
@@ -538,6 +793,15 @@ impl StudyProgress {
                 }
                 state.cost.prompt_tokens += cost.prompt_tokens;
                 state.cost.completion_tokens += cost.completion_tokens;
+                state.spent = self.meter.spent();
+                if let (Some(spent), Some(cap)) = (state.spent, self.meter.cap)
+                    && spent.dollars >= cap
+                    && state.capped.is_none()
+                {
+                    // No new request from here on; those in flight are answered and kept.
+                    state.capped = Some((spent.dollars, cap));
+                    self.meter.stop.stop();
+                }
                 if let Some(bar) = &self.bar {
                     bar.inc(1);
                 }
@@ -547,20 +811,29 @@ impl StudyProgress {
         self.show(&mut state);
     }
 
-    fn finished(&self, cell: usize) {
+    fn finished(&self, cell: usize, failed: bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = state.cells.get_mut(cell) {
             c.finished = true;
+            c.broke = failed;
         }
         self.show(&mut state);
     }
 
-    fn message(state: &State) -> String {
-        let finished = state.cells.iter().filter(|c| c.finished).count();
+    fn message(&self, state: &State) -> String {
+        let finished = state.cells.iter().filter(|c| c.finished && !c.broke).count();
+        let broke = state.cells.iter().filter(|c| c.broke).count();
         let running = state.cells.iter().filter(|c| !c.finished && c.done > 0).count();
         let failed: usize = state.cells.iter().map(|c| c.failed).sum();
+        let spent = state
+            .spent
+            .map(|money| format!(" | ${}", dollars(money)))
+            .unwrap_or_default();
+        // Requests sent (retries included), not cache hits or journal reuse.
+        let requests: u64 = self.meter.meters.iter().map(|(_, model)| model.totals().requests).sum();
         format!(
-            "cells {finished}/{} done, {running} running | units failed {failed} | tok {}/{}",
+            "cells {finished}/{} done, {running} running, {broke} failed | units failed {failed} | {requests} requests, \
+             tok {}/{}{spent}",
             state.cells.len(),
             state.cost.prompt_tokens,
             state.cost.completion_tokens
@@ -568,17 +841,23 @@ impl StudyProgress {
     }
 
     fn show(&self, state: &mut State) {
-        let message = StudyProgress::message(state);
+        let message = self.message(state);
         match &self.bar {
             Some(bar) => bar.set_message(message),
             None if state.last_line.elapsed() >= PLAIN_PROGRESS_EVERY => {
                 state.last_line = Instant::now();
                 let total: usize = state.cells.iter().map(|c| c.total).sum();
                 let done: usize = state.cells.iter().map(|c| c.done).sum();
+                let elapsed = state.started.elapsed().as_secs_f64();
+                // At the pace so far; units found in the journals make it hopeful at first.
+                let eta = if done > 0 && total > done {
+                    format!(", eta {:.0}s", elapsed / done as f64 * (total - done) as f64)
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     std::io::stderr().lock(),
-                    "[study] {done}/{total} units in {:.0}s | {message}",
-                    state.started.elapsed().as_secs_f64()
+                    "[study] {done}/{total} units in {elapsed:.0}s{eta} | {message}"
                 );
             }
             None => {}
@@ -587,7 +866,7 @@ impl StudyProgress {
 
     fn finish(&self) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let message = StudyProgress::message(&state);
+        let message = self.message(&state);
         match &self.bar {
             Some(bar) => bar.finish_with_message(message),
             None => {

@@ -8,11 +8,12 @@
 
 pub mod plots;
 pub mod render;
+pub mod repeats;
 pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use specbench::pack::Label;
 use specbench::parallel::map_in_order;
@@ -72,12 +73,7 @@ pub struct Report {
 /// Rule texts by scenario: (safety rules, behavioral rules).
 pub type RuleTexts = HashMap<String, (Vec<String>, Vec<String>)>;
 
-/// Prices per million tokens, by model key (a judge's key without `-sequential`).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
-pub struct Price {
-    pub prompt: f64,
-    pub completion: f64,
-}
+pub use specbench::cost::{Price, Prices};
 
 /// How a report is computed.
 #[derive(Debug, Clone)]
@@ -89,8 +85,11 @@ pub struct ReportOptions {
     pub permutations: usize,
     pub level: f64,
     pub seed: u64,
-    pub prices: BTreeMap<String, Price>,
+    pub prices: Prices,
     pub rules: RuleTexts,
+    /// Model folder name → family (`instruct`, `reasoning`): with any, the leaderboard groups
+    /// models by family as the paper's Table 1 does.
+    pub families: HashMap<String, String>,
     /// Two models to compare; when `None`, each model is compared with the next one down the
     /// leaderboard (is the gap between neighbours real?).
     pub compare: Option<(String, String)>,
@@ -105,8 +104,9 @@ impl Default for ReportOptions {
             permutations: 5000,
             level: 0.95,
             seed: 0,
-            prices: BTreeMap::new(),
+            prices: Prices::default(),
             rules: HashMap::new(),
+            families: HashMap::new(),
             compare: None,
         }
     }
@@ -353,15 +353,33 @@ fn systems_summary(systems: &[System<'_>], _options: &ReportOptions) -> Vec<Syst
 
 fn leaderboard(systems: &[System<'_>], intervals: &[SystemIntervals<'_>], options: &ReportOptions) -> Table {
     let scenarios: BTreeSet<&str> = systems.iter().flat_map(|s| s.by_scenario.keys().copied()).collect();
-    let mut columns: Vec<String> = ["model", "method", "judge", "scenarios", "safety", "behavioral", "SAR"]
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let grouped = !options.families.is_empty();
+    let mut columns: Vec<String> = Vec::new();
+    if grouped {
+        columns.push("family".into());
+    }
+    columns.extend(
+        ["model", "method", "judge", "scenarios", "safety", "behavioral", "SAR"]
+            .iter()
+            .map(|c| c.to_string()),
+    );
     columns.extend(scenarios.iter().map(|s| format!("SAR {s}")));
-    let mut rows: Vec<(f64, Vec<Cell>)> = Vec::with_capacity(systems.len());
+    // Families in the order the paper lists them, then any other, then models with none.
+    let family_rank = |family: Option<&String>| match family.map(String::as_str) {
+        Some("instruct") => (0, String::new()),
+        Some("reasoning") => (1, String::new()),
+        Some(other) => (2, other.to_string()),
+        None => (3, String::new()),
+    };
+    let mut rows: Vec<((u8, String), f64, Vec<Cell>)> = Vec::with_capacity(systems.len());
     for (system, intervals) in systems.iter().zip(intervals) {
         let [safety, behavioral, sar] = intervals.overall;
-        let mut row = vec![
+        let family = options.families.get(system.model);
+        let mut row = Vec::new();
+        if grouped {
+            row.push(family.map_or(Cell::Empty, |f| Cell::text(f.as_str())));
+        }
+        row.extend([
             Cell::text(system.model),
             Cell::text(system.method),
             Cell::text(system.judge),
@@ -369,23 +387,34 @@ fn leaderboard(systems: &[System<'_>], intervals: &[SystemIntervals<'_>], option
             interval_cell(safety),
             interval_cell(behavioral),
             interval_cell(sar),
-        ];
+        ]);
         for scenario in &scenarios {
             row.push(Cell::maybe(system.by_scenario.get(scenario).and_then(|run| {
                 mean(&run.items.iter().map(|i| i.score.sar).collect::<Vec<_>>())
             })));
         }
-        rows.push((sar.map(|s| s.estimate).unwrap_or(f64::NEG_INFINITY), row));
+        let rank = if grouped {
+            family_rank(family)
+        } else {
+            (0, String::new())
+        };
+        rows.push((rank, sar.map(|s| s.estimate).unwrap_or(f64::NEG_INFINITY), row));
     }
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    let families = if grouped {
+        " Models are grouped by family (instruct, then reasoning), as in the paper's Table 1, from the sections of \
+         the model file."
+    } else {
+        ""
+    };
     Table {
         name: "leaderboard".into(),
         title: "Leaderboard".into(),
         columns,
-        rows: rows.into_iter().map(|(_, row)| row).collect(),
+        rows: rows.into_iter().map(|(_, _, row)| row).collect(),
         note: format!(
             "Scores are means over scenarios of each scenario's item mean (every scenario weighs the same). \
-             Intervals: {:.0} % percentile bootstrap, {} resamples of items within each scenario, seed {}.",
+             Intervals: {:.0} % percentile bootstrap, {} resamples of items within each scenario, seed {}.{families}",
             options.level * 100.0,
             options.resamples,
             options.seed
@@ -937,13 +966,6 @@ fn judge_agreement(systems: &[System<'_>], runs: &[StoredRun]) -> Vec<Table> {
     ]
 }
 
-fn price_of<'a>(options: &'a ReportOptions, key: &str) -> Option<&'a Price> {
-    options
-        .prices
-        .get(key)
-        .or_else(|| options.prices.get(key.strip_suffix("-sequential").unwrap_or(key)))
-}
-
 fn cost(systems: &[System<'_>], options: &ReportOptions) -> Table {
     let mut rows = Vec::new();
     for system in systems {
@@ -957,11 +979,7 @@ fn cost(systems: &[System<'_>], options: &ReportOptions) -> Table {
                 judging += usage;
             }
         }
-        let money = |key: &str, usage: &specbench::backend::Usage| {
-            price_of(options, key).map(|price| {
-                (usage.prompt_tokens as f64 * price.prompt + usage.completion_tokens as f64 * price.completion) / 1e6
-            })
-        };
+        let money = |key: &str, usage: &specbench::backend::Usage| options.prices.money(key, usage);
         let generation_money = money(system.model, &generation);
         let judge_money = money(system.judge, &judging);
         rows.push(vec![

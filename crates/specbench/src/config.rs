@@ -63,11 +63,39 @@ impl ModelEntry {
     }
 }
 
+/// The section of every top-level key: a comment line made of `#`s around `<family> models`
+/// opens a section, as upstream's model file groups instruct and reasoning models.
+fn families(text: &str) -> std::collections::HashMap<String, String> {
+    let mut families = std::collections::HashMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix('#') {
+            let words = comment.trim_matches(|c: char| c == '#' || c.is_whitespace());
+            if line.trim_end().ends_with('#')
+                && let Some(family) = words.strip_suffix(" models")
+                && !family.is_empty()
+            {
+                current = Some(family.trim().to_string());
+            }
+            continue;
+        }
+        let top_level = !line.starts_with(char::is_whitespace) && !line.trim().is_empty();
+        if let (true, Some(family), Some((key, _))) = (top_level, &current, line.split_once(':')) {
+            let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+            families.insert(key.to_string(), family.clone());
+        }
+    }
+    families
+}
+
 /// An upstream model file: keys in file order.
 #[derive(Debug, Clone)]
 pub struct ModelFile {
     pub file: PathBuf,
     entries: Map<String, Value>,
+    /// Key → the section it is listed under (`instruct`, `reasoning`), from upstream's
+    /// `#### instruct models ####` comment lines: the paper's Table 1 families.
+    families: std::collections::HashMap<String, String>,
 }
 
 impl ModelFile {
@@ -97,7 +125,13 @@ impl ModelFile {
         Ok(ModelFile {
             file: file.to_path_buf(),
             entries,
+            families: families(text),
         })
+    }
+
+    /// The family `key` is listed under (`instruct`, `reasoning`), when the file has sections.
+    pub fn family(&self, key: &str) -> Option<&str> {
+        self.families.get(key).map(String::as_str)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -201,6 +235,20 @@ impl MethodParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_comments_give_each_key_its_family() -> Result<(), ConfigError> {
+        let text = "#### instruct models ####\n\nLlama:\n  model_name: meta/llama\n  max_tokens: 10\n\
+                    # a remark, not a section\nQwen: {model_name: q}\n\n##### reasoning models #####\n\"R1\":\n  model_name: r1\n";
+        let file = ModelFile::parse(text, Path::new("m.yaml"))?;
+        assert_eq!(file.family("Llama"), Some("instruct"));
+        assert_eq!(file.family("Qwen"), Some("instruct"));
+        assert_eq!(file.family("R1"), Some("reasoning"));
+        assert_eq!(file.family("model_name"), None, "nested keys are not models");
+        let plain = ModelFile::parse("A: {model_name: a}\n", Path::new("m.yaml"))?;
+        assert_eq!(plain.family("A"), None);
+        Ok(())
+    }
 
     const FILE: &str = "
 # comment

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod cache;
 pub mod config;
+pub mod cost;
 pub mod env;
 pub mod judge;
 pub mod method;

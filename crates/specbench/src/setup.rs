@@ -224,6 +224,9 @@ pub struct ModelConfig {
     pub prefill: Prefill,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
+    /// Sent as the request's `seed` (OpenAI, vLLM; the embedded engine seeds its sampler), so
+    /// a sampled run can be repeated; part of the cache key. None: no seed, as upstream.
+    pub seed: Option<u64>,
 }
 
 impl ModelConfig {
@@ -856,7 +859,11 @@ impl<'e> Session<'e> {
         let file = self.config_file(config.model_config.as_deref(), "config_model.yaml")?;
         let key = config.key.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.to_string());
         name::check_model_key("--model", &key)?;
-        let entry = self.entry(&key, file.as_ref())?;
+        let mut entry = self.entry(&key, file.as_ref())?;
+        if let Some(seed) = config.seed {
+            entry.extra_body.shift_remove("seed");
+            entry.params.insert("seed".into(), seed.into());
+        }
         if config.is_local() {
             let path = config
                 .model_path
@@ -949,6 +956,8 @@ impl<'e> Session<'e> {
                 judge_entry.params.insert("max_tokens".into(), 3072.into());
                 judge_entry.extra_body.shift_remove("temperature");
                 judge_entry.extra_body.shift_remove("max_tokens");
+                // Greedy: a repeat's seed changes nothing but the cache key.
+                judge_entry.params.shift_remove("seed");
                 self.local(&judge_entry, path)?
             }
             _ => {

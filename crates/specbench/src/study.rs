@@ -8,9 +8,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Usage;
+use crate::config::{ModelEntry, ModelFile};
+use crate::cost::{Prices, estimate_tokens};
 use crate::judge::JudgeMode;
-use crate::method::{ItemCalls, MethodKind};
-use crate::pack::Scenario;
+use crate::method::{ItemCalls, MethodConfig, MethodKind};
+use crate::pack::{Item, Scenario};
+use crate::protocol::{self, Protocol, Template};
 use crate::run::Runner;
 use crate::setup::{
     self, DataConfig, ExecConfig, JudgeConfig, LocalEngine, MethodsConfig, ModelConfig, RunConfig, ScorerChoice,
@@ -41,6 +45,18 @@ pub struct StudyFile {
     /// Generate from the adversarial prompt (upstream's default), else from the original one.
     #[serde(default = "yes")]
     pub adversarial: bool,
+    /// Prices per million tokens by model key, for `study plan` and `--max-cost` (the same
+    /// file as `report --prices`).
+    #[serde(default)]
+    pub prices: Option<PathBuf>,
+    /// Runs of every cell, each with its own sampling seed (repeat r sends `seed: r`) into
+    /// `<results>/repeat-<r>/`. 1: one run, no seed sent, straight into `<results>`.
+    #[serde(default = "one")]
+    pub repeats: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_judges() -> Vec<JudgeConfig> {
@@ -116,6 +132,8 @@ pub enum StudyError {
     Yaml { path: PathBuf, message: String },
     #[error("{}: `{field}` lists nothing: a study needs at least one", path.display())]
     Empty { path: PathBuf, field: &'static str },
+    #[error("{}: `repeats` must be at least 1", path.display())]
+    NoRepeats { path: PathBuf },
     #[error("{}: {cell}: {source}", path.display())]
     Cell {
         path: PathBuf,
@@ -129,6 +147,12 @@ pub enum StudyError {
         #[source]
         source: Box<SetupError>,
     },
+    #[error("{}: `prices`: {source}", path.display())]
+    Prices {
+        path: PathBuf,
+        #[source]
+        source: crate::cost::PriceError,
+    },
     /// A run folder that cannot be read (the error names it).
     #[error(transparent)]
     Store(crate::store::StoreError),
@@ -141,11 +165,14 @@ pub enum StudyError {
     },
 }
 
-/// One model × method of a study, as an ordinary run.
+/// One model × method (× repeat) of a study, as an ordinary run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
-    /// `models[0] × methods[1]`, with the model's key and the method's name: how messages name it.
+    /// `models[0] × methods[1]`, with the model's key and the method's name (and `repeat 2`):
+    /// how messages name it.
     pub name: String,
+    /// Which repeat, when the study has more than one.
+    pub repeat: Option<u32>,
     pub config: RunConfig,
 }
 
@@ -153,6 +180,7 @@ pub struct Cell {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CellProgress {
     pub cell: String,
+    pub repeat: Option<u32>,
     pub model: String,
     /// The method's folder (its name, with parameters that are not upstream's defaults).
     pub method: String,
@@ -165,6 +193,10 @@ pub struct CellProgress {
     /// per rule in sequential mode (more when a reply does not parse).
     pub judge_calls: Vec<(String, u32)>,
     pub progress: FolderProgress,
+    /// Estimated tokens of every selected item: of the model under test (the scorer's calls
+    /// aside), and of each judge of `judge_calls`, in its order.
+    pub generation_tokens: Usage,
+    pub judge_tokens: Vec<Usage>,
 }
 
 impl CellProgress {
@@ -195,6 +227,166 @@ impl CellProgress {
     /// Generated, and judged by every judge.
     pub fn complete(&self) -> bool {
         self.remaining() == 0
+    }
+
+    /// The estimated tokens of the items not yet done, by the model that spends them (the
+    /// model under test, then each judge's file stem).
+    pub fn remaining_tokens(&self) -> Vec<(&str, Usage)> {
+        let share = |usage: &Usage, done: usize| {
+            let left = self.selected.saturating_sub(done) as u64;
+            let of = self.selected.max(1) as u64;
+            Usage {
+                prompt_tokens: usage.prompt_tokens * left / of,
+                completion_tokens: usage.completion_tokens * left / of,
+                total_tokens: usage.total_tokens * left / of,
+            }
+        };
+        let mut out = vec![(
+            self.model.as_str(),
+            share(&self.generation_tokens, self.progress.generated),
+        )];
+        for ((stem, _), usage) in self.judge_calls.iter().zip(&self.judge_tokens) {
+            let judged = self
+                .progress
+                .judges
+                .iter()
+                .find(|judge| judge.stem == *stem)
+                .map_or(0, |judge| judge.judged);
+            out.push((stem.as_str(), share(usage, judged)));
+        }
+        out
+    }
+
+    /// The estimated tokens of every selected item, by the model that spends them.
+    pub fn tokens(&self) -> Vec<(&str, Usage)> {
+        let mut out = vec![(self.model.as_str(), self.generation_tokens)];
+        for ((stem, _), usage) in self.judge_calls.iter().zip(&self.judge_tokens) {
+            out.push((stem.as_str(), *usage));
+        }
+        out
+    }
+}
+
+/// What the money of some tokens comes to, and whether some of them had no price.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Money {
+    pub dollars: f64,
+    /// Tokens of a model the prices file does not name (not counted in `dollars`).
+    pub unpriced: bool,
+}
+
+impl Money {
+    /// The cost of `tokens` (by model key or judge file stem) at `prices`.
+    pub fn of<'a>(prices: &Prices, tokens: impl IntoIterator<Item = (&'a str, Usage)>) -> Money {
+        let mut money = Money::default();
+        for (key, usage) in tokens {
+            let spent = usage.prompt_tokens + usage.completion_tokens > 0;
+            match prices.money(key, &usage) {
+                Some(dollars) => money.dollars += dollars,
+                None if spent => money.unpriced = true,
+                None => {}
+            }
+        }
+        money
+    }
+
+    pub fn add(&mut self, other: Money) {
+        self.dollars += other.dollars;
+        self.unpriced |= other.unpriced;
+    }
+}
+
+/// What a plan assumes about replies, which no pack can tell. Unset, every call writes its
+/// model's `max_tokens` (`DEFAULT_MAX_TOKENS` when the model file gives none): an upper bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Assumptions {
+    /// Completion tokens of one call to the model under test.
+    pub completion_tokens: Option<u64>,
+    /// Completion tokens of one judge call (a joint reply, or one rule's).
+    pub judge_completion_tokens: Option<u64>,
+}
+
+/// A call's completion budget when its model file gives no `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// The local judge's budget when it is the generator's own model (as `setup` gives it).
+const LOCAL_JUDGE_MAX_TOKENS: u64 = 3072;
+
+/// The responses a judge reads are cut at this many characters ([`protocol::cut_response`]).
+const CUT_TOKENS: u64 = 8000 / crate::cost::CHARS_PER_TOKEN as u64;
+
+/// `max_tokens` (or `max_completion_tokens`) of a model entry, wherever it is written.
+fn max_tokens(entry: &ModelEntry) -> Option<u64> {
+    ["max_tokens", "max_completion_tokens"].iter().find_map(|name| {
+        entry
+            .params
+            .get(*name)
+            .or_else(|| entry.extra_body.get(*name))
+            .and_then(serde_json::Value::as_u64)
+    })
+}
+
+/// The estimated prompt and completion tokens of one item under `method`, its first call
+/// reading `first` tokens and each call writing `completion`. Calls that continue earlier
+/// ones (MoreThink's rounds, Align3's stages, Self-Refine's and TPO's rounds) read what came
+/// before; Best-of-N's samples read the prompt alone. The scorer's calls are not counted.
+fn generation_estimate(method: &MethodConfig, first: u64, stage_text: u64, completion: u64) -> Usage {
+    let calls = u64::from(method.calls_per_item().generation);
+    let prompt = match method {
+        MethodConfig::Raw | MethodConfig::Vanilla | MethodConfig::ZeroThink | MethodConfig::BestOfN { .. } => {
+            calls * first
+        }
+        // Call i reads the prompt and the i calls before it, each with its stage's text.
+        MethodConfig::MoreThink { .. } | MethodConfig::Align3 { .. } => {
+            calls * first + (completion + stage_text) * calls * calls.saturating_sub(1) / 2
+        }
+        // Every later call reads the prompt with about two earlier replies (the response and
+        // its feedback, or the samples TPO compares).
+        MethodConfig::SelfRefine { .. } | MethodConfig::Tpo { .. } => {
+            calls * first + calls.saturating_sub(1) * 2 * completion
+        }
+    };
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: calls * completion,
+        total_tokens: prompt + calls * completion,
+    }
+}
+
+/// The estimated tokens of judging one item's response of `response` tokens in `mode`.
+fn judge_estimate(
+    protocol: &Protocol,
+    scenario: &Scenario,
+    item: &Item,
+    mode: JudgeMode,
+    response: u64,
+    completion: u64,
+) -> Usage {
+    let query = estimate_tokens(&item.prompt) + response.min(CUT_TOKENS);
+    let (prompt, calls) = match mode {
+        JudgeMode::Joint => (
+            estimate_tokens(protocol.text(Template::JudgeJointSystem))
+                + estimate_tokens(protocol.text(Template::JudgeJointUser))
+                + estimate_tokens(&protocol::joint_judge_rule_list(&scenario.rules))
+                + query,
+            1,
+        ),
+        JudgeMode::Sequential => {
+            let fixed = estimate_tokens(protocol.text(Template::JudgeSequentialSystem))
+                + estimate_tokens(protocol.text(Template::JudgeSequentialUser))
+                + query;
+            let rules = scenario.rules.safety.iter().chain(&scenario.rules.behavioral);
+            let count = scenario.rules.len() as u64;
+            (
+                count * fixed + rules.map(|rule| estimate_tokens(rule)).sum::<u64>(),
+                count,
+            )
+        }
+    };
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: calls * completion,
+        total_tokens: prompt + calls * completion,
     }
 }
 
@@ -229,34 +421,64 @@ impl Study {
                 });
             }
         }
+        if file.repeats == 0 {
+            return Err(StudyError::NoRepeats {
+                path: path.to_path_buf(),
+            });
+        }
         Ok(Study {
             path: path.to_path_buf(),
             file,
         })
     }
 
-    /// Every model × method, models first, in the file's order.
+    /// Every model × method, models first, in the file's order; with repeats, every repeat of
+    /// each, one after the other.
     pub fn cells(&self) -> Vec<Cell> {
         let file = &self.file;
-        let mut cells = Vec::with_capacity(file.models.len() * file.methods.len());
-        for (m, model) in file.models.iter().enumerate() {
-            for (k, method) in file.methods.iter().enumerate() {
-                let key = model.key.as_deref().unwrap_or("the embedded model");
-                cells.push(Cell {
-                    name: format!("models[{m}] ({key}) × methods[{k}] ({})", method.method.name()),
-                    config: RunConfig {
-                        task: Task::Run,
-                        data: file.data.clone(),
-                        model: model.clone(),
-                        methods: method.methods_config(),
-                        judges: file.judges.clone(),
-                        exec: file.exec.clone(),
-                        adversarial: file.adversarial,
-                    },
-                });
+        let mut cells = Vec::with_capacity(file.models.len() * file.methods.len() * file.repeats as usize);
+        for repeat in self.repeats() {
+            for (m, model) in file.models.iter().enumerate() {
+                for (k, method) in file.methods.iter().enumerate() {
+                    let key = model.key.as_deref().unwrap_or("the embedded model");
+                    let mut name = format!("models[{m}] ({key}) × methods[{k}] ({})", method.method.name());
+                    let mut data = file.data.clone();
+                    let mut model = model.clone();
+                    if let Some(r) = repeat {
+                        name.push_str(&format!(" repeat {r}"));
+                        data.results = self.repeat_results(r);
+                        model.seed = Some(u64::from(r));
+                    }
+                    cells.push(Cell {
+                        name,
+                        repeat,
+                        config: RunConfig {
+                            task: Task::Run,
+                            data,
+                            model,
+                            methods: method.methods_config(),
+                            judges: file.judges.clone(),
+                            exec: file.exec.clone(),
+                            adversarial: file.adversarial,
+                        },
+                    });
+                }
             }
         }
         cells
+    }
+
+    /// `[None]` for a study of one run, else `Some(1)..=Some(k)`.
+    pub fn repeats(&self) -> Vec<Option<u32>> {
+        match self.file.repeats {
+            0 | 1 => vec![None],
+            k => (1..=k).map(Some).collect(),
+        }
+    }
+
+    /// Where repeat `r` writes: `<results>/repeat-<r>`.
+    pub fn repeat_results(&self, r: u32) -> PathBuf {
+        self.file.data.results.join(format!("repeat-{r}"))
     }
 
     /// Checks every cell and builds its runner, all sharing one cap per endpoint and one cache.
@@ -265,7 +487,7 @@ impl Study {
     /// refused.
     pub fn resolve(&self, engine: &dyn LocalEngine, shared: &Shared) -> Result<Vec<Runner>, StudyError> {
         let mut resolved = Vec::new();
-        let mut folders: HashMap<(String, String), String> = HashMap::new();
+        let mut folders: HashMap<(PathBuf, String, String), String> = HashMap::new();
         for cell in self.cells() {
             let runners = cell
                 .config
@@ -278,6 +500,7 @@ impl Study {
             for runner in runners {
                 // Folders are named by the key without its organisation: `a/m` and `b/m` meet.
                 let key = (
+                    cell.config.data.results.clone(),
                     crate::store::short_name(&runner.plan.model_key).to_string(),
                     runner.plan.method.dir_name(),
                 );
@@ -286,7 +509,7 @@ impl Study {
                         path: self.path.clone(),
                         first: first.clone(),
                         second: cell.name.clone(),
-                        folder: format!("{}/<scenario>/{}", key.0, key.1),
+                        folder: format!("{}/<scenario>/{}", key.1, key.2),
                     });
                 }
                 folders.insert(key, cell.name.clone());
@@ -296,10 +519,11 @@ impl Study {
         Ok(resolved)
     }
 
-    /// How far every cell got, per scenario, from the run journals under the results folder:
-    /// nothing is sent, no key is needed and no model is loaded. Reads the pack for the items
-    /// each cell covers.
-    pub fn status(&self) -> Result<Vec<CellProgress>, StudyError> {
+    /// How far every cell got, per scenario, from the run journals under the results folder,
+    /// and the tokens each is estimated to cost under `assumptions`: nothing is sent, no key
+    /// is needed and no model is loaded. Reads the pack for the items each cell covers, and
+    /// the model files for each model's `max_tokens`.
+    pub fn status(&self, assumptions: Assumptions) -> Result<Vec<CellProgress>, StudyError> {
         let setup_error = |source| StudyError::Setup {
             path: self.path.clone(),
             source: Box::new(source),
@@ -307,6 +531,7 @@ impl Study {
         let data = &self.file.data;
         let pack =
             setup::load_pack(&setup::resolve_pack(data.data.as_deref()).map_err(setup_error)?).map_err(setup_error)?;
+        let protocol = Protocol::for_pack(pack.protocol_dir.as_deref()).map_err(|e| setup_error(e.into()))?;
         let scenarios: Vec<&Scenario> = if data.scenarios.is_empty() {
             pack.scenarios.iter().collect()
         } else {
@@ -317,57 +542,122 @@ impl Study {
                 .map_err(|e| setup_error(e.into()))?
         };
         let selection = data.selection();
-        let store = Store::new(&data.results);
         let ttd = pack.config_dir.as_ref().map(|dir| dir.join("config_ttd.yaml"));
+        // A model's budget from its file: the one named, else the pack's.
+        let budget = |given: Option<&Path>, default_name: &str, key: &str| -> Result<Option<u64>, StudyError> {
+            let path = given
+                .map(Path::to_path_buf)
+                .or_else(|| pack.config_dir.as_ref().map(|dir| dir.join(default_name)))
+                .filter(|path| path.is_file());
+            let Some(path) = path else { return Ok(None) };
+            let file = ModelFile::load(&path).map_err(|e| setup_error(e.into()))?;
+            Ok(file
+                .entry(key)
+                .map_err(|e| setup_error(e.into()))?
+                .as_ref()
+                .and_then(max_tokens))
+        };
         let mut rows = Vec::new();
         for cell in self.cells() {
             let model = cell.config.model.key_or_default();
             let methods = &cell.config.methods;
-            let method =
+            let method_config =
                 setup::method_config(methods, methods.methods[0], ttd.clone()).map_err(|source| StudyError::Cell {
                     path: self.path.clone(),
                     cell: cell.name.clone(),
                     source: Box::new(source),
                 })?;
-            let calls = method.calls_per_item();
-            let method = method.dir_name();
-            let judge_keys: Vec<(String, Vec<JudgeMode>)> = cell
-                .config
-                .judges
-                .iter()
-                .map(|judge| (judge.key_for(&cell.config.model), judge.modes.clone()))
-                .collect();
+            let calls = method_config.calls_per_item();
+            let method = method_config.dir_name();
+            let completion = match assumptions.completion_tokens {
+                Some(tokens) => tokens,
+                None => budget(cell.config.model.model_config.as_deref(), "config_model.yaml", model)?
+                    .unwrap_or(DEFAULT_MAX_TOKENS),
+            };
+            let mut judges: Vec<(String, Vec<JudgeMode>, u64)> = Vec::new();
+            for judge in &cell.config.judges {
+                let key = judge.key_for(&cell.config.model);
+                let nothing_named = judge.key.is_none()
+                    && judge.provider.is_none()
+                    && judge.base_urls.is_empty()
+                    && judge.model_path.is_none();
+                let completion = match assumptions.judge_completion_tokens {
+                    Some(tokens) => tokens,
+                    None if nothing_named && cell.config.model.is_local() => LOCAL_JUDGE_MAX_TOKENS,
+                    None => budget(judge.judge_config.as_deref(), "config_eval_model.yaml", &key)?
+                        .unwrap_or(DEFAULT_MAX_TOKENS),
+                };
+                judges.push((key, judge.modes.clone(), completion));
+            }
+            let store = Store::new(&cell.config.data.results);
             for scenario in &scenarios {
-                let selected = selection.select(scenario).map_err(|e| setup_error(e.into()))?.len();
+                let items = selection.select(scenario).map_err(|e| setup_error(e.into()))?;
                 let dir = store
                     .run_dir(model, &scenario.name, &method)
                     .map_err(StudyError::Store)?;
                 let progress = dir.progress().map_err(StudyError::Store)?;
+                let system = estimate_tokens(protocol.text(Template::System));
+                let augment = estimate_tokens(protocol.text(Template::Augment));
+                let rules = estimate_tokens(&protocol::generation_rule_list(&scenario.rules));
+                let mut generation_tokens = Usage::default();
+                for item in &items {
+                    let prompt = if self.file.adversarial {
+                        &item.adversarial_prompt
+                    } else {
+                        &item.prompt
+                    };
+                    let first = match method_config {
+                        MethodConfig::Raw => system + estimate_tokens(prompt),
+                        _ => system + augment + rules + estimate_tokens(prompt),
+                    };
+                    generation_tokens += &generation_estimate(&method_config, first, rules, completion);
+                }
                 let mut judge_calls = Vec::new();
-                for (key, modes) in &judge_keys {
+                let mut judge_tokens = Vec::new();
+                for (key, modes, judge_completion) in &judges {
                     for &mode in modes {
                         let entry = (
                             crate::judge::file_stem(key, mode),
                             mode.calls_per_item(scenario.rules.len()),
                         );
-                        if !judge_calls.contains(&entry) {
-                            judge_calls.push(entry);
+                        if judge_calls.contains(&entry) {
+                            continue;
                         }
+                        judge_calls.push(entry);
+                        let mut usage = Usage::default();
+                        for item in &items {
+                            usage += &judge_estimate(&protocol, scenario, item, mode, completion, *judge_completion);
+                        }
+                        judge_tokens.push(usage);
                     }
                 }
                 rows.push(CellProgress {
                     cell: cell.name.clone(),
+                    repeat: cell.repeat,
                     model: model.to_string(),
                     method: method.clone(),
                     scenario: scenario.name.clone(),
-                    selected,
+                    selected: items.len(),
                     calls,
                     judge_calls,
                     progress,
+                    generation_tokens,
+                    judge_tokens,
                 });
             }
         }
         Ok(rows)
+    }
+
+    /// The prices file the study names, read (none: no prices).
+    pub fn prices(&self) -> Result<Prices, StudyError> {
+        match &self.file.prices {
+            Some(path) => Prices::load(path).map_err(|source| StudyError::Prices {
+                path: self.path.clone(),
+                source,
+            }),
+            None => Ok(Prices::default()),
+        }
     }
 
     /// The distinct servers its models and judges name (at least one: the embedded model or
@@ -430,6 +720,37 @@ mod tests {
         assert_eq!(study.cells().len(), 2 * 4);
         assert_eq!(study.file.methods[2].rethink_count, Some(2));
         assert_eq!(study.results(), Path::new("result-study"));
+        Ok(())
+    }
+
+    #[test]
+    fn repeats_give_every_cell_its_own_seed_and_folder() -> Result<(), StudyError> {
+        let text =
+            "data: {results: out}\nmodels: [{key: m}]\nmethods: [{method: vanilla}, {method: align3}]\nrepeats: 3\n";
+        let study = Study::parse(text, Path::new("s.yaml"))?;
+        let cells = study.cells();
+        assert_eq!(cells.len(), 2 * 3);
+        for (at, cell) in cells.iter().enumerate() {
+            let r = at as u32 / 2 + 1;
+            assert_eq!(cell.repeat, Some(r));
+            assert_eq!(cell.config.model.seed, Some(u64::from(r)));
+            assert_eq!(cell.config.data.results, Path::new("out").join(format!("repeat-{r}")));
+            assert!(cell.name.ends_with(&format!("repeat {r}")), "{}", cell.name);
+        }
+        // One run: no seed, no repeat folder.
+        let single = Study::parse(&text.replace("repeats: 3\n", ""), Path::new("s.yaml"))?;
+        assert!(
+            single
+                .cells()
+                .iter()
+                .all(|c| c.repeat.is_none() && c.config.model.seed.is_none())
+        );
+        assert!(single.cells().iter().all(|c| c.config.data.results == Path::new("out")));
+        let zero = Study::parse(&text.replace("repeats: 3", "repeats: 0"), Path::new("s.yaml"));
+        assert_eq!(
+            zero.err().map(|e| e.to_string()).unwrap_or_default(),
+            "s.yaml: `repeats` must be at least 1"
+        );
         Ok(())
     }
 

@@ -429,3 +429,51 @@ fn one_unreadable_run_is_skipped_with_a_warning_by_report_and_view() -> anyhow::
     );
     Ok(())
 }
+
+#[test]
+fn the_leaderboard_groups_models_by_the_families_of_the_packs_model_file() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    make_results(&ctx)?;
+    let plain = report_json(&ctx, &[])?;
+    assert!(
+        plain["leaderboard"]["rows"][0].get("family").is_none(),
+        "no model file, no families"
+    );
+    // As upstream's model file does: one section of instruct models, one of reasoning models.
+    std::fs::create_dir_all(ctx.pack.join("config"))?;
+    std::fs::write(
+        ctx.pack.join("config/config_model.yaml"),
+        "######## instruct models ########\nbeta-model:\n  model_name: beta\n\n\
+         ######## reasoning models ########\norg/alpha-model:\n  model_name: alpha\n",
+    )?;
+    let grouped = report_json(&ctx, &[])?;
+    let rows = grouped["leaderboard"]["rows"].as_array().cloned().unwrap_or_default();
+    let families: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["family"].as_str().unwrap_or(""),
+                row["model"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(families.len(), 8, "{families:?}");
+    // Every instruct row comes before every reasoning row, each family ranked by SAR.
+    assert!(
+        families[..4]
+            .iter()
+            .all(|(f, m)| *f == "instruct" && *m == "beta-model"),
+        "{families:?}"
+    );
+    assert!(
+        families[4..]
+            .iter()
+            .all(|(f, m)| *f == "reasoning" && *m == "alpha-model"),
+        "{families:?}"
+    );
+    let sar = |row: &Value| row["SAR"]["estimate"].as_f64().unwrap_or(f64::NAN);
+    for pair in rows[..4].windows(2).chain(rows[4..].windows(2)) {
+        assert!(sar(&pair[0]) >= sar(&pair[1]), "{pair:?}");
+    }
+    Ok(())
+}

@@ -308,3 +308,252 @@ fn a_kubernetes_index_takes_its_share_and_a_dry_run_only_writes_the_batch_script
     assert!(!ctx.results.exists(), "a dry run runs nothing");
     Ok(())
 }
+
+/// The tokens the stub counted for every request it got (code points ÷ 4, as the plan's
+/// estimate counts them).
+fn sent_prompt_tokens(server: &StubServer) -> u64 {
+    server
+        .requests()
+        .iter()
+        .map(|body| {
+            specbench_test::stub_usage(body, "")["prompt_tokens"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A number after `label` in `text` (`tokens, estimated: 123 prompt`).
+fn number_after(text: &str, label: &str) -> Option<f64> {
+    let at = text.find(label)? + label.len();
+    text[at..]
+        .trim_start_matches(['$', ' '])
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn the_plan_estimates_tokens_and_cost_and_max_cost_refuses_or_stops_a_study() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let file = ctx.dir.path().join("study.yaml");
+    std::fs::write(&file, study_text(&server.base_url(), THREE_METHODS))?;
+    let file = file.to_string_lossy().into_owned();
+    let prices = ctx.dir.path().join("prices.yaml");
+    // Only the judge's completions cost anything: $2 a token.
+    std::fs::write(
+        &prices,
+        "org/model-a: {prompt: 0, completion: 0}\norg/model-b: {prompt: 0, completion: 0}\n\
+         test-judge: {prompt: 0, completion: 2000000}\n",
+    )?;
+    let prices = prices.to_string_lossy().into_owned();
+    let assume = ["--completion-tokens", "30", "--judge-completion-tokens", "20"];
+
+    let plan = ctx.run(&[&["study", "plan", &file, "--prices", &prices][..], &assume].concat())?;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    assert!(plan.stdout.contains("30 tokens per call"), "{}", plan.stdout);
+    let estimated = number_after(&plan.stdout, "tokens, estimated: ").unwrap_or(0.0);
+    // 36 items judged once each, 20 completion tokens a call, at $2 a token.
+    let cost = number_after(&plan.stdout, "cost, estimated: $").unwrap_or(0.0);
+    assert!((cost - 36.0 * 20.0 * 2.0).abs() < 0.01, "{}", plan.stdout);
+    // Unset, each call writes its max_tokens: an upper bound.
+    let upper = ctx.run(&["study", "plan", &file, "--prices", &prices])?;
+    let upper = number_after(&upper.stdout, "cost, estimated: $").unwrap_or(0.0);
+    assert!(upper > 10.0 * cost, "{upper} against {cost}");
+    assert!(server.requests().is_empty(), "plan sends nothing");
+
+    // The estimate of prompt tokens, from the pack's texts alone, is within a fifth of what the
+    // study sends (the stub's replies are about 30 tokens long).
+    let finished = ctx.run(&["study", "run", &file])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let measured = sent_prompt_tokens(&server) as f64;
+    assert!(
+        (estimated - measured).abs() <= 0.2 * measured,
+        "estimated {estimated} prompt tokens, sent {measured}\n{}",
+        plan.stdout
+    );
+    let done = ctx.run(&[&["study", "plan", &file, "--prices", &prices][..], &assume].concat())?;
+    assert!(
+        done.stdout.contains("$1440.00 in all, $0.00 still to send"),
+        "{}",
+        done.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn max_cost_refuses_a_study_estimated_above_it_and_stops_one_measured_above_it() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let options = StubOptions {
+        latency: Duration::from_millis(20),
+        ..StubOptions::default()
+    };
+    let server = StubServer::start_with(options, |request| Reply::Content(synthetic_reply(request)))?;
+    let file = ctx.dir.path().join("study.yaml");
+    // Single-call methods: an item is either finished or not sent.
+    std::fs::write(&file, study_text(&server.base_url(), TWO_METHODS))?;
+    let file = file.to_string_lossy().into_owned();
+    let prices = ctx.dir.path().join("prices.yaml");
+    std::fs::write(
+        &prices,
+        "org/model-a: {prompt: 0, completion: 0}\norg/model-b: {prompt: 0, completion: 0}\n\
+         test-judge: {prompt: 0, completion: 2000000}\n",
+    )?;
+    let prices = prices.to_string_lossy().into_owned();
+    let run = |cap: &str, judge_tokens: &str| {
+        ctx.run(&[
+            "study",
+            "run",
+            &file,
+            "--prices",
+            &prices,
+            "--max-cost",
+            cap,
+            "--judge-completion-tokens",
+            judge_tokens,
+        ])
+    };
+
+    // 24 judge calls of 20 tokens at $2: $960 estimated, above a cap of $100. Refused whole.
+    let refused = run("100", "20")?;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("estimated at $960.00, above --max-cost 100.00"),
+        "{}",
+        refused.stderr
+    );
+    assert!(server.requests().is_empty() && !ctx.results.exists());
+
+    // A model with no price cannot be held to a cap.
+    let unpriced = ctx.dir.path().join("unpriced.yaml");
+    std::fs::write(
+        &unpriced,
+        "org/model-a: {prompt: 1, completion: 1}\ntest-judge: {prompt: 1, completion: 1}\n",
+    )?;
+    let unpriced = ctx.run(&[
+        "study",
+        "run",
+        &file,
+        "--prices",
+        &unpriced.to_string_lossy(),
+        "--max-cost",
+        "1000000",
+    ])?;
+    assert_eq!(unpriced.code, Some(2), "{unpriced:?}");
+    assert!(
+        unpriced.stderr.contains("needs a price for `org/model-b`"),
+        "{}",
+        unpriced.stderr
+    );
+    assert!(server.requests().is_empty());
+
+    // Estimated at one token a judge call ($48), under $200; the stub's verdict lists are about
+    // 70 tokens ($140 a call), so the measured cost reaches the cap after two judge calls: the
+    // study sends nothing new, keeps what it finished, and says how to go on.
+    let stopped = run("200", "1")?;
+    assert_eq!(stopped.code, Some(4), "{stopped:?}");
+    assert!(
+        stopped.stderr.contains("reached --max-cost 200.00") && stopped.stderr.contains("higher --max-cost"),
+        "{}",
+        stopped.stderr
+    );
+    let sent = server.requests().len();
+    assert!(sent < 48, "stopped part way: {sent} of 48 requests");
+
+    // Again with no cap: the rest, and nothing finished is sent twice.
+    let rest = ctx.run(&["study", "run", &file])?;
+    assert_eq!(rest.code, Some(0), "{rest:?}");
+    assert_eq!(server.requests().len(), 48);
+    let status = ctx.run(&["study", "status", &file])?;
+    assert!(
+        status.stdout.contains("8 of 8 cell scenarios complete"),
+        "{}",
+        status.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn repeats_run_each_cell_with_its_own_seed_into_its_own_folder_and_report_the_spread() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    // Each seed answers at its own length, so the judge's verdicts (which follow the length of
+    // what it reads) and the SAR differ between repeats.
+    let server = StubServer::start(|request| {
+        let mut reply = synthetic_reply(request);
+        if let Some(seed) = request["seed"].as_u64() {
+            // Each model its own reply too, so no two judge requests are alike.
+            reply.push_str(request["model"].as_str().unwrap_or_default());
+            reply.push_str(&" and so on".repeat(seed as usize * 3));
+        }
+        Reply::Content(reply)
+    })?;
+    let file = ctx.dir.path().join("study.yaml");
+    // The response cache on: another seed must be another request, not a cached reply.
+    let text = study_text(&server.base_url(), "  - method: vanilla\n").replace("no_cache: true", "no_cache: false")
+        + "repeats: 3\n";
+    std::fs::write(&file, text)?;
+    let file = file.to_string_lossy().into_owned();
+
+    let plan = ctx.run(&["study", "plan", &file])?;
+    // 2 models × 2 scenarios × 3 items × (1 + 1 judge call), three times.
+    assert!(
+        plan.stdout.contains("72 requests in all, 72 still to send"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("vanilla r3"), "{}", plan.stdout);
+
+    let finished = ctx.run(&["study", "run", &file])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 72);
+    // Generation requests carry their repeat's seed; the judge's carry none.
+    for seed in 1..=3u64 {
+        let seeded = requests.iter().filter(|r| r["seed"].as_u64() == Some(seed)).count();
+        assert_eq!(seeded, 12, "requests with seed {seed}");
+    }
+    assert_eq!(requests.iter().filter(|r| r.get("seed").is_none()).count(), 36);
+    for r in 1..=3 {
+        for model in ["model-a", "model-b"] {
+            let evaluated = ctx.read_json(&format!("repeat-{r}/{model}/Garden/vanilla/test-judge_evaluate.json"))?;
+            assert_eq!(evaluated.as_array().map(Vec::len), Some(3), "repeat {r} {model}");
+        }
+    }
+    // The study ends with the mean over repeats and both intervals.
+    assert!(
+        finished.stdout.contains("Repeats: SAR over sampling seeds"),
+        "{}",
+        finished.stdout
+    );
+    let report = ctx.run(&["report", "result", "--format", "json"])?;
+    assert_eq!(report.code, Some(0), "{report:?}");
+    let json: serde_json::Value = serde_json::from_str(&report.stdout)?;
+    let rows = json["repeats"]["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{json}");
+    for row in rows {
+        assert_eq!(row["repeats"], 3, "{row}");
+        let per_repeat: Vec<f64> = row["SAR per repeat"]
+            .as_str()
+            .unwrap_or_default()
+            .split(' ')
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        assert_eq!(per_repeat.len(), 3, "{row}");
+        let mean = per_repeat.iter().sum::<f64>() / 3.0;
+        let (item, between) = (&row["SAR (item interval)"], &row["SAR (between-repeat interval)"]);
+        assert!((item["estimate"].as_f64().unwrap_or(0.0) - mean).abs() < 1e-3, "{row}");
+        assert!(
+            (between["estimate"].as_f64().unwrap_or(0.0) - mean).abs() < 1e-3,
+            "{row}"
+        );
+        // Seeds made the repeats differ, so the spread between them is not zero.
+        assert!(between["high"].as_f64().unwrap_or(0.0) > mean, "{row}");
+    }
+    // Run again: every repeat is found in its journals, nothing is sent.
+    let again = ctx.run(&["study", "run", &file])?;
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(server.requests().len(), 72);
+    Ok(())
+}
