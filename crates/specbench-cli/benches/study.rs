@@ -179,7 +179,7 @@ fn measure_study(
     let stdout = String::from_utf8_lossy(&plan.stdout);
     let requests: u64 = stdout
         .lines()
-        .last()
+        .find(|line| line.contains(" requests in all"))
         .and_then(|line| line.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no total in the plan: {stdout}"))?;
