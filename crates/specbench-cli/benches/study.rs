@@ -185,7 +185,11 @@ fn measure_study(
         .ok_or_else(|| anyhow::anyhow!("no total in the plan: {stdout}"))?;
 
     let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
-    command.args(["study", "run"]).arg(&file).env("SPECBENCH_DATA", data);
+    // The scheduler alone, as the single run: the paper tables at the end are report work.
+    command
+        .args(["study", "run", "--no-tables"])
+        .arg(&file)
+        .env("SPECBENCH_DATA", data);
     let (wall, cpu, rss_mib) = timed(command, cache.path())?;
     Ok(Measured {
         requests,

@@ -106,6 +106,9 @@ pub enum StudyAction {
         /// Write those tables to FILE instead of the terminal.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// No tables at the end (`specbench report` on the results folder gives them later).
+        #[arg(long, conflicts_with = "output")]
+        no_tables: bool,
         /// Refuse to start when the plan's estimate of what is left costs more than this many
         /// dollars, and stop sending new requests once the measured cost of this command
         /// reaches it (finished work is kept; run again with a higher cap to go on). Needs

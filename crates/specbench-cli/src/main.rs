@@ -23,7 +23,30 @@ use commands::{ExitStatus, UsageError};
 use interrupt::Interrupt;
 use specbench::store::StoreError;
 
+/// glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
+/// what was freed in it: a study's result files, written on tokio's blocking threads, left
+/// about 25 MiB of resident memory in idle arenas (16 cells: 82 against 57 MiB with one arena
+/// per core). One per core serves the runtime's one worker per core. `MALLOC_ARENA_MAX` set by
+/// the user wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+    let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only sets an allocator parameter, from the one thread there is yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

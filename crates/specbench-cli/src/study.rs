@@ -23,6 +23,7 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             results,
             format,
             output,
+            no_tables,
             max_cost,
             cost,
         } => {
@@ -43,7 +44,7 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             };
             let (status, folders) = run(&study, stop, budget).await?;
             // A share's tables would be a share's: they come with `study merge`'s folder.
-            if !matches!(status, ExitStatus::Interrupted | ExitStatus::OverBudget) && !sharded {
+            if !matches!(status, ExitStatus::Interrupted | ExitStatus::OverBudget) && !sharded && !no_tables {
                 paper_tables(&study, &folders, format, output.as_deref())?;
             }
             Ok(status)

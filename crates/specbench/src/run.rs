@@ -8,6 +8,7 @@
 pub mod merge;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -517,6 +518,10 @@ impl Runner {
         started: jiff::Timestamp,
         events: EventSink,
     ) -> Result<ScenarioReport, RunError> {
+        // One scenario's files at a time in this process: writing holds the scenario's records
+        // twice (from memory and from the journals) and its JSON, and a study's cells tend to
+        // finish their scenarios together.
+        let _turn = RESULT_WRITES.acquire().await.ok();
         let writer = tokio::task::spawn_blocking(move || {
             let report = self.finish(&scenario, started, jiff::Timestamp::now())?;
             // Written: its records are in the files and the journals, and no item of it runs
@@ -597,7 +602,8 @@ impl Runner {
         for (scenario, dir, items, mut generations) in chosen {
             let generation_journal = if self.generator.is_some() {
                 let (journal, records) = Journal::open::<GenerationRecord>(&dir.generation_journal())?;
-                for record in records {
+                for mut record in records {
+                    slim_generation(&mut record);
                     generations.insert(record.index(), record);
                 }
                 Some(journal)
@@ -614,7 +620,10 @@ impl Runner {
                         .into_iter()
                         // A later record of the same key (a retried judge error) wins.
                         .filter(|r| !(self.plan.retry_judge_errors && matches!(r, JudgeRecord::Failed { .. })))
-                        .map(|r| (r.key().to_string(), r))
+                        .map(|mut r| {
+                            slim_judgement(&mut r);
+                            (r.key().to_string(), r)
+                        })
                         .collect(),
                 ));
             }
@@ -731,15 +740,24 @@ impl Runner {
                 )
             }
         };
-        if let Some(journal) = &scenario.generation_journal
-            && let Err(error) = journal.append(&record)
-        {
-            self.journal_failed(scenario, error);
-        }
+        let kept = match &scenario.generation_journal {
+            Some(journal) => match journal.append(&record) {
+                Ok(()) => true,
+                Err(error) => {
+                    self.journal_failed(scenario, error);
+                    false
+                }
+            },
+            None => false,
+        };
         let entry = match &record {
             GenerationRecord::Done { entry, .. } => Some(entry.clone()),
             GenerationRecord::Failed { .. } => None,
         };
+        let mut record = record;
+        if kept {
+            slim_generation(&mut record);
+        }
         lock(&scenario.generations).insert(item.index, record);
         events(event);
         entry
@@ -814,10 +832,12 @@ impl Runner {
                 return;
             }
         };
-        if let Some(journal) = scenario.judge_journals.get(position)
-            && let Err(error) = journal.append(&record)
-        {
-            self.journal_failed(scenario, error);
+        let mut record = record;
+        if let Some(journal) = scenario.judge_journals.get(position) {
+            match journal.append(&record) {
+                Ok(()) => slim_judgement(&mut record),
+                Err(error) => self.journal_failed(scenario, error),
+            }
         }
         lock(judgements).insert(key, record);
         events(event);
@@ -842,7 +862,21 @@ impl Runner {
         started: jiff::Timestamp,
         finished: jiff::Timestamp,
     ) -> Result<ScenarioReport, RunError> {
-        let generations = lock(&scenario.generations);
+        let mut generations = lock(&scenario.generations);
+        // What was kept in memory only as far as the journals hold the rest comes back from them.
+        if scenario.generation_journal.is_some() {
+            restore_thoughts(&mut generations, &scenario.dir.generation_journal())?;
+        }
+        let mut restored_judgements = Vec::with_capacity(scenario.judgements.len());
+        for (position, judge) in self.judges.iter().enumerate() {
+            let mut judged = scenario.judgements.get(position).map(lock);
+            if let Some(judged) = judged.as_mut()
+                && scenario.judge_journals.get(position).is_some()
+            {
+                restore_replies(judged, &scenario.dir.judge_journal(&judge.file_stem()))?;
+            }
+            restored_judgements.push(judged);
+        }
         let generated = generations
             .values()
             .filter(|r| matches!(r, GenerationRecord::Done { .. }))
@@ -883,7 +917,7 @@ impl Runner {
         let mut judge_reports = Vec::with_capacity(self.judges.len());
         for (position, judge) in self.judges.iter().enumerate() {
             let stem = judge.file_stem();
-            let judgements = scenario.judgements.get(position).map(lock);
+            let judgements = restored_judgements.get(position).and_then(Option::as_ref);
             let mut rows = Vec::new();
             let mut missing = 0;
             for record in generations.values() {
@@ -894,7 +928,7 @@ impl Runner {
                     continue;
                 };
                 let key = judgement_key(item, &entry.response, &self.protocol.hash);
-                match judgements.as_ref().and_then(|j| j.get(&key)) {
+                match judgements.and_then(|j| j.get(&key)) {
                     Some(judged) => rows.push((*item, entry, judged)),
                     None => missing += 1,
                 }
@@ -982,6 +1016,58 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// How long a plain-text progress reporter waits between lines.
 pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Scenarios whose result files are being written, in the whole process.
+static RESULT_WRITES: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(1));
+
+/// A journaled generation as memory keeps it: without its thought, the largest part of a
+/// record (Align3's holds every stage's text), which [`restore_thoughts`] reads back from the
+/// journal when the files are written. A study holds many cells' scenarios at once; this keeps
+/// their memory to what judging needs.
+fn slim_generation(record: &mut GenerationRecord) {
+    if let GenerationRecord::Done { entry, .. } = record {
+        entry.thought = String::new();
+        entry.thought.shrink_to_fit();
+    }
+}
+
+/// A journaled judgement as memory keeps it: without the joint judge's reply text.
+fn slim_judgement(record: &mut JudgeRecord) {
+    if let JudgeRecord::Judged { reply, .. } = record {
+        *reply = None;
+    }
+}
+
+/// Puts back the thoughts [`slim_generation`] dropped, from the generation journal: the last
+/// record of each item whose response is the one in memory.
+fn restore_thoughts(generations: &mut BTreeMap<usize, GenerationRecord>, journal: &Path) -> Result<(), RunError> {
+    for record in crate::store::read_journal::<GenerationRecord>(journal)? {
+        if let GenerationRecord::Done {
+            index, entry: stored, ..
+        } = record
+            && let Some(GenerationRecord::Done { entry, .. }) = generations.get_mut(&index)
+            && entry.response == stored.response
+            && entry.thought.is_empty()
+        {
+            entry.thought = stored.thought;
+        }
+    }
+    Ok(())
+}
+
+/// Puts back the replies [`slim_judgement`] dropped, from a judge journal.
+fn restore_replies(judgements: &mut HashMap<String, JudgeRecord>, journal: &Path) -> Result<(), RunError> {
+    for record in crate::store::read_journal::<JudgeRecord>(journal)? {
+        if let JudgeRecord::Judged { key, reply: stored, .. } = record
+            && let Some(JudgeRecord::Judged { reply, .. }) = judgements.get_mut(&key)
+            && reply.is_none()
+        {
+            *reply = stored;
+        }
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
