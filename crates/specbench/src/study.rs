@@ -213,15 +213,18 @@ impl CellProgress {
         let generate = self.selected.saturating_sub(self.progress.generated) as u64;
         let mut left = generate * u64::from(self.calls.generation + self.calls.scored);
         for (stem, calls) in &self.judge_calls {
-            let judged = self
-                .progress
-                .judges
-                .iter()
-                .find(|judge| judge.stem == *stem)
-                .map_or(0, |judge| judge.judged);
-            left += self.selected.saturating_sub(judged) as u64 * u64::from(*calls);
+            left += self.selected.saturating_sub(self.judged(stem)) as u64 * u64::from(*calls);
         }
         left
+    }
+
+    /// Items the judge of file stem `stem` has judged.
+    fn judged(&self, stem: &str) -> usize {
+        self.progress
+            .judges
+            .iter()
+            .find(|judge| judge.stem == stem)
+            .map_or(0, |judge| judge.judged)
     }
 
     /// Generated, and judged by every judge.
@@ -246,13 +249,7 @@ impl CellProgress {
             share(&self.generation_tokens, self.progress.generated),
         )];
         for ((stem, _), usage) in self.judge_calls.iter().zip(&self.judge_tokens) {
-            let judged = self
-                .progress
-                .judges
-                .iter()
-                .find(|judge| judge.stem == *stem)
-                .map_or(0, |judge| judge.judged);
-            out.push((stem.as_str(), share(usage, judged)));
+            out.push((stem.as_str(), share(usage, self.judged(stem))));
         }
         out
     }

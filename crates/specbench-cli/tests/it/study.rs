@@ -334,6 +334,17 @@ fn number_after(text: &str, label: &str) -> Option<f64> {
         .ok()
 }
 
+/// A prices file in which only the judge's completions cost anything: $2 a token.
+fn judge_prices(ctx: &TestContext) -> anyhow::Result<String> {
+    let prices = ctx.dir.path().join("prices.yaml");
+    std::fs::write(
+        &prices,
+        "org/model-a: {prompt: 0, completion: 0}\norg/model-b: {prompt: 0, completion: 0}\n\
+         test-judge: {prompt: 0, completion: 2000000}\n",
+    )?;
+    Ok(prices.to_string_lossy().into_owned())
+}
+
 #[test]
 fn the_plan_estimates_tokens_and_cost_and_max_cost_refuses_or_stops_a_study() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
@@ -341,14 +352,7 @@ fn the_plan_estimates_tokens_and_cost_and_max_cost_refuses_or_stops_a_study() ->
     let file = ctx.dir.path().join("study.yaml");
     std::fs::write(&file, study_text(&server.base_url(), THREE_METHODS))?;
     let file = file.to_string_lossy().into_owned();
-    let prices = ctx.dir.path().join("prices.yaml");
-    // Only the judge's completions cost anything: $2 a token.
-    std::fs::write(
-        &prices,
-        "org/model-a: {prompt: 0, completion: 0}\norg/model-b: {prompt: 0, completion: 0}\n\
-         test-judge: {prompt: 0, completion: 2000000}\n",
-    )?;
-    let prices = prices.to_string_lossy().into_owned();
+    let prices = judge_prices(&ctx)?;
     let assume = ["--completion-tokens", "30", "--judge-completion-tokens", "20"];
 
     let plan = ctx.run(&[&["study", "plan", &file, "--prices", &prices][..], &assume].concat())?;
@@ -395,13 +399,7 @@ fn max_cost_refuses_a_study_estimated_above_it_and_stops_one_measured_above_it()
     // Single-call methods: an item is either finished or not sent.
     std::fs::write(&file, study_text(&server.base_url(), TWO_METHODS))?;
     let file = file.to_string_lossy().into_owned();
-    let prices = ctx.dir.path().join("prices.yaml");
-    std::fs::write(
-        &prices,
-        "org/model-a: {prompt: 0, completion: 0}\norg/model-b: {prompt: 0, completion: 0}\n\
-         test-judge: {prompt: 0, completion: 2000000}\n",
-    )?;
-    let prices = prices.to_string_lossy().into_owned();
+    let prices = judge_prices(&ctx)?;
     let run = |cap: &str, judge_tokens: &str| {
         ctx.run(&[
             "study",

@@ -216,7 +216,8 @@ impl std::ops::AddAssign<&Usage> for Usage {
 pub struct Generation {
     /// The assistant content, thought markers and all.
     pub text: String,
-    /// A separate reasoning field (DeepSeek's `reasoning_content`), when the preset reads one.
+    /// A separate reasoning field, when the reply has one: DeepSeek's and vLLM's reasoning
+    /// parsers' `reasoning_content`, OpenRouter's `reasoning`.
     pub reasoning: Option<String>,
     pub usage: Usage,
     pub finish_reason: Option<String>,

@@ -460,6 +460,9 @@ struct WireMessage {
     content: Option<String>,
     #[serde(default)]
     reasoning_content: Option<String>,
+    /// OpenRouter's name for the same.
+    #[serde(default)]
+    reasoning: Option<String>,
 }
 
 /// What upstream substitutes when a provider's content filter withholds the answer, so the item
@@ -652,6 +655,7 @@ impl OpenAiBackend {
             (None, Some(text)) => WireMessage {
                 content: Some(text),
                 reasoning_content: None,
+                reasoning: None,
             },
             (None, None) => return Err(Parsed::Invalid("no message".into())),
         };
@@ -666,7 +670,12 @@ impl OpenAiBackend {
         let reasoning = if self.preset.reads_reasoning() {
             Some(message.reasoning_content.unwrap_or_default())
         } else {
-            None
+            // vLLM's reasoning parsers (`reasoning_content`) and OpenRouter (`reasoning`) send the
+            // thought beside the content; without either the `</think>` split applies, as upstream.
+            message
+                .reasoning_content
+                .or(message.reasoning)
+                .filter(|reasoning| !reasoning.is_empty())
         };
         let mut usage = wire.usage.unwrap_or_default();
         if usage.total_tokens == 0 {
@@ -804,6 +813,26 @@ mod tests {
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 10, "temperature": 0.1, "top_k": 20})
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_separate_reasoning_field_is_the_thought() -> Result<(), BackendError> {
+        let backend = backend(Preset::Vllm)?;
+        let reasoning = |bytes: &[u8]| backend.parse(bytes).ok().and_then(|g| g.reasoning);
+        // vLLM with a reasoning parser, and OpenRouter.
+        let vllm = br#"{"choices":[{"message":{"content":"Answer.","reasoning_content":"Let me think."}}]}"#;
+        assert_eq!(reasoning(vllm).as_deref(), Some("Let me think."));
+        let openrouter = br#"{"choices":[{"message":{"content":"Answer.","reasoning":"Hmm."}}]}"#;
+        assert_eq!(reasoning(openrouter).as_deref(), Some("Hmm."));
+        // Neither, null or empty: the content's own `</think>` split, as upstream.
+        for plain in [
+            &br#"{"choices":[{"message":{"content":"a</think>b"}}]}"#[..],
+            br#"{"choices":[{"message":{"content":"a</think>b","reasoning_content":null}}]}"#,
+            br#"{"choices":[{"message":{"content":"a</think>b","reasoning":""}}]}"#,
+        ] {
+            assert_eq!(reasoning(plain), None);
+        }
         Ok(())
     }
 

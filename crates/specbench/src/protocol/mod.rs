@@ -460,8 +460,9 @@ pub fn cut_response(response: &str) -> &str {
     }
 }
 
-/// Splits a generation into `(thought, response)`: a separate reasoning field when the backend
-/// gives one (DeepSeek), else the `</think>` split upstream applies to the content.
+/// Splits a generation into `(thought, response)`: a separate reasoning field when the reply
+/// has one (DeepSeek, vLLM's reasoning parsers, OpenRouter), else the `</think>` split upstream
+/// applies to the content.
 pub fn thought_and_response(generation: &Generation) -> (String, String) {
     match &generation.reasoning {
         Some(reasoning) => (reasoning.clone(), generation.text.clone()),
