@@ -64,25 +64,16 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
     let loaded = report::load(&args.results, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
     warn_skipped(&loaded.skipped);
     let runs = loaded.runs;
-    let repeats = repeat_folders(&args.results);
+    let repeats = specbench::study::repeat_folders(&args.results);
     if runs.is_empty() && !repeats.is_empty() {
         // A study with repeats: its runs are one level down, one folder per seed.
-        let mut loaded = Vec::new();
-        for (name, dir) in repeats {
-            let runs = report::load(&dir, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
-            warn_skipped(&runs.skipped);
-            loaded.push((name, runs.runs));
-        }
         let options = ReportOptions {
             alpha,
             resamples: args.resamples,
             seed: args.seed,
             ..ReportOptions::default()
         };
-        let built = report::Report {
-            tables: vec![report::repeats::repeats_table(&loaded, &options)],
-            plots: Vec::new(),
-        };
+        let built = repeats_report(&repeats, alpha, &filter, &options)?;
         write_text(&render::render(&built, format(args.format)), args.output.as_deref())?;
         return Ok(ExitStatus::Success);
     }
@@ -141,20 +132,23 @@ pub(crate) fn families(data: Option<&Path>) -> anyhow::Result<std::collections::
         .collect())
 }
 
-/// The `repeat-<r>` folders a study with repeats wrote under `results`, by r.
-pub(crate) fn repeat_folders(results: &Path) -> Vec<(String, std::path::PathBuf)> {
-    let mut found: Vec<(u32, String, std::path::PathBuf)> = std::fs::read_dir(results)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let r: u32 = name.strip_prefix("repeat-")?.parse().ok()?;
-            entry.path().is_dir().then(|| (r, name, entry.path()))
-        })
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, name, path)| (name, path)).collect()
+/// The report of a study with repeats: the repeats table, from each repeat's folder.
+pub(crate) fn repeats_report(
+    folders: &[(u32, std::path::PathBuf)],
+    alpha: specbench::score::Alpha,
+    filter: &Filter,
+    options: &ReportOptions,
+) -> anyhow::Result<report::Report> {
+    let mut loaded = Vec::with_capacity(folders.len());
+    for (r, dir) in folders {
+        let runs = report::load(dir, alpha, filter).map_err(|e| UsageError(e.to_string()))?;
+        warn_skipped(&runs.skipped);
+        loaded.push((format!("repeat-{r}"), runs.runs));
+    }
+    Ok(report::Report {
+        tables: vec![report::repeats::repeats_table(&loaded, options)],
+        plots: Vec::new(),
+    })
 }
 
 /// The renderer's format for the flag's.

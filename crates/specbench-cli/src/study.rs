@@ -274,17 +274,8 @@ fn paper_tables(study: &Study, folders: &Folders, format: ReportFormat, output: 
             .retain(|table| ["leaderboard", "methods", "judge_agreement"].contains(&table.name.as_str()));
         built
     } else {
-        let mut loaded = Vec::new();
-        for r in repeats {
-            let dir = study.repeat_results(r);
-            let runs = specbench_report::load(&dir, alpha, &filter).map_err(|e| UsageError(e.to_string()))?;
-            crate::report::warn_skipped(&runs.skipped);
-            loaded.push((format!("repeat-{r}"), runs.runs));
-        }
-        specbench_report::Report {
-            tables: vec![specbench_report::repeats::repeats_table(&loaded, &options)],
-            plots: Vec::new(),
-        }
+        let folders: Vec<(u32, PathBuf)> = repeats.into_iter().map(|r| (r, study.repeat_results(r))).collect();
+        crate::report::repeats_report(&folders, alpha, &filter, &options)?
     };
     let text = specbench_report::render::render(&built, crate::report::format(format));
     crate::report::write_text(&text, output)
@@ -513,7 +504,10 @@ async fn merge(study: &Study) -> anyhow::Result<ExitStatus> {
         let (shares, into) = match repeat {
             None => (found.clone(), study.results().to_path_buf()),
             Some(r) => (
-                found.iter().map(|share| share.join(format!("repeat-{r}"))).collect(),
+                found
+                    .iter()
+                    .map(|share| specbench::study::repeat_folder(share, r))
+                    .collect(),
                 study.repeat_results(r),
             ),
         };

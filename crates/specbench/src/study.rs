@@ -165,6 +165,27 @@ pub enum StudyError {
     },
 }
 
+/// The folder of repeat `r` under a results folder: `<results>/repeat-<r>`.
+pub fn repeat_folder(results: &Path, r: u32) -> PathBuf {
+    results.join(format!("repeat-{r}"))
+}
+
+/// The repeat folders a study with repeats wrote under `results`, by repeat.
+pub fn repeat_folders(results: &Path) -> Vec<(u32, PathBuf)> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(results)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let r: u32 = entry.file_name().to_str()?.strip_prefix("repeat-")?.parse().ok()?;
+            let path = entry.path();
+            (path.is_dir() && path == repeat_folder(results, r)).then_some((r, path))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// One model × method (× repeat) of a study, as an ordinary run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
@@ -235,23 +256,23 @@ impl CellProgress {
     /// The estimated tokens of the items not yet done, by the model that spends them (the
     /// model under test, then each judge's file stem).
     pub fn remaining_tokens(&self) -> Vec<(&str, Usage)> {
-        let share = |usage: &Usage, done: usize| {
-            let left = self.selected.saturating_sub(done) as u64;
-            let of = self.selected.max(1) as u64;
-            Usage {
-                prompt_tokens: usage.prompt_tokens * left / of,
-                completion_tokens: usage.completion_tokens * left / of,
-                total_tokens: usage.total_tokens * left / of,
-            }
-        };
-        let mut out = vec![(
-            self.model.as_str(),
-            share(&self.generation_tokens, self.progress.generated),
-        )];
-        for ((stem, _), usage) in self.judge_calls.iter().zip(&self.judge_tokens) {
-            out.push((stem.as_str(), share(usage, self.judged(stem))));
-        }
-        out
+        let done =
+            std::iter::once(self.progress.generated).chain(self.judge_calls.iter().map(|(stem, _)| self.judged(stem)));
+        let of = self.selected.max(1) as u64;
+        self.tokens()
+            .into_iter()
+            .zip(done)
+            .map(|((key, usage), done)| {
+                let left = self.selected.saturating_sub(done) as u64;
+                let share = |tokens: u64| tokens * left / of;
+                let usage = Usage {
+                    prompt_tokens: share(usage.prompt_tokens),
+                    completion_tokens: share(usage.completion_tokens),
+                    total_tokens: share(usage.total_tokens),
+                };
+                (key, usage)
+            })
+            .collect()
     }
 
     /// The estimated tokens of every selected item, by the model that spends them.
@@ -475,7 +496,7 @@ impl Study {
 
     /// Where repeat `r` writes: `<results>/repeat-<r>`.
     pub fn repeat_results(&self, r: u32) -> PathBuf {
-        self.file.data.results.join(format!("repeat-{r}"))
+        repeat_folder(&self.file.data.results, r)
     }
 
     /// Checks every cell and builds its runner, all sharing one cap per endpoint and one cache.
@@ -541,13 +562,21 @@ impl Study {
         let selection = data.selection();
         let ttd = pack.config_dir.as_ref().map(|dir| dir.join("config_ttd.yaml"));
         // A model's budget from its file: the one named, else the pack's.
-        let budget = |given: Option<&Path>, default_name: &str, key: &str| -> Result<Option<u64>, StudyError> {
+        // Each model file read once, however many cells name it.
+        let mut files: HashMap<PathBuf, ModelFile> = HashMap::new();
+        let mut budget = |given: Option<&Path>, default_name: &str, key: &str| -> Result<Option<u64>, StudyError> {
             let path = given
                 .map(Path::to_path_buf)
                 .or_else(|| pack.config_dir.as_ref().map(|dir| dir.join(default_name)))
                 .filter(|path| path.is_file());
             let Some(path) = path else { return Ok(None) };
-            let file = ModelFile::load(&path).map_err(|e| setup_error(e.into()))?;
+            let file = match files.entry(path) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let file = ModelFile::load(entry.key()).map_err(|e| setup_error(e.into()))?;
+                    entry.insert(file)
+                }
+            };
             Ok(file
                 .entry(key)
                 .map_err(|e| setup_error(e.into()))?

@@ -700,3 +700,30 @@ fn a_scenario_named_twice_runs_once() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn seed_is_sent_with_every_generation_request_and_never_by_default() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let plain = ctx.run(&run_args(&url, &["--scenario", "Garden"]))?;
+    assert_eq!(plain.code, Some(0), "{plain:?}");
+    assert!(server.requests().iter().all(|r| r.get("seed").is_none()));
+    // Another seed is another sample: not the cached replies of the plain run.
+    let seeded = ctx.run(&run_args(
+        &url,
+        &["--scenario", "Garden", "--seed", "7", "--results", "seeded"],
+    ))?;
+    assert_eq!(seeded.code, Some(0), "{seeded:?}");
+    let requests = server.requests();
+    let generated: Vec<&Value> = requests[6..].iter().filter(|r| !is_judge(r)).collect();
+    assert_eq!(generated.len(), 3, "{requests:?}");
+    assert!(generated.iter().all(|r| r["seed"] == 7), "{generated:?}");
+    assert!(
+        requests[6..]
+            .iter()
+            .filter(|r| is_judge(r))
+            .all(|r| r.get("seed").is_none())
+    );
+    Ok(())
+}

@@ -139,6 +139,10 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
     let again = ctx.run(&["study", "run", &file])?;
     assert_eq!(again.code, Some(0), "{again:?}");
     assert_eq!(server.requests().len(), 108);
+    // Without the tables at the end.
+    let quiet = ctx.run(&["study", "run", &file, "--no-tables"])?;
+    assert_eq!(quiet.code, Some(0), "{quiet:?}");
+    assert!(again.stdout.contains("Leaderboard") && !quiet.stdout.contains("Leaderboard"));
     Ok(())
 }
 
