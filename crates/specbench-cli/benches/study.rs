@@ -1,6 +1,7 @@
 //! A study against two loopback stub endpoints with a fixed latency, on the real binary: wall
 //! time against the ideal, harness CPU seconds per 1,000 requests and peak RSS, for 1, 4 and 16
-//! cells, beside a single `specbench run` of the same kind.
+//! cells, beside single `specbench run`s of the same methods (vanilla; all four), the
+//! baselines of CPU per request.
 //!
 //! `SPECBENCH_DATA=… cargo bench -p specbench-cli --bench study`
 //!
@@ -41,12 +42,22 @@ fn main() -> anyhow::Result<()> {
         latency.as_secs_f64()
     );
 
-    let single = measure_run(&data, &urls, concurrency)?;
-    let ideal = single.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
-    single.print("a single run (vanilla)", ideal);
-    let baseline = single.cpu_per_thousand();
+    // The baselines: single runs of the same methods, so that CPU per request compares like
+    // with like (a chained method's requests are longer to build and parse than vanilla's).
+    let mut baselines = Vec::new();
+    for methods in [&METHODS[..1], &METHODS[..]] {
+        let (_folder, _file, requests) = study_file(&data, &urls, concurrency, 1, methods)?;
+        let single = measure_run(&data, &urls, concurrency, methods, requests)?;
+        let ideal = single.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
+        single.print(&format!("a single run ({})", methods.join(", ")), ideal);
+        baselines.push(single.cpu_per_thousand());
+    }
 
-    for (models, methods) in [(1, &METHODS[..1]), (1, &METHODS[..]), (4, &METHODS[..])] {
+    for (models, methods, baseline) in [
+        (1, &METHODS[..1], baselines[0]),
+        (1, &METHODS[..], baselines[1]),
+        (4, &METHODS[..], baselines[1]),
+    ] {
         let measured = measure_study(&data, &urls, concurrency, models, methods)?;
         let ideal = measured.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
         let cells = models * methods.len();
@@ -110,7 +121,15 @@ fn timed(mut command: Command, cache: &Path) -> anyhow::Result<(f64, f64, f64)> 
     Ok((wall, cpu, usage.ru_maxrss as f64 / 1024.0))
 }
 
-fn measure_run(data: &Path, urls: &[&str], concurrency: u64) -> anyhow::Result<Measured> {
+/// One `specbench run` of `methods` (one after another, as a run does), whose plan counts
+/// `requests`.
+fn measure_run(
+    data: &Path,
+    urls: &[&str],
+    concurrency: u64,
+    methods: &[&str],
+    requests: u64,
+) -> anyhow::Result<Measured> {
     let results = tempfile::tempdir()?;
     let cache = tempfile::tempdir()?;
     let urls = urls.join(",");
@@ -120,7 +139,7 @@ fn measure_run(data: &Path, urls: &[&str], concurrency: u64) -> anyhow::Result<M
         .args(["--judge", "bench-judge", "--judge-base-url", &urls])
         .args([
             "--method",
-            "vanilla",
+            &methods.join(","),
             "--concurrency",
             &concurrency.to_string(),
             "--no-cache",
@@ -130,22 +149,23 @@ fn measure_run(data: &Path, urls: &[&str], concurrency: u64) -> anyhow::Result<M
         .env("SPECBENCH_DATA", data);
     let (wall, cpu, rss_mib) = timed(command, cache.path())?;
     Ok(Measured {
-        requests: 3000,
+        requests,
         wall,
         cpu,
         rss_mib,
     })
 }
 
-fn measure_study(
+/// A study file of `models` × `methods` in a new folder (kept while the folder is), and the
+/// requests its plan counts.
+fn study_file(
     data: &Path,
     urls: &[&str],
     concurrency: u64,
     models: usize,
     methods: &[&str],
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf, u64)> {
     let folder = tempfile::tempdir()?;
-    let cache = tempfile::tempdir()?;
     let servers = urls
         .iter()
         .map(|url| format!("\"{url}\""))
@@ -183,7 +203,18 @@ fn measure_study(
         .and_then(|line| line.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no total in the plan: {stdout}"))?;
+    Ok((folder, file, requests))
+}
 
+fn measure_study(
+    data: &Path,
+    urls: &[&str],
+    concurrency: u64,
+    models: usize,
+    methods: &[&str],
+) -> anyhow::Result<Measured> {
+    let (_folder, file, requests) = study_file(data, urls, concurrency, models, methods)?;
+    let cache = tempfile::tempdir()?;
     let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
     // The scheduler alone, as the single run: the paper tables at the end are report work.
     command

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use specbench::backend::{Stop, Usage};
 use specbench::cost::Prices;
 use specbench::run::{Event, Outcome, PLAIN_PROGRESS_EVERY, RunReport};
 use specbench::setup::Shared;
-use specbench::study::{Assumptions, Money, Study, StudyError};
+use specbench::study::{Assumptions, CellProgress, Money, Study, StudyError};
 
 use crate::args::{ReportFormat, StudyAction, StudyCommand};
 use crate::commands::{ExitStatus, UsageError, run_error};
@@ -39,7 +39,7 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
                 study.file.data.results = results;
             }
             let budget = match max_cost {
-                Some(cap) => Some(check_budget(&study, cap, cost.assumptions())?),
+                Some(cap) => Some(check_budget(&study, cap, cost.assumptions()).await?),
                 None => None,
             };
             let (status, folders) = run(&study, stop, budget).await?;
@@ -85,7 +85,7 @@ pub async fn study(command: StudyCommand, stop: Stop) -> anyhow::Result<ExitStat
             if cost.prices.is_some() {
                 study.file.prices = cost.prices.clone();
             }
-            plan(&study, cost.assumptions())
+            plan(&study, cost.assumptions()).await
         }
     }
 }
@@ -114,9 +114,10 @@ async fn run(study: &Study, stop: Stop, budget: Option<Budget>) -> anyhow::Resul
         None => study.prices().map_err(usage)?,
     };
     let shared = Shared::new(study.exec(), stop.clone()).at_once(study.exec(), study.endpoints());
-    let runners = study
+    let mut runners = study
         .resolve(&specbench_local::Engine::default(), &shared)
         .map_err(usage)?;
+    let waits = specbench::study::chain_by_servers(&mut runners);
     let mut locks = Vec::new();
     for runner in &runners {
         locks.extend(runner.lock().map_err(run_error)?);
@@ -154,10 +155,13 @@ async fn run(study: &Study, stop: Stop, budget: Option<Budget>) -> anyhow::Resul
         stop,
     };
     let progress = Arc::new(StudyProgress::new(&names, meter));
-    let runs = runners.into_iter().enumerate().map(|(at, runner)| {
+    let runs = runners.into_iter().zip(waits).enumerate().map(|(at, (runner, wait))| {
         let (sink, progress) = (progress.clone(), progress.clone());
         // Each cell on the runtime's threads; the shared caps pace them.
         tokio::spawn(async move {
+            if let Some(before) = wait {
+                before.notified().await;
+            }
             let result = Arc::new(runner)
                 .run(Arc::new(move |event| sink.handle(at, event)))
                 .await;
@@ -348,7 +352,7 @@ fn status(study: &Study) -> anyhow::Result<ExitStatus> {
 }
 
 /// A row's method, with its repeat when the study has several.
-fn method_label(row: &specbench::study::CellProgress) -> String {
+fn method_label(row: &CellProgress) -> String {
     match row.repeat {
         Some(r) => format!("{} r{r}", row.method),
         None => row.method.clone(),
@@ -526,13 +530,23 @@ async fn merge(study: &Study) -> anyhow::Result<ExitStatus> {
 
 /// What the study sends: per cell and scenario, the calls of one item, the requests in all,
 /// what is left after the stored results, and the estimated tokens and cost; sends nothing.
-fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitStatus> {
-    let rows = study.status(assumptions).map_err(usage)?;
+/// The study's rows, with what the response cache answers looked up.
+async fn rows_with_cache(study: &Study, assumptions: Assumptions) -> anyhow::Result<Vec<CellProgress>> {
+    let mut rows = study.status(assumptions).map_err(usage)?;
+    study
+        .look_up_cache(&mut rows, &specbench_local::Engine::default())
+        .await
+        .map_err(usage)?;
+    Ok(rows)
+}
+
+async fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitStatus> {
+    let rows = rows_with_cache(study, assumptions).await?;
     let prices = study.prices().map_err(usage)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:<24} {:<28} {:<10} {:>6} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10}  judge calls/item",
+        "{:<24} {:<28} {:<10} {:>6} {:>8} {:>9} {:>9} {:>7} {:>11} {:>11} {:>10}  judge calls/item",
         "model",
         "method",
         "scenario",
@@ -540,11 +554,16 @@ fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitStatus> {
         "gen/item",
         "requests",
         "remaining",
+        "cached",
         "prompt tok",
         "compl. tok",
         "cost $"
     );
-    let (mut requests, mut remaining) = (0u64, 0u64);
+    let (mut requests, mut remaining, mut cached) = (0u64, 0u64, 0u64);
+    let unchecked = rows
+        .iter()
+        .filter(|row| row.cached.is_none() && row.remaining() > 0)
+        .count();
     let (mut tokens, mut left_tokens) = (Usage::default(), Usage::default());
     let (mut money, mut left_money) = (Money::default(), Money::default());
     for row in &rows {
@@ -568,7 +587,7 @@ fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitStatus> {
         let cost = Money::of(&prices, row.tokens());
         let _ = writeln!(
             out,
-            "{:<24} {:<28} {:<10} {:>6} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10}  {}",
+            "{:<24} {:<28} {:<10} {:>6} {:>8} {:>9} {:>9} {:>7} {:>11} {:>11} {:>10}  {}",
             row.model,
             method_label(row),
             row.scenario,
@@ -576,6 +595,9 @@ fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitStatus> {
             scored,
             row.requests(),
             row.remaining(),
+            row.cached
+                .as_ref()
+                .map_or("-".to_string(), |_| row.cached_calls().to_string()),
             cell.prompt_tokens,
             cell.completion_tokens,
             dollars(cost),
@@ -583,14 +605,22 @@ fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitStatus> {
         );
         requests += row.requests();
         remaining += row.remaining();
+        cached += row.cached_calls();
         tokens += &cell;
         money.add(cost);
         left_money.add(Money::of(&prices, row.remaining_tokens()));
     }
     let _ = writeln!(
         out,
-        "{requests} requests in all, {remaining} still to send (judge parse retries aside; cached replies are not sent again)"
+        "{requests} requests in all, {remaining} not made yet, {cached} of them answered by the response cache: {} still to send (judge parse retries aside)",
+        remaining.saturating_sub(cached)
     );
+    if unchecked > 0 {
+        let _ = writeln!(
+            out,
+            "cache: not looked up for {unchecked} cell scenarios with an embedded model (`-`: it is not loaded to plan; its calls cost nothing)"
+        );
+    }
     let _ = writeln!(
         out,
         "tokens, estimated: {} prompt and {} completion in all; {} and {} still to send",
@@ -649,12 +679,12 @@ struct Budget {
 
 /// Refuses a study whose estimate of what is left costs more than `cap`, or that has a
 /// model or judge with no price (its cost could not be held to any cap).
-fn check_budget(study: &Study, cap: f64, assumptions: Assumptions) -> anyhow::Result<Budget> {
+async fn check_budget(study: &Study, cap: f64, assumptions: Assumptions) -> anyhow::Result<Budget> {
     if !(cap.is_finite() && cap >= 0.0) {
         anyhow::bail!(UsageError("--max-cost must be a number of dollars, at least 0".into()));
     }
     let prices = study.prices().map_err(usage)?;
-    let rows = study.status(assumptions).map_err(usage)?;
+    let rows = rows_with_cache(study, assumptions).await?;
     let mut left = Money::default();
     for row in &rows {
         for (key, usage) in row.remaining_tokens() {
@@ -678,10 +708,15 @@ fn check_budget(study: &Study, cap: f64, assumptions: Assumptions) -> anyhow::Re
     Ok(Budget { cap, prices })
 }
 
-/// One line of state per cell; the study's bar (terminal) or a plain line every few seconds.
+/// On a terminal, the study's bar with a bar under it for each cell under way, and a line
+/// when a cell ends; otherwise a plain line when a cell starts and ends, and the study's line
+/// every few seconds.
 struct StudyProgress {
     state: Mutex<State>,
+    /// The study's bars: its own first, then the cells under way.
+    bars: Option<MultiProgress>,
     bar: Option<ProgressBar>,
+    names: Vec<String>,
     meter: Meter,
 }
 
@@ -735,21 +770,30 @@ struct CellState {
     total: usize,
     done: usize,
     failed: usize,
+    /// When its first event came: it is under way.
+    started: Option<Instant>,
     finished: bool,
     /// The cell's run ended in an error (its message follows the study).
     broke: bool,
+    /// Its bar while it runs, on a terminal.
+    bar: Option<ProgressBar>,
 }
 
 impl StudyProgress {
     fn new(names: &[String], meter: Meter) -> StudyProgress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
+        let bar = bars.as_ref().map(|bars| {
+            let bar = bars.add(ProgressBar::new(0));
             if let Ok(style) = ProgressStyle::with_template("study {wide_bar} {pos}/{len} eta {eta} | {msg}") {
                 bar.set_style(style);
             }
             bar
         });
         StudyProgress {
+            bars,
+            names: names.to_vec(),
             state: Mutex::new(State {
                 cells: names.iter().map(|_| CellState::default()).collect(),
                 cost: Usage::default(),
@@ -768,12 +812,42 @@ impl StudyProgress {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).capped
     }
 
+    /// Marks `cell` under way at its first event: a bar, or a line.
+    fn start(&self, cell: usize, state: &mut State) {
+        let name = self.names.get(cell).map(String::as_str).unwrap_or_default();
+        let Some(c) = state.cells.get_mut(cell) else {
+            return;
+        };
+        if c.started.is_some() {
+            return;
+        }
+        c.started = Some(Instant::now());
+        match &self.bars {
+            Some(bars) => {
+                let bar = bars.add(ProgressBar::new(0));
+                let style = ProgressStyle::with_template("  {prefix:<40} [{bar:24}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+                bar.set_style(style);
+                bar.set_prefix(name.to_string());
+                c.bar = Some(bar);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "[study] {name}: started");
+            }
+        }
+    }
+
     fn handle(&self, cell: usize, event: Event) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.start(cell, &mut state);
         match event {
             Event::Planned { total, .. } => {
                 if let Some(c) = state.cells.get_mut(cell) {
                     c.total += total;
+                    if let Some(bar) = &c.bar {
+                        bar.inc_length(total as u64);
+                    }
                 }
                 if let Some(bar) = &self.bar {
                     bar.inc_length(total as u64);
@@ -784,6 +858,12 @@ impl StudyProgress {
                     c.done += 1;
                     if matches!(outcome, Outcome::Failed(_)) {
                         c.failed += 1;
+                    }
+                    if let Some(bar) = &c.bar {
+                        bar.inc(1);
+                        if c.failed > 0 {
+                            bar.set_message(format!("{} failed", c.failed));
+                        }
                     }
                 }
                 state.cost.prompt_tokens += cost.prompt_tokens;
@@ -806,11 +886,32 @@ impl StudyProgress {
         self.show(&mut state);
     }
 
+    /// The cell's run ended (`failed`: in an error): its bar gives way to a line.
     fn finished(&self, cell: usize, failed: bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let name = self.names.get(cell).map(String::as_str).unwrap_or_default();
         if let Some(c) = state.cells.get_mut(cell) {
             c.finished = true;
             c.broke = failed;
+            let seconds = c.started.map(|at| at.elapsed().as_secs_f64()).unwrap_or_default();
+            let line = if failed {
+                format!("{name}: failed after {seconds:.0}s (the error follows the study)")
+            } else {
+                format!(
+                    "{name}: ended, {}/{} units, {} failed, in {seconds:.0}s",
+                    c.done, c.total, c.failed
+                )
+            };
+            match (&self.bars, c.bar.take()) {
+                (Some(bars), Some(bar)) => {
+                    bar.finish_and_clear();
+                    bars.remove(&bar);
+                    let _ = bars.println(format!("  {line}"));
+                }
+                _ => {
+                    let _ = writeln!(std::io::stderr().lock(), "[study] {line}");
+                }
+            }
         }
         self.show(&mut state);
     }
@@ -818,7 +919,11 @@ impl StudyProgress {
     fn message(&self, state: &State) -> String {
         let finished = state.cells.iter().filter(|c| c.finished && !c.broke).count();
         let broke = state.cells.iter().filter(|c| c.broke).count();
-        let running = state.cells.iter().filter(|c| !c.finished && c.done > 0).count();
+        let running = state
+            .cells
+            .iter()
+            .filter(|c| c.started.is_some() && !c.finished)
+            .count();
         let failed: usize = state.cells.iter().map(|c| c.failed).sum();
         let spent = state
             .spent

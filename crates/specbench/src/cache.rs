@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use crate::backend::{CacheFailure, CacheKey, Generation, ReplyCache, Usage};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ pub struct ResponseCache {
     /// Opened at the first lookup for a run ([`ResponseCache::deferred`]), so that a command
     /// refused for bad input leaves no cache file behind; the error text when it could not be.
     connection: OnceLock<Result<Mutex<Connection>, String>>,
+    /// Looks replies up and changes nothing: no hit counted, nothing stored or removed.
+    read_only: bool,
 }
 
 const SCHEMA: &str = "
@@ -98,6 +100,32 @@ impl ResponseCache {
             dir: dir.to_path_buf(),
             path,
             connection: OnceLock::from(Ok(Mutex::new(connection))),
+            read_only: false,
+        })
+    }
+
+    /// `dir/responses.sqlite3` for lookups only, when it exists (a study's plan asks what it
+    /// holds): nothing is created, counted, stored or removed.
+    pub fn read_only(dir: &Path) -> Option<ResponseCache> {
+        let path = dir.join(Self::FILE);
+        if !path.is_file() {
+            return None;
+        }
+        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|connection| {
+                connection.busy_timeout(std::time::Duration::from_secs(10))?;
+                Ok(connection)
+            })
+            .map(Mutex::new)
+            .map_err(|error| {
+                tracing::warn!(%error, path = %path.display(), "cannot read the response cache");
+                error.to_string()
+            });
+        Some(ResponseCache {
+            dir: dir.to_path_buf(),
+            path,
+            connection: OnceLock::from(connection),
+            read_only: true,
         })
     }
 
@@ -109,6 +137,7 @@ impl ResponseCache {
             dir: dir.to_path_buf(),
             path: dir.join(Self::FILE),
             connection: OnceLock::new(),
+            read_only: false,
         }
     }
 }
@@ -198,7 +227,7 @@ impl ResponseCache {
             })
             .optional()
             .map_err(|e| self.error(e))?;
-        if found.is_some() {
+        if found.is_some() && !self.read_only {
             connection
                 .execute(
                     "UPDATE responses SET hits = hits + 1 WHERE key = ?1",
@@ -214,7 +243,7 @@ impl ResponseCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
-        let Some(connection) = self.connection() else {
+        let Some(connection) = self.connection().filter(|_| !self.read_only) else {
             return Ok(());
         };
         connection
@@ -243,7 +272,7 @@ impl ResponseCache {
     /// Takes back a reply that turned out to be unusable (a judge reply that does not parse),
     /// so the next attempt asks the model again.
     pub fn remove(&self, key: &CacheKey) -> Result<(), CacheError> {
-        let Some(connection) = self.connection() else {
+        let Some(connection) = self.connection().filter(|_| !self.read_only) else {
             return Ok(());
         };
         connection

@@ -248,6 +248,15 @@ impl RunReport {
     }
 }
 
+/// Calls of one scenario that the response cache answers (see [`Runner::cached`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CachedCalls {
+    /// To the model under test (a scorer's calls are not looked up).
+    pub generation: u64,
+    /// Per judge, in the runner's order.
+    pub judges: Vec<u64>,
+}
+
 /// The stages a run has: a generator (or stored generations) and any number of judges.
 pub struct Runner {
     pub pack: Arc<Pack>,
@@ -262,6 +271,20 @@ pub struct Runner {
     /// Items in flight, shared with other runners running at once (a study's cells), so memory
     /// is bounded by the whole, not per runner; none: this runner's own `item_concurrency`.
     pub item_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Told once every item of this run has been started, or the run ended before: a study
+    /// starts the next cell on the same servers then (see [`crate::study::chain_by_servers`]).
+    pub all_started: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Tells [`Runner::all_started`] when dropped, so that every way out of a run tells it.
+struct AllStarted(Option<Arc<tokio::sync::Notify>>);
+
+impl Drop for AllStarted {
+    fn drop(&mut self) {
+        if let Some(notify) = self.0.take() {
+            notify.notify_one();
+        }
+    }
 }
 
 /// One scenario's state while a run is under way.
@@ -297,6 +320,7 @@ impl Runner {
     /// core; at most `item_concurrency` are alive at once, which bounds memory.
     pub async fn run(self: Arc<Self>, events: EventSink) -> Result<RunReport, RunError> {
         let started = jiff::Timestamp::now();
+        let all_started = AllStarted(self.all_started.clone());
         // Models are shared between the runs of one command (one per method): report this run's
         // share of their counters, not their totals so far.
         let generator_before = self.generator.as_ref().map(|(model, _)| model.totals());
@@ -353,6 +377,7 @@ impl Runner {
                 }
             }
         }
+        drop(all_started);
         // Everything started runs to its end, unless a stop comes: then what is in flight gets
         // the grace period, and is abandoned after it.
         let mut deadline = None;
@@ -457,6 +482,94 @@ impl Runner {
                 scenario.judgements.iter().all(|judged| lock(judged).contains_key(&key))
             })
             .count()
+    }
+
+    /// Per scenario, the calls still to make (items the journals do not hold as finished)
+    /// that the response cache answers: every such item goes through the method and the
+    /// judges as in a run, with models that answer from the cache only and send nothing (a
+    /// runner resolved with [`crate::setup::Shared::offline`]). Writes nothing.
+    pub async fn cached(&self) -> Result<Vec<(String, CachedCalls)>, RunError> {
+        let mut out: Vec<(String, CachedCalls)> = Vec::new();
+        for name in self.scenario_names() {
+            let scenario = self.pack.scenario(&name)?;
+            if out.iter().any(|(done, _)| *done == scenario.name) {
+                continue;
+            }
+            let dir = self
+                .store
+                .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name())?;
+            let mut items = self.plan.items.select(scenario)?;
+            if let Some(shard) = &self.plan.shard {
+                items.retain(|item| shard.contains(item.index));
+            }
+            // What the journals hold, as `prepare` reads them: the last record of an item wins.
+            let mut responses: HashMap<usize, Option<String>> = HashMap::new();
+            if self.generator.is_some() {
+                for record in crate::store::read_journal::<GenerationRecord>(&dir.generation_journal())? {
+                    let response = match record {
+                        GenerationRecord::Done { ref entry, .. } => Some(entry.response.clone()),
+                        GenerationRecord::Failed { .. } => None,
+                    };
+                    responses.insert(record.index(), response);
+                }
+            } else if dir.generate_json().exists() {
+                for (item, entry) in dir.read_generations()?.into_iter().flatten() {
+                    responses.insert(item.index, Some(entry.response));
+                }
+            }
+            let mut judged = Vec::with_capacity(self.judges.len());
+            for judge in &self.judges {
+                let records = crate::store::read_journal::<JudgeRecord>(&dir.judge_journal(&judge.file_stem()))?;
+                let keys: std::collections::HashSet<String> = records
+                    .into_iter()
+                    .filter(|r| !(self.plan.retry_judge_errors && matches!(r, JudgeRecord::Failed { .. })))
+                    .map(|r| r.key().to_string())
+                    .collect();
+                judged.push(keys);
+            }
+            let rules = RuleLists::new(&scenario.rules);
+            let mut counts = CachedCalls {
+                generation: 0,
+                judges: vec![0; self.judges.len()],
+            };
+            for item in &items {
+                let hits = |model: &Model| model.totals().cache_hits;
+                let response = match (responses.get(&item.index), &self.generator) {
+                    (Some(Some(response)), _) => Some(response.clone()),
+                    (_, Some((model, method))) => {
+                        let input = MethodInput {
+                            item,
+                            prompt: item.generation_prompt(self.plan.variant),
+                            rules: &rules,
+                            protocol: &self.protocol,
+                        };
+                        let before = hits(model);
+                        // Every call the cache answers counts, also those before a miss.
+                        let answered = method.respond(&input, model).await.ok().map(|r| r.text);
+                        counts.generation += hits(model).saturating_sub(before);
+                        answered
+                    }
+                    (_, None) => None,
+                };
+                // Without the response, what the judges will be asked is not known yet.
+                let Some(response) = response else {
+                    continue;
+                };
+                let key = judgement_key(item, &response, &self.protocol.hash);
+                for ((judge, done), count) in self.judges.iter().zip(&judged).zip(&mut counts.judges) {
+                    if done.contains(&key) {
+                        continue;
+                    }
+                    let before = hits(&judge.model);
+                    // A cached reply that does not parse is asked again in a run: not counted.
+                    if !matches!(judge.judge(item, &rules, &response).await, Ok(Judgement::Failed(_))) {
+                        *count += hits(&judge.model).saturating_sub(before);
+                    }
+                }
+            }
+            out.push((scenario.name.clone(), counts));
+        }
+        Ok(out)
     }
 
     fn scenario_names(&self) -> Vec<String> {
@@ -865,7 +978,7 @@ impl Runner {
         let mut generations = lock(&scenario.generations);
         // What was kept in memory only as far as the journals hold the rest comes back from them.
         if scenario.generation_journal.is_some() {
-            restore_thoughts(&mut generations, &scenario.dir.generation_journal())?;
+            restore_entries(&mut generations, &scenario.dir.generation_journal())?;
         }
         let mut restored_judgements = Vec::with_capacity(scenario.judgements.len());
         for (position, judge) in self.judges.iter().enumerate() {
@@ -1021,14 +1134,14 @@ pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 static RESULT_WRITES: std::sync::LazyLock<tokio::sync::Semaphore> =
     std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(1));
 
-/// A journaled generation as memory keeps it: without its thought, the largest part of a
-/// record (Align3's holds every stage's text), which [`restore_thoughts`] reads back from the
-/// journal when the files are written. A study holds many cells' scenarios at once; this keeps
-/// their memory to what judging needs.
+/// A journaled generation as memory keeps it: its response (what judging reads) without its
+/// thought and prompt, the largest parts of a record (Align3's thought holds every stage's
+/// text), which [`restore_entries`] reads back from the journal when the files are written.
+/// A study holds many cells' scenarios at once; this keeps their memory to what judging needs.
 fn slim_generation(record: &mut GenerationRecord) {
     if let GenerationRecord::Done { entry, .. } = record {
         entry.thought = String::new();
-        entry.thought.shrink_to_fit();
+        entry.prompt = String::new();
     }
 }
 
@@ -1039,18 +1152,17 @@ fn slim_judgement(record: &mut JudgeRecord) {
     }
 }
 
-/// Puts back the thoughts [`slim_generation`] dropped, from the generation journal: the last
-/// record of each item whose response is the one in memory.
-fn restore_thoughts(generations: &mut BTreeMap<usize, GenerationRecord>, journal: &Path) -> Result<(), RunError> {
+/// Puts back what [`slim_generation`] dropped, from the generation journal: the entry of the
+/// last record of each item whose response is the one in memory.
+fn restore_entries(generations: &mut BTreeMap<usize, GenerationRecord>, journal: &Path) -> Result<(), RunError> {
     for record in crate::store::read_journal::<GenerationRecord>(journal)? {
         if let GenerationRecord::Done {
             index, entry: stored, ..
         } = record
             && let Some(GenerationRecord::Done { entry, .. }) = generations.get_mut(&index)
             && entry.response == stored.response
-            && entry.thought.is_empty()
         {
-            entry.thought = stored.thought;
+            *entry = stored;
         }
     }
     Ok(())

@@ -92,6 +92,9 @@ pub enum SetupError {
     /// The embedded model could not be loaded (the engine's own error).
     #[error("{0}")]
     Local(LocalEngineError),
+    /// Configurations resolved with [`Shared::offline`] load no embedded model.
+    #[error("the embedded model is not loaded to read the response cache")]
+    NotLoaded,
     #[error(transparent)]
     Method(#[from] MethodError),
 }
@@ -472,6 +475,8 @@ pub struct Shared {
     packs: Arc<std::sync::Mutex<Vec<LoadedPack>>>,
     /// One HTTP connection pool for every server backend, when they run at once.
     client: Option<reqwest::Client>,
+    /// See [`Shared::offline`].
+    offline: bool,
 }
 
 impl Shared {
@@ -490,6 +495,29 @@ impl Shared {
             item_slots: None,
             packs: Arc::default(),
             client: None,
+            offline: false,
+        }
+    }
+
+    /// For asking what the response cache holds, sending nothing: every model is stopped
+    /// from the start (a stopped model still answers from the cache), the cache is read only
+    /// (none when its file does not exist, or with `no_cache`), no API key is read, and no
+    /// embedded model is loaded (resolving one is [`SetupError::NotLoaded`]).
+    pub fn offline(exec: &ExecConfig) -> Shared {
+        let stop = Stop::default();
+        stop.stop();
+        let cache = (!exec.no_cache)
+            .then(|| ResponseCache::read_only(&exec.cache_dir.clone().unwrap_or_else(crate::cache::default_dir)))
+            .flatten()
+            .map(Arc::new);
+        Shared {
+            limits: ConcurrencyLimits::new(exec.concurrency).with_stop(stop.clone()),
+            cache,
+            stop,
+            item_slots: None,
+            packs: Arc::default(),
+            client: None,
+            offline: true,
         }
     }
 
@@ -498,7 +526,7 @@ impl Shared {
     /// so that keeps every slot busy) instead of four per slot in each runner, which would
     /// hold a study's memory in proportion to its cells.
     pub fn at_once(mut self, exec: &ExecConfig, endpoints: usize) -> Shared {
-        let slots = exec.concurrency.max(1) * endpoints.max(1) * 4;
+        let slots = exec.concurrency.max(1) * endpoints.max(1) * 2;
         self.item_slots = Some(Arc::new(tokio::sync::Semaphore::new(slots)));
         // A shared pool; should it fail to build, each backend reports that with its own.
         self.client = crate::backend::openai::http_client(Duration::from_secs_f64(exec.timeout.max(0.001))).ok();
@@ -802,7 +830,11 @@ impl<'e> Session<'e> {
             None if base_urls.is_empty() => Preset::OpenAi,
             None => Preset::Compatible,
         };
-        let backend = OpenAiBackend::builder(preset, entry.model_name.clone())
+        let mut builder = OpenAiBackend::builder(preset, entry.model_name.clone());
+        if self.shared.offline {
+            builder.without_key();
+        }
+        let backend = builder
             .base_urls(base_urls.iter().cloned())
             .api_key_variable(key_variable.cloned())
             .params(entry.params.clone())
@@ -844,6 +876,9 @@ impl<'e> Session<'e> {
 
     /// The embedded model at `path`.
     fn local(&self, entry: &ModelEntry, path: &Path) -> Result<Model, SetupError> {
+        if self.shared.offline {
+            return Err(SetupError::NotLoaded);
+        }
         let spec = LocalSpec {
             sequences: self.exec.concurrency as u32,
             context_per_sequence: self.exec.local_context,
@@ -1001,6 +1036,7 @@ impl<'e> Session<'e> {
                     return Err(SetupError::NoRewardModel(*needing));
                 };
                 let key = match &config.reward_api_key_env {
+                    Some(_) if self.shared.offline => None,
                     Some(variable) => {
                         Some(ApiKey::from_env(variable).ok_or_else(|| SetupError::KeyNotSet(variable.clone()))?)
                     }
@@ -1057,6 +1093,7 @@ impl<'e> Session<'e> {
             judges,
             stop: self.shared.stop.clone(),
             item_slots: self.shared.item_slots.clone(),
+            all_started: None,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -156,6 +157,13 @@ pub enum StudyError {
     /// A run folder that cannot be read (the error names it).
     #[error(transparent)]
     Store(crate::store::StoreError),
+    #[error("{}: {cell}: looking up the response cache: {source}", path.display())]
+    Cached {
+        path: PathBuf,
+        cell: String,
+        #[source]
+        source: Box<crate::run::RunError>,
+    },
     #[error("{}: {first} and {second} both write {folder}: give one of them other parameters or drop it", path.display())]
     SameFolder {
         path: PathBuf,
@@ -184,6 +192,30 @@ pub fn repeat_folders(results: &Path) -> Vec<(u32, PathBuf)> {
         .collect();
     found.sort();
     found
+}
+
+/// Orders the cells that generate on the same servers: each after the one before it has
+/// started all of its items, so a cell's tail overlaps the next cell's start and the servers
+/// stay as busy as with every cell at once, while only the cells under way hold records in
+/// memory (a study's memory stays flat in its cells) and finished cells' results come early.
+/// Cells on other servers run beside them. Returns, per runner, what it waits for first.
+pub fn chain_by_servers(runners: &mut [Runner]) -> Vec<Option<Arc<tokio::sync::Notify>>> {
+    let mut last: HashMap<Vec<String>, Arc<tokio::sync::Notify>> = HashMap::new();
+    runners
+        .iter_mut()
+        .map(|runner| {
+            let mut servers = runner
+                .generator
+                .as_ref()
+                .map(|(model, _)| model.servers())
+                .unwrap_or_default();
+            servers.sort_unstable();
+            servers.dedup();
+            let started = Arc::new(tokio::sync::Notify::new());
+            runner.all_started = Some(started.clone());
+            last.insert(servers, started)
+        })
+        .collect()
 }
 
 /// One model × method (× repeat) of a study, as an ordinary run.
@@ -218,6 +250,17 @@ pub struct CellProgress {
     /// aside), and of each judge of `judge_calls`, in its order.
     pub generation_tokens: Usage,
     pub judge_tokens: Vec<Usage>,
+    /// Of the calls still to make, those the response cache answers; none: not looked up
+    /// (see [`Study::look_up_cache`]).
+    pub cached: Option<Cached>,
+}
+
+/// Calls of a cell scenario still to make that the response cache answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Cached {
+    pub generation: u64,
+    /// By judge file stem.
+    pub judges: Vec<(String, u64)>,
 }
 
 impl CellProgress {
@@ -228,8 +271,8 @@ impl CellProgress {
         per_item * self.selected as u64
     }
 
-    /// Requests still to send: items not generated yet, and items each judge has not judged.
-    /// A cached reply is not sent either; this does not count those.
+    /// Requests still to make: items not generated yet, and items each judge has not judged
+    /// (some may be answered by the response cache: [`CellProgress::to_send`]).
     pub fn remaining(&self) -> u64 {
         let generate = self.selected.saturating_sub(self.progress.generated) as u64;
         let mut left = generate * u64::from(self.calls.generation + self.calls.scored);
@@ -248,23 +291,52 @@ impl CellProgress {
             .map_or(0, |judge| judge.judged)
     }
 
+    /// Of the requests still to make, those the response cache answers, as far as looked up.
+    pub fn cached_calls(&self) -> u64 {
+        self.cached
+            .as_ref()
+            .map_or(0, |c| c.generation + c.judges.iter().map(|(_, n)| n).sum::<u64>())
+    }
+
+    /// Requests still to send: still to make, less what the response cache answers.
+    pub fn to_send(&self) -> u64 {
+        self.remaining().saturating_sub(self.cached_calls())
+    }
+
     /// Generated, and judged by every judge.
     pub fn complete(&self) -> bool {
         self.remaining() == 0
     }
 
-    /// The estimated tokens of the items not yet done, by the model that spends them (the
-    /// model under test, then each judge's file stem).
+    /// The estimated tokens still to send, by the model that spends them (the model under
+    /// test, then each judge's file stem): those of the items not yet done, less the share of
+    /// their calls the response cache answers.
     pub fn remaining_tokens(&self) -> Vec<(&str, Usage)> {
-        let done =
-            std::iter::once(self.progress.generated).chain(self.judge_calls.iter().map(|(stem, _)| self.judged(stem)));
+        let cached = self.cached.clone().unwrap_or_default();
+        let done = std::iter::once((
+            self.progress.generated,
+            u64::from(self.calls.generation),
+            cached.generation,
+        ))
+        .chain(self.judge_calls.iter().map(|(stem, calls)| {
+            let hits = cached.judges.iter().find(|(s, _)| s == stem).map_or(0, |(_, n)| *n);
+            (self.judged(stem), u64::from(*calls), hits)
+        }));
         let of = self.selected.max(1) as u64;
         self.tokens()
             .into_iter()
             .zip(done)
-            .map(|((key, usage), done)| {
+            .map(|((key, usage), (done, calls, hits))| {
                 let left = self.selected.saturating_sub(done) as u64;
-                let share = |tokens: u64| tokens * left / of;
+                let left_calls = (left * calls).max(1);
+                let to_send = (left * calls).saturating_sub(hits);
+                let share = |tokens: u64| {
+                    u64::try_from(
+                        u128::from(tokens) * u128::from(left) * u128::from(to_send)
+                            / (u128::from(of) * u128::from(left_calls)),
+                    )
+                    .unwrap_or(u64::MAX)
+                };
                 let usage = Usage {
                     prompt_tokens: share(usage.prompt_tokens),
                     completion_tokens: share(usage.completion_tokens),
@@ -537,6 +609,48 @@ impl Study {
         Ok(resolved)
     }
 
+    /// Fills in each row's `cached` (rows of [`Study::status`]): walks every call still to
+    /// make through models that answer from the response cache and send nothing
+    /// ([`Shared::offline`]); needs no key and writes nothing. Cells with an embedded model
+    /// or judge are not looked up (it would have to be loaded; its calls cost nothing).
+    pub async fn look_up_cache(&self, rows: &mut [CellProgress], engine: &dyn LocalEngine) -> Result<(), StudyError> {
+        let shared = Shared::offline(&self.file.exec);
+        for cell in self.cells() {
+            let runners = match cell.config.resolve_shared(engine, &shared) {
+                Ok(runners) => runners,
+                Err(SetupError::NotLoaded) => continue,
+                Err(source) => {
+                    return Err(StudyError::Cell {
+                        path: self.path.clone(),
+                        cell: cell.name.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            };
+            for runner in runners {
+                let found = runner.cached().await.map_err(|source| StudyError::Cached {
+                    path: self.path.clone(),
+                    cell: cell.name.clone(),
+                    source: Box::new(source),
+                })?;
+                let stems: Vec<String> = runner.judges.iter().map(|judge| judge.file_stem()).collect();
+                for (scenario, calls) in found {
+                    let method = runner.plan.method.dir_name();
+                    if let Some(row) = rows
+                        .iter_mut()
+                        .find(|row| row.cell == cell.name && row.scenario == scenario && row.method == method)
+                    {
+                        row.cached = Some(Cached {
+                            generation: calls.generation,
+                            judges: stems.iter().cloned().zip(calls.judges).collect(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How far every cell got, per scenario, from the run journals under the results folder,
     /// and the tokens each is estimated to cost under `assumptions`: nothing is sent, no key
     /// is needed and no model is loaded. Reads the pack for the items each cell covers, and
@@ -669,6 +783,7 @@ impl Study {
                     progress,
                     generation_tokens,
                     judge_tokens,
+                    cached: None,
                 });
             }
         }

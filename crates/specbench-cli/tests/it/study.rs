@@ -68,7 +68,9 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
     let plan = ctx.run(&["study", "plan", &file])?;
     assert_eq!(plan.code, Some(0), "{plan:?}");
     assert!(
-        plan.stdout.contains("108 requests in all, 108 still to send"),
+        plan.stdout.contains(
+            "108 requests in all, 108 not made yet, 0 of them answered by the response cache: 108 still to send"
+        ),
         "{}",
         plan.stdout
     );
@@ -80,7 +82,8 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
     assert_eq!(server.requests().len(), 108);
     let plan = ctx.run(&["study", "plan", &file])?;
     assert!(
-        plan.stdout.contains("108 requests in all, 0 still to send"),
+        plan.stdout
+            .contains("108 requests in all, 0 not made yet, 0 of them answered by the response cache: 0 still to send"),
         "{}",
         plan.stdout
     );
@@ -143,6 +146,57 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
     let quiet = ctx.run(&["study", "run", &file, "--no-tables"])?;
     assert_eq!(quiet.code, Some(0), "{quiet:?}");
     assert!(again.stdout.contains("Leaderboard") && !quiet.stdout.contains("Leaderboard"));
+    Ok(())
+}
+
+/// Whether a request prefills zero_think's empty thought.
+fn prefills_an_empty_thought(request: &serde_json::Value) -> bool {
+    request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| m["role"] == "assistant" && m["content"].as_str().is_some_and(|c| c.contains("</think>")))
+}
+
+#[test]
+fn cells_on_one_server_run_one_after_another_with_a_line_each() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    let file = ctx.dir.path().join("study.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "data:\n  results: result\nmodels:\n  - {{key: org/model-a, provider: compatible, base_urls: [\"{url}\"]}}\n\
+             methods:\n{TWO_METHODS}judges:\n  - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\n\
+             exec:\n  concurrency: 1\n  no_cache: true\n"
+        ),
+    )?;
+    let finished = ctx.run(&["study", "run", "--no-tables", &file.to_string_lossy()])?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    // 6 items a cell, 2 items in flight in the study (2 per request slot): zero_think's cell
+    // starts once vanilla's has started its last item, so after 4 of its items were generated
+    // and judged. Cells at once would interleave from the first request.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 24);
+    let first = requests.iter().position(prefills_an_empty_thought);
+    assert!(
+        first.is_some_and(|at| at >= 8),
+        "zero_think's first request at {first:?} of {}",
+        requests.len()
+    );
+    // Not a terminal: a line when each cell starts and when it ends, in the cells' order.
+    let stderr = &finished.stderr;
+    let place = |line: &str| {
+        stderr
+            .find(line)
+            .ok_or_else(|| anyhow::anyhow!("no {line:?} in\n{stderr}"))
+    };
+    let started = place("[study] org/model-a vanilla: started")?;
+    let ended = place("[study] org/model-a vanilla: ended, 12/12 units, 0 failed, in ")?;
+    let next = place("[study] org/model-a zero_think: started")?;
+    place("[study] org/model-a zero_think: ended, 12/12 units, 0 failed, in ")?;
+    assert!(started < next && started < ended, "{stderr}");
     Ok(())
 }
 
@@ -213,7 +267,9 @@ fn the_plan_counts_what_every_multi_call_method_sends() -> anyhow::Result<()> {
     let file = file.to_string_lossy().into_owned();
     let plan = ctx.run(&["study", "plan", &file])?;
     assert!(
-        plan.stdout.contains("120 requests in all, 120 still to send"),
+        plan.stdout.contains(
+            "120 requests in all, 120 not made yet, 0 of them answered by the response cache: 120 still to send"
+        ),
         "{}",
         plan.stdout
     );
@@ -347,6 +403,69 @@ fn judge_prices(ctx: &TestContext) -> anyhow::Result<String> {
          test-judge: {prompt: 0, completion: 2000000}\n",
     )?;
     Ok(prices.to_string_lossy().into_owned())
+}
+
+/// A study of one OpenAI model (its key in `TEST_OPENAI_KEY`) × vanilla and align3, judged
+/// once, on the first `limit` items of each scenario, with the response cache.
+fn cached_study_text(url: &str, limit: usize) -> String {
+    format!(
+        "data:\n  results: result\n  limit: {limit}\nmodels:\n  - {{key: org/model-a, provider: openai, base_urls: [\"{url}\"], \
+         api_key_env: TEST_OPENAI_KEY}}\nmethods:\n  - method: vanilla\n  - method: align3\njudges:\n  \
+         - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\nexec:\n  concurrency: 2\n"
+    )
+}
+
+#[test]
+fn the_plan_counts_what_the_response_cache_answers_and_the_study_does_not_send_it() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    // Answers that name the conversation's length: vanilla's and Align3's differ, so no judge
+    // request of one method is the other's (the cache would answer it within the run).
+    let server = StubServer::start(|request| {
+        let reply = synthetic_reply(request);
+        if reply.contains("</think>") {
+            let messages = request["messages"].as_array().map_or(0, Vec::len);
+            Reply::Content(format!("{reply} ({messages} messages)"))
+        } else {
+            Reply::Content(reply)
+        }
+    })?;
+    let file = ctx.dir.path().join("study.yaml");
+    let path = file.to_string_lossy().into_owned();
+    let run = |args: &[&str]| finish(ctx.specbench().env("TEST_OPENAI_KEY", "sk-test").args(args));
+
+    // Two items of each scenario: vanilla 2 calls an item, align3 4 (3 stages and the judge).
+    std::fs::write(&file, cached_study_text(&server.base_url(), 2))?;
+    let first = run(&["study", "run", "--no-tables", &path])?;
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert_eq!(server.requests().len(), 24);
+
+    // Three items, and the results gone: the journals hold nothing, the cache the first two.
+    std::fs::remove_dir_all(&ctx.results)?;
+    std::fs::write(&file, cached_study_text(&server.base_url(), 3))?;
+    let hits_before = ctx.run(&["cache", "stats"])?.stdout;
+    // No key needed to plan, nothing sent, the cache unchanged.
+    let plan = ctx.run(&["study", "plan", &path])?;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    assert!(
+        plan.stdout.contains(
+            "36 requests in all, 36 not made yet, 24 of them answered by the response cache: 12 still to send"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(server.requests().len(), 24, "plan sends nothing");
+    assert_eq!(
+        ctx.run(&["cache", "stats"])?.stdout,
+        hits_before,
+        "plan changes no cache entry"
+    );
+    assert!(!ctx.results.exists(), "plan writes no result");
+
+    // The study sends exactly what the plan said.
+    let second = run(&["study", "run", "--no-tables", &path])?;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(server.requests().len(), 24 + 12);
+    Ok(())
 }
 
 #[test]
@@ -501,7 +620,9 @@ fn repeats_run_each_cell_with_its_own_seed_into_its_own_folder_and_report_the_sp
     let plan = ctx.run(&["study", "plan", &file])?;
     // 2 models × 2 scenarios × 3 items × (1 + 1 judge call), three times.
     assert!(
-        plan.stdout.contains("72 requests in all, 72 still to send"),
+        plan.stdout.contains(
+            "72 requests in all, 72 not made yet, 0 of them answered by the response cache: 72 still to send"
+        ),
         "{}",
         plan.stdout
     );

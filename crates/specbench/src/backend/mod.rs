@@ -324,6 +324,11 @@ pub trait Backend: Send + Sync {
 
     /// What the manifest records of this backend: provider, endpoints, parameters; never a key.
     fn describe(&self) -> serde_json::Value;
+
+    /// The servers it sends to, as shown (without credentials); none for one in this process.
+    fn servers(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Tells every model, limiter and run sharing it to stop: from then on no request is sent
@@ -509,6 +514,11 @@ impl Model {
 
     pub fn describe(&self) -> serde_json::Value {
         self.backend.describe()
+    }
+
+    /// The servers its backend sends to (see [`Backend::servers`]).
+    pub fn servers(&self) -> Vec<String> {
+        self.backend.servers()
     }
 
     pub fn totals(&self) -> ModelTotals {

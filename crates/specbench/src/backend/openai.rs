@@ -204,6 +204,7 @@ pub struct OpenAiBackendBuilder {
     chat_template: Option<String>,
     max_reply_bytes: usize,
     client: Option<reqwest::Client>,
+    keyless: bool,
 }
 
 impl OpenAiBackend {
@@ -218,6 +219,7 @@ impl OpenAiBackend {
             timeout: Duration::from_secs(600),
             limits: None,
             prefill: PrefillStyle::default(),
+            keyless: false,
             chat_template: None,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             client: None,
@@ -247,6 +249,13 @@ impl OpenAiBackendBuilder {
     /// The environment variable holding the key. Default: the preset's (none for vLLM).
     pub fn api_key_variable(&mut self, name: Option<String>) -> &mut Self {
         self.api_key_variable = name;
+        self
+    }
+
+    /// Reads no API key (default: the variable's key, required by OpenAI and DeepSeek): for a
+    /// backend that never sends, whose description names replies in the response cache.
+    pub fn without_key(&mut self) -> &mut Self {
+        self.keyless = true;
         self
     }
 
@@ -323,6 +332,7 @@ impl OpenAiBackendBuilder {
             .clone()
             .or_else(|| self.preset.default_key_variable().map(str::to_string));
         let api_key = match &key_variable {
+            Some(_) if self.keyless => None,
             Some(name) => match ApiKey::from_env(name) {
                 Some(key) => Some(key),
                 None if self.preset == Preset::Vllm || self.preset == Preset::Compatible => None,
@@ -717,6 +727,10 @@ impl Backend for OpenAiBackend {
                 other => return other,
             }
         }
+    }
+
+    fn servers(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.shown.clone()).collect()
     }
 
     fn describe(&self) -> Value {

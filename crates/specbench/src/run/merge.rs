@@ -206,6 +206,7 @@ pub fn prepare(shards: &[PathBuf], into: &Path, pack: Arc<Pack>, protocol: Arc<P
             judges,
             stop: Stop::default(),
             item_slots: None,
+            all_started: None,
         });
     }
     Ok(Merge { runners, locks, units })
