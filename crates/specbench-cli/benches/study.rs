@@ -13,7 +13,9 @@
 //! the requests `study plan` counts ÷ total concurrency × latency. Both run without the response
 //! cache: the stub answers every model alike, so a cache would answer many judge calls and the
 //! plan's count would not be the requests sent.
-//! Optional: `SPECBENCH_BENCH_CONCURRENCY` (32 per endpoint), `SPECBENCH_BENCH_LATENCY_MS` (100).
+//! Optional: `SPECBENCH_BENCH_CONCURRENCY` (32 per endpoint), `SPECBENCH_BENCH_LATENCY_MS` (100),
+//! `SPECBENCH_BENCH_ROUNDS` (3: how many times the 1- and 4-cell studies and their single
+//! runs are run, in turns; the 16-cell study runs once).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -42,29 +44,46 @@ fn main() -> anyhow::Result<()> {
         latency.as_secs_f64()
     );
 
-    // The baselines: single runs of the same methods, so that CPU per request compares like
-    // with like (a chained method's requests are longer to build and parse than vanilla's).
-    let mut baselines = Vec::new();
-    for methods in [&METHODS[..1], &METHODS[..]] {
-        let (_folder, _file, requests) = study_file(&data, &urls, concurrency, 1, methods)?;
-        let single = measure_run(&data, &urls, concurrency, methods, requests)?;
-        let ideal = single.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
-        single.print(&format!("a single run ({})", methods.join(", ")), ideal);
-        baselines.push(single.cpu_per_thousand());
-    }
-
-    for (models, methods, baseline) in [
-        (1, &METHODS[..1], baselines[0]),
-        (1, &METHODS[..], baselines[1]),
-        (4, &METHODS[..], baselines[1]),
-    ] {
-        let measured = measure_study(&data, &urls, concurrency, models, methods)?;
-        let ideal = measured.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
+    // CPU per request against single runs of the same methods (a chained method's requests
+    // are longer to build and parse than vanilla's), each pair run in turns `rounds` times
+    // and compared by medians: one run's CPU figure moves by a fifth or more between runs.
+    let rounds: usize = env_number("SPECBENCH_BENCH_ROUNDS", 3)?;
+    let mut baseline = 0.0;
+    for (models, methods) in [(1, &METHODS[..1]), (1, &METHODS[..]), (4, &METHODS[..])] {
         let cells = models * methods.len();
+        let paired = models == 1;
+        let mut singles = Vec::new();
+        let mut studies = Vec::new();
+        for _ in 0..if paired { rounds.max(1) } else { 1 } {
+            if paired {
+                let (_folder, _file, requests) = study_file(&data, &urls, concurrency, 1, methods)?;
+                singles.push(measure_run(&data, &urls, concurrency, methods, requests)?);
+            }
+            studies.push(measure_study(&data, &urls, concurrency, models, methods)?);
+        }
+        if paired {
+            let single = Measured::median(&singles);
+            let ideal = single.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
+            single.print(
+                &format!("a single run ({}), median of {}", methods.join(", "), singles.len()),
+                ideal,
+            );
+            println!("    CPU per 1,000 requests in each: {}", Measured::cpu_list(&singles));
+            baseline = single.cpu_per_thousand();
+        }
+        let measured = Measured::median(&studies);
+        let ideal = measured.requests as f64 / total_concurrency as f64 * latency.as_secs_f64();
         measured.print(
-            &format!("{cells} cell(s): {models} model(s) × {}", methods.join(", ")),
+            &format!(
+                "{cells} cell(s): {models} model(s) × {}, median of {}",
+                methods.join(", "),
+                studies.len()
+            ),
             ideal,
         );
+        if paired {
+            println!("    CPU per 1,000 requests in each: {}", Measured::cpu_list(&studies));
+        }
         let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
         println!(
             "    targets: wall <= 1.05 × ideal {}; RSS <= 64 MiB {}; CPU per 1,000 requests <= the single run's ({baseline:.3} s) {}",
@@ -90,6 +109,28 @@ struct Measured {
 impl Measured {
     fn cpu_per_thousand(&self) -> f64 {
         self.cpu / self.requests as f64 * 1000.0
+    }
+
+    /// The median of each figure (peak RSS: the highest) over runs of the same work.
+    fn median(runs: &[Measured]) -> Measured {
+        let middle = |figure: fn(&Measured) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or_default()
+        };
+        Measured {
+            requests: runs.first().map_or(0, |run| run.requests),
+            wall: middle(|run| run.wall),
+            cpu: middle(|run| run.cpu),
+            rss_mib: runs.iter().map(|run| run.rss_mib).fold(0.0, f64::max),
+        }
+    }
+
+    fn cpu_list(runs: &[Measured]) -> String {
+        runs.iter()
+            .map(|run| format!("{:.3} s", run.cpu_per_thousand()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn print(&self, what: &str, ideal: f64) {

@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use specbench::backend::{Stop, Usage};
@@ -868,8 +868,9 @@ impl StudyProgress {
                 }
                 state.cost.prompt_tokens += cost.prompt_tokens;
                 state.cost.completion_tokens += cost.completion_tokens;
-                state.spent = self.meter.spent();
-                if let (Some(spent), Some(cap)) = (state.spent, self.meter.cap)
+                // The cap is watched at every unit; without one the cost is only read to be shown.
+                if let Some(cap) = self.meter.cap
+                    && let Some(spent) = self.meter.spent()
                     && spent.dollars >= cap
                     && state.capped.is_none()
                 {
@@ -940,12 +941,23 @@ impl StudyProgress {
         )
     }
 
+    /// The study's line, at most 8 times a second on a terminal and every few seconds
+    /// otherwise: what it sums over every cell and model is not worth doing at every unit.
     fn show(&self, state: &mut State) {
+        let every = if self.bar.is_some() {
+            Duration::from_millis(125)
+        } else {
+            PLAIN_PROGRESS_EVERY
+        };
+        if state.last_line.elapsed() < every {
+            return;
+        }
+        state.last_line = Instant::now();
+        state.spent = self.meter.spent();
         let message = self.message(state);
         match &self.bar {
             Some(bar) => bar.set_message(message),
-            None if state.last_line.elapsed() >= PLAIN_PROGRESS_EVERY => {
-                state.last_line = Instant::now();
+            None => {
                 let total: usize = state.cells.iter().map(|c| c.total).sum();
                 let done: usize = state.cells.iter().map(|c| c.done).sum();
                 let elapsed = state.started.elapsed().as_secs_f64();
@@ -960,12 +972,12 @@ impl StudyProgress {
                     "[study] {done}/{total} units in {elapsed:.0}s{eta} | {message}"
                 );
             }
-            None => {}
         }
     }
 
     fn finish(&self) {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.spent = self.meter.spent();
         let message = self.message(&state);
         match &self.bar {
             Some(bar) => bar.finish_with_message(message),
