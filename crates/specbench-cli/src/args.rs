@@ -532,6 +532,8 @@ pub enum ProviderArg {
     Vllm,
     /// Any OpenAI-compatible server at --base-url.
     Compatible,
+    /// Anthropic's Messages API (api.anthropic.com, or --base-url); key in ANTHROPIC_API_KEY.
+    Anthropic,
     /// The embedded llama.cpp model: a GGUF file run in this process (--model-path).
     Local,
 }

@@ -109,6 +109,7 @@ fn provider(arg: Option<ProviderArg>) -> Option<Provider> {
         ProviderArg::Deepseek => Provider::Deepseek,
         ProviderArg::Vllm => Provider::Vllm,
         ProviderArg::Compatible => Provider::Compatible,
+        ProviderArg::Anthropic => Provider::Anthropic,
         ProviderArg::Local => Provider::Local,
     })
 }

@@ -58,6 +58,8 @@ struct Shared {
     requests: Mutex<Vec<Value>>,
     /// The path and query of every request, in arrival order.
     targets: Mutex<Vec<String>>,
+    /// The headers of every request, in arrival order.
+    headers: Mutex<Vec<axum::http::HeaderMap>>,
     record: bool,
 }
 
@@ -159,6 +161,7 @@ impl StubServer {
             latency: options.latency,
             requests: Mutex::new(Vec::new()),
             targets: Mutex::new(Vec::new()),
+            headers: Mutex::new(Vec::new()),
             record: options.record,
         });
         let app = Router::new().route("/{*path}", post(answer)).with_state(shared.clone());
@@ -184,6 +187,11 @@ impl StubServer {
     /// order: where a client put what it was given.
     pub fn targets(&self) -> Vec<String> {
         self.shared.targets.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The headers of every request so far, in arrival order.
+    pub fn headers(&self) -> Vec<axum::http::HeaderMap> {
+        self.shared.headers.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// Serves until the process is killed (the benchmark's stub process).
@@ -213,7 +221,12 @@ pub fn stub_usage(body: &Value, reply: &str) -> Value {
     })
 }
 
-async fn answer(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, body: Bytes) -> Response {
+async fn answer(
+    State(shared): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     // The latency is counted from arrival: the stub's own work happens inside it.
     let answer_at = tokio::time::Instant::now() + shared.latency;
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
@@ -228,6 +241,11 @@ async fn answer(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, body: B
         && let Ok(mut targets) = shared.targets.lock()
     {
         targets.push(uri.path_and_query().map(ToString::to_string).unwrap_or_default());
+    }
+    if shared.record
+        && let Ok(mut seen) = shared.headers.lock()
+    {
+        seen.push(headers);
     }
     let reply = (shared.handler)(&request);
     if !shared.latency.is_zero() {

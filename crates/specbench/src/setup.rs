@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::reward::RewardModel;
 use crate::backend::template::ChatTemplate;
 use crate::backend::{
-    ApiKey, Backend, BackendError, ConcurrencyLimits, DEFAULT_MAX_REPLY_BYTES, Model, OpenAiBackend, PrefillStyle,
-    Preset, RetryPolicy, Stop,
+    AnthropicBackend, ApiKey, Backend, BackendError, ConcurrencyLimits, DEFAULT_MAX_REPLY_BYTES, Model, OpenAiBackend,
+    PrefillStyle, Preset, RetryPolicy, Stop,
 };
 use crate::cache::ResponseCache;
 use crate::config::{ConfigError, MethodParams, ModelEntry, ModelFile};
@@ -194,6 +194,8 @@ pub enum Provider {
     Deepseek,
     Vllm,
     Compatible,
+    /// Anthropic's Messages API (api.anthropic.com unless a base URL is given).
+    Anthropic,
     /// The embedded engine: a GGUF file in this process.
     Local,
 }
@@ -822,6 +824,7 @@ impl<'e> Session<'e> {
             key_variable,
         } = server;
         let preset = match provider {
+            Some(Provider::Anthropic) => return self.anthropic(entry, base_urls, key_variable),
             Some(Provider::Openai) => Preset::OpenAi,
             Some(Provider::Deepseek) => Preset::DeepSeek,
             Some(Provider::Vllm) => Preset::Vllm,
@@ -850,6 +853,42 @@ impl<'e> Session<'e> {
                 model: entry.key.clone(),
                 source,
             })?;
+        Ok(Model::new(entry.key.clone(), Arc::new(backend), self.retry())
+            .with_cache(self.shared.cache.clone())
+            .with_stop(self.shared.stop.clone()))
+    }
+
+    /// A model behind Anthropic's Messages API: one server, the key in `x-api-key`.
+    fn anthropic(
+        &self,
+        entry: &ModelEntry,
+        base_urls: &[String],
+        key_variable: Option<&String>,
+    ) -> Result<Model, SetupError> {
+        let backend_error = |source| SetupError::Backend {
+            model: entry.key.clone(),
+            source,
+        };
+        if base_urls.len() > 1 {
+            return Err(backend_error(BackendError::Config(
+                "Anthropic's API has one address: give at most one base URL".into(),
+            )));
+        }
+        let mut builder = AnthropicBackend::builder(entry.model_name.clone());
+        if self.shared.offline {
+            builder.without_key();
+        }
+        let backend = builder
+            .base_url(base_urls.first().cloned())
+            .api_key_variable(key_variable.cloned())
+            .params(entry.params.clone())
+            .extra_body(entry.extra_body.clone())
+            .timeout(Duration::from_secs_f64(self.exec.timeout))
+            .limits(self.shared.limits.clone())
+            .max_reply_bytes(self.exec.max_reply_bytes)
+            .client(self.shared.client.clone())
+            .build()
+            .map_err(backend_error)?;
         Ok(Model::new(entry.key.clone(), Arc::new(backend), self.retry())
             .with_cache(self.shared.cache.clone())
             .with_stop(self.shared.stop.clone()))
@@ -943,7 +982,11 @@ impl<'e> Session<'e> {
             }
         };
         let template = template.map(|(_, text)| text);
-        if methods.iter().any(|m| m.kind().prefills()) && template.is_none() {
+        // Anthropic continues a final assistant message itself; no template is involved.
+        if methods.iter().any(|m| m.kind().prefills())
+            && template.is_none()
+            && config.provider != Some(Provider::Anthropic)
+        {
             tracing::warn!(
                 "no chat template for `{}` (the pack's chat_templates/config.json names none; use --chat-template); \
                  the server's own template continues the prefill",

@@ -3,6 +3,7 @@
 mod bad_input;
 mod local;
 mod methods;
+mod providers;
 mod reliability;
 mod report;
 mod run;

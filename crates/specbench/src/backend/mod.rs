@@ -5,6 +5,7 @@
 //! failures are worth another attempt. Must not know scenarios, rules, methods or verdicts. Methods and the judge call
 //! `Model::generate`; only `openai` knows the wire format.
 
+pub mod anthropic;
 pub mod openai;
 pub mod reward;
 pub mod template;
@@ -19,6 +20,7 @@ use backon::BackoffBuilder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use anthropic::{AnthropicBackend, AnthropicBackendBuilder};
 pub use openai::{ApiKey, ConcurrencyLimits, OpenAiBackend, OpenAiBackendBuilder, PrefillStyle, Preset};
 
 /// The most bytes of one reply body read by default (`--max-reply-bytes`): far above any real

@@ -92,6 +92,14 @@ impl ApiKey {
         Ok(value)
     }
 
+    /// The key alone as a header value (Anthropic's `x-api-key`), marked sensitive.
+    pub(crate) fn header_value(&self) -> Result<reqwest::header::HeaderValue, BackendError> {
+        let mut value = reqwest::header::HeaderValue::from_str(self.0.expose_secret())
+            .map_err(|_| BackendError::Config("the API key holds characters a header cannot carry".into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
     /// The key's value, only to cut it out of texts a server sends back.
     pub(crate) fn value(&self) -> String {
         self.0.expose_secret().to_string()
@@ -753,7 +761,7 @@ impl Backend for OpenAiBackend {
 }
 
 /// The innermost message of an error chain: "connection refused", not "error sending request".
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current = error;
     while let Some(source) = current.source() {
         current = source;
