@@ -534,6 +534,8 @@ pub enum ProviderArg {
     Compatible,
     /// Anthropic's Messages API (api.anthropic.com, or --base-url); key in ANTHROPIC_API_KEY.
     Anthropic,
+    /// Azure OpenAI: --base-url https://RESOURCE.openai.azure.com/openai/deployments/NAME; key in AZURE_OPENAI_API_KEY.
+    Azure,
     /// The embedded llama.cpp model: a GGUF file run in this process (--model-path).
     Local,
 }

@@ -110,6 +110,7 @@ fn provider(arg: Option<ProviderArg>) -> Option<Provider> {
         ProviderArg::Vllm => Provider::Vllm,
         ProviderArg::Compatible => Provider::Compatible,
         ProviderArg::Anthropic => Provider::Anthropic,
+        ProviderArg::Azure => Provider::Azure,
         ProviderArg::Local => Provider::Local,
     })
 }

@@ -196,6 +196,8 @@ pub enum Provider {
     Compatible,
     /// Anthropic's Messages API (api.anthropic.com unless a base URL is given).
     Anthropic,
+    /// Azure OpenAI: the base URL is a deployment's; the key in `AZURE_OPENAI_API_KEY`.
+    Azure,
     /// The embedded engine: a GGUF file in this process.
     Local,
 }
@@ -798,7 +800,7 @@ impl<'e> Session<'e> {
             Some(file) => match file.entry(key)? {
                 Some(entry) => Ok(entry),
                 None => {
-                    if key != DEFAULT_LOCAL_MODEL {
+                    if key != DEFAULT_LOCAL_MODEL && !self.shared.offline {
                         tracing::warn!(
                             "model `{key}` is not in {}; sending it as the model name with no parameters",
                             file.file.display()
@@ -829,6 +831,7 @@ impl<'e> Session<'e> {
             Some(Provider::Deepseek) => Preset::DeepSeek,
             Some(Provider::Vllm) => Preset::Vllm,
             Some(Provider::Compatible) => Preset::Compatible,
+            Some(Provider::Azure) => Preset::Azure,
             Some(Provider::Local) => return Err(SetupError::LocalServer),
             None if base_urls.is_empty() => Preset::OpenAi,
             None => Preset::Compatible,
@@ -982,10 +985,12 @@ impl<'e> Session<'e> {
             }
         };
         let template = template.map(|(_, text)| text);
-        // Anthropic continues a final assistant message itself; no template is involved.
+        // Anthropic continues a final assistant message itself; no template is involved. Said
+        // once by the run: a plan resolving every cell to read the cache keeps quiet.
         if methods.iter().any(|m| m.kind().prefills())
             && template.is_none()
             && config.provider != Some(Provider::Anthropic)
+            && !self.shared.offline
         {
             tracing::warn!(
                 "no chat template for `{}` (the pack's chat_templates/config.json names none; use --chat-template); \

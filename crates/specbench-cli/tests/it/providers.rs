@@ -168,3 +168,38 @@ fn anthropic_without_its_key_is_refused_before_anything_is_written() -> anyhow::
     assert!(!ctx.results.exists());
     Ok(())
 }
+
+#[test]
+fn azure_openai_sends_to_the_deployment_with_an_api_version_and_an_api_key_header() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let deployment = format!("http://{}/openai/deployments/gpt-4o", server.addr);
+    let finished = finish(ctx.specbench().env("AZURE_OPENAI_API_KEY", "azure-test-secret").args([
+        "generate",
+        "--provider",
+        "azure",
+        "--model",
+        "gpt-4o",
+        "--base-url",
+        &deployment,
+        "--scenario",
+        "Museum",
+        "--limit",
+        "1",
+    ]))?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(
+        server.targets(),
+        ["/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"]
+    );
+    for headers in server.headers() {
+        assert_eq!(
+            headers.get("api-key").and_then(|v| v.to_str().ok()),
+            Some("azure-test-secret")
+        );
+        assert!(headers.get("authorization").is_none());
+    }
+    assert!(ctx.results.join("gpt-4o/Museum/vanilla/generate.json").is_file());
+    assert!(!ctx.all_result_text()?.contains("azure-test-secret"));
+    Ok(())
+}

@@ -31,7 +31,15 @@ pub enum Preset {
     Vllm,
     /// Any other OpenAI-compatible server.
     Compatible,
+    /// Azure OpenAI: the base URL is a deployment's
+    /// (`https://RESOURCE.openai.azure.com/openai/deployments/NAME`), `api-version` is its
+    /// query (see [`AZURE_API_VERSION`]), the key goes in an `api-key` header and is read from
+    /// `AZURE_OPENAI_API_KEY`.
+    Azure,
 }
+
+/// The `api-version` sent to Azure OpenAI when the base URL names none.
+pub const AZURE_API_VERSION: &str = "2024-10-21";
 
 impl Preset {
     pub fn default_base_url(self) -> Option<&'static str> {
@@ -39,7 +47,7 @@ impl Preset {
             Preset::OpenAi => Some("https://api.openai.com/v1"),
             Preset::DeepSeek => Some("https://api.deepseek.com"),
             Preset::Vllm => Some("http://localhost:8001/v1"),
-            Preset::Compatible => None,
+            Preset::Compatible | Preset::Azure => None,
         }
     }
 
@@ -48,6 +56,7 @@ impl Preset {
         match self {
             Preset::OpenAi => Some("OPENAI_API_KEY"),
             Preset::DeepSeek => Some("DEEPSEEK_API_KEY"),
+            Preset::Azure => Some("AZURE_OPENAI_API_KEY"),
             Preset::Vllm | Preset::Compatible => None,
         }
     }
@@ -331,6 +340,17 @@ impl OpenAiBackendBuilder {
             }
         }
         let limits = self.limits.clone().unwrap_or_else(|| ConcurrencyLimits::new(8));
+        if self.preset == Preset::Azure {
+            // Azure refuses a request without an api-version.
+            for url in &mut urls {
+                if !url.contains("api-version=") {
+                    let glue = if url.contains('?') { '&' } else { '?' };
+                    url.push(glue);
+                    url.push_str("api-version=");
+                    url.push_str(AZURE_API_VERSION);
+                }
+            }
+        }
         let endpoints = urls
             .iter()
             .map(|raw| endpoint(raw, &limits))
@@ -601,7 +621,10 @@ impl OpenAiBackend {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &self.api_key {
-            http = http.header(reqwest::header::AUTHORIZATION, key.bearer()?);
+            http = match self.preset {
+                Preset::Azure => http.header("api-key", key.header_value()?),
+                _ => http.header(reqwest::header::AUTHORIZATION, key.bearer()?),
+            };
         }
         let shown = || endpoint.shown.clone();
         let transport = |error: reqwest::Error| {
