@@ -775,6 +775,14 @@ impl<'e> Session<'e> {
         })
     }
 
+    /// The model `key` on `backend`, with the configuration's retries and the shared cache and
+    /// stop.
+    fn model_on(&self, key: &str, backend: Arc<dyn Backend>) -> Model {
+        Model::new(key.to_string(), backend, self.retry())
+            .with_cache(self.shared.cache.clone())
+            .with_stop(self.shared.stop.clone())
+    }
+
     fn retry(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.exec.max_attempts,
@@ -856,9 +864,7 @@ impl<'e> Session<'e> {
                 model: entry.key.clone(),
                 source,
             })?;
-        Ok(Model::new(entry.key.clone(), Arc::new(backend), self.retry())
-            .with_cache(self.shared.cache.clone())
-            .with_stop(self.shared.stop.clone()))
+        Ok(self.model_on(&entry.key, Arc::new(backend)))
     }
 
     /// A model behind Anthropic's Messages API: one server, the key in `x-api-key`.
@@ -892,9 +898,7 @@ impl<'e> Session<'e> {
             .client(self.shared.client.clone())
             .build()
             .map_err(backend_error)?;
-        Ok(Model::new(entry.key.clone(), Arc::new(backend), self.retry())
-            .with_cache(self.shared.cache.clone())
-            .with_stop(self.shared.stop.clone()))
+        Ok(self.model_on(&entry.key, Arc::new(backend)))
     }
 
     fn methods(&self, config: &MethodsConfig) -> Result<Vec<MethodConfig>, SetupError> {
@@ -927,9 +931,7 @@ impl<'e> Session<'e> {
             threads: self.exec.local_threads,
         };
         let backend = self.engine.backend(entry, path, spec).map_err(SetupError::Local)?;
-        Ok(Model::new(entry.key.clone(), backend, self.retry())
-            .with_cache(self.shared.cache.clone())
-            .with_stop(self.shared.stop.clone()))
+        Ok(self.model_on(&entry.key, backend))
     }
 
     fn model(&self, config: &ModelConfig, methods: &[MethodConfig]) -> Result<Generator, SetupError> {
@@ -1098,10 +1100,7 @@ impl<'e> Session<'e> {
                     &self.shared.limits,
                 )
                 .map_err(SetupError::Reward)?;
-                let model = Model::new(name.clone(), Arc::new(backend), self.retry())
-                    .with_cache(self.shared.cache.clone())
-                    .with_stop(self.shared.stop.clone());
-                Ok(Some(Scorer::RewardModel(model)))
+                Ok(Some(Scorer::RewardModel(self.model_on(name, Arc::new(backend)))))
             }
         }
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use super::openai::{BodyError, parse_retry_after, read_capped, root_cause};
+use super::openai::{header_retry_after, send_http};
 use super::{
     ApiKey, Backend, BackendError, ConcurrencyLimits, DEFAULT_MAX_REPLY_BYTES, Generation, Request, Role, Stop, Usage,
 };
@@ -360,11 +360,7 @@ impl AnthropicBackend {
     /// The wait a refusal asks for: `retry-after`, else the earliest of the rate-limit
     /// reset times (`anthropic-ratelimit-*-reset`, RFC 3339).
     fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-        if let Some(wait) = headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after)
-        {
+        if let Some(wait) = header_retry_after(headers) {
             return Some(wait);
         }
         let now = jiff::Timestamp::now();
@@ -393,49 +389,17 @@ impl AnthropicBackend {
         if let Some(key) = &self.api_key {
             http = http.header("x-api-key", key.header_value()?);
         }
-        let shown = || self.shown.clone();
-        let transport = |error: reqwest::Error| {
-            let error = error.without_url();
-            if error.is_timeout() {
-                BackendError::Timeout {
-                    endpoint: shown(),
-                    after: self.timeout,
-                }
-            } else if error.is_connect() {
-                BackendError::Connect {
-                    endpoint: shown(),
-                    reason: root_cause(&error),
-                }
-            } else {
-                BackendError::InvalidResponse {
-                    endpoint: shown(),
-                    problem: format!("the connection broke: {}", root_cause(&error)),
-                }
-            }
-        };
-        let response = http.send().await.map_err(transport)?;
-        let status = response.status();
-        let retry_after = Self::retry_after(response.headers());
-        let bytes = read_capped(response, self.max_reply_bytes)
-            .await
-            .map_err(|error| match error {
-                BodyError::TooLarge => BackendError::TooLarge {
-                    endpoint: shown(),
-                    limit: self.max_reply_bytes,
-                },
-                BodyError::Transport(error) => transport(error),
-            })?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes);
-            return Err(BackendError::Status {
-                endpoint: shown(),
-                status: status.as_u16(),
-                body: crate::redact::redact(&text, &self.secrets).chars().take(300).collect(),
-                retry_after,
-            });
-        }
+        let bytes = send_http(
+            http,
+            &self.shown,
+            self.timeout,
+            self.max_reply_bytes,
+            &self.secrets,
+            Self::retry_after,
+        )
+        .await?;
         Self::parse(&bytes).map_err(|problem| BackendError::InvalidResponse {
-            endpoint: shown(),
+            endpoint: self.shown.clone(),
             problem,
         })
     }

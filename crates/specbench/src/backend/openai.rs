@@ -626,53 +626,16 @@ impl OpenAiBackend {
                 _ => http.header(reqwest::header::AUTHORIZATION, key.bearer()?),
             };
         }
+        let bytes = send_http(
+            http,
+            &endpoint.shown,
+            self.timeout,
+            self.max_reply_bytes,
+            &self.secrets,
+            header_retry_after,
+        )
+        .await?;
         let shown = || endpoint.shown.clone();
-        let transport = |error: reqwest::Error| {
-            // reqwest's own text names the URL as typed, query and all.
-            let error = error.without_url();
-            if error.is_timeout() {
-                BackendError::Timeout {
-                    endpoint: shown(),
-                    after: self.timeout,
-                }
-            } else if error.is_connect() {
-                BackendError::Connect {
-                    endpoint: shown(),
-                    reason: root_cause(&error),
-                }
-            } else {
-                BackendError::InvalidResponse {
-                    endpoint: shown(),
-                    problem: format!("the connection broke: {}", root_cause(&error)),
-                }
-            }
-        };
-        let response = http.send().await.map_err(transport)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let bytes = read_capped(response, self.max_reply_bytes)
-            .await
-            .map_err(|error| match error {
-                BodyError::TooLarge => BackendError::TooLarge {
-                    endpoint: shown(),
-                    limit: self.max_reply_bytes,
-                },
-                BodyError::Transport(error) => transport(error),
-            })?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes);
-            return Err(BackendError::Status {
-                endpoint: shown(),
-                status: status.as_u16(),
-                // Masked before the cut, so that no prefix of a secret is left at the end.
-                body: crate::redact::redact(&text, &self.secrets).chars().take(300).collect(),
-                retry_after,
-            });
-        }
         self.parse(&bytes).map_err(|problem| match problem {
             Parsed::Empty => BackendError::EmptyContent { endpoint: shown() },
             Parsed::Invalid(problem) => BackendError::InvalidResponse {
@@ -781,6 +744,71 @@ impl Backend for OpenAiBackend {
             }),
         })
     }
+}
+
+/// `Retry-After`, when the server sent one.
+pub(crate) fn header_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// Sends one HTTP attempt and reads the reply's body, as every HTTP backend maps its failures:
+/// a timeout, a refused connection or a broken one; a body over `max_reply_bytes` (reading
+/// stops there); a status other than 2xx, with its body (secrets masked, cut) and the wait
+/// `retry_after` reads from the headers.
+pub(crate) async fn send_http(
+    http: reqwest::RequestBuilder,
+    shown: &str,
+    timeout: Duration,
+    max_reply_bytes: usize,
+    secrets: &[String],
+    retry_after: fn(&reqwest::header::HeaderMap) -> Option<Duration>,
+) -> Result<Vec<u8>, BackendError> {
+    let transport = |error: reqwest::Error| {
+        // reqwest's own text names the URL as typed, query and all.
+        let error = error.without_url();
+        if error.is_timeout() {
+            BackendError::Timeout {
+                endpoint: shown.to_string(),
+                after: timeout,
+            }
+        } else if error.is_connect() {
+            BackendError::Connect {
+                endpoint: shown.to_string(),
+                reason: root_cause(&error),
+            }
+        } else {
+            BackendError::InvalidResponse {
+                endpoint: shown.to_string(),
+                problem: format!("the connection broke: {}", root_cause(&error)),
+            }
+        }
+    };
+    let response = http.send().await.map_err(transport)?;
+    let status = response.status();
+    let wait = retry_after(response.headers());
+    let bytes = read_capped(response, max_reply_bytes)
+        .await
+        .map_err(|error| match error {
+            BodyError::TooLarge => BackendError::TooLarge {
+                endpoint: shown.to_string(),
+                limit: max_reply_bytes,
+            },
+            BodyError::Transport(error) => transport(error),
+        })?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&bytes);
+        return Err(BackendError::Status {
+            endpoint: shown.to_string(),
+            status: status.as_u16(),
+            // Masked before the cut, so that no prefix of a secret is left at the end.
+            body: crate::redact::redact(&text, secrets).chars().take(300).collect(),
+            retry_after: wait,
+        });
+    }
+    Ok(bytes)
 }
 
 /// The innermost message of an error chain: "connection refused", not "error sending request".
