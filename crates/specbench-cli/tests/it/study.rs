@@ -87,8 +87,9 @@ fn a_study_runs_every_cell_under_one_cap_per_endpoint_and_resumes() -> anyhow::R
         "{}",
         plan.stdout
     );
-    // Every cell ran at once, yet the server never had more than 2 requests of the study in
-    // flight: within any window shorter than one answer's latency, at most 2 arrived.
+    // Six cells on one server (one after another, each starting as the one before starts its
+    // last item), yet the server never had more than 2 requests of the study in flight: within
+    // any window shorter than one answer's latency, at most 2 arrived.
     let times = arrivals.lock().map(|t| t.clone()).unwrap_or_default();
     let window = latency.mul_f64(0.9);
     let most = times
