@@ -498,10 +498,7 @@ impl Runner {
             let dir = self
                 .store
                 .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name())?;
-            let mut items = self.plan.items.select(scenario)?;
-            if let Some(shard) = &self.plan.shard {
-                items.retain(|item| shard.contains(item.index));
-            }
+            let items = self.selected(scenario)?;
             // What the journals hold, as `prepare` reads them: the last record of an item wins.
             let mut responses: HashMap<usize, Option<String>> = HashMap::new();
             if self.generator.is_some() {
@@ -522,7 +519,7 @@ impl Runner {
                 let records = crate::store::read_journal::<JudgeRecord>(&dir.judge_journal(&judge.file_stem()))?;
                 let keys: std::collections::HashSet<String> = records
                     .into_iter()
-                    .filter(|r| !(self.plan.retry_judge_errors && matches!(r, JudgeRecord::Failed { .. })))
+                    .filter(|r| self.keeps(r))
                     .map(|r| r.key().to_string())
                     .collect();
                 judged.push(keys);
@@ -570,6 +567,21 @@ impl Runner {
             out.push((scenario.name.clone(), counts));
         }
         Ok(out)
+    }
+
+    /// The items of `scenario` this run covers: the selection, within its shard.
+    fn selected(&self, scenario: &crate::pack::Scenario) -> Result<Vec<Arc<Item>>, RunError> {
+        let mut items = self.plan.items.select(scenario)?;
+        if let Some(shard) = &self.plan.shard {
+            items.retain(|item| shard.contains(item.index));
+        }
+        Ok(items)
+    }
+
+    /// Whether a journaled judgement counts as done: a judge error does not when the run
+    /// judges those again.
+    fn keeps(&self, record: &JudgeRecord) -> bool {
+        !(self.plan.retry_judge_errors && matches!(record, JudgeRecord::Failed { .. }))
     }
 
     fn scenario_names(&self) -> Vec<String> {
@@ -679,10 +691,7 @@ impl Runner {
                 .store
                 .run_dir(&self.plan.model_key, &scenario.name, &self.plan.method.dir_name())?;
             if self.generator.is_some() {
-                let mut items = self.plan.items.select(scenario)?;
-                if let Some(shard) = &self.plan.shard {
-                    items.retain(|item| shard.contains(item.index));
-                }
+                let items = self.selected(scenario)?;
                 chosen.push((scenario, dir, items, BTreeMap::new()));
             } else {
                 let path = dir.generate_json();
@@ -732,7 +741,7 @@ impl Runner {
                     records
                         .into_iter()
                         // A later record of the same key (a retried judge error) wins.
-                        .filter(|r| !(self.plan.retry_judge_errors && matches!(r, JudgeRecord::Failed { .. })))
+                        .filter(|r| self.keeps(r))
                         .map(|mut r| {
                             slim_judgement(&mut r);
                             (r.key().to_string(), r)
