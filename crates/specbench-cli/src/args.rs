@@ -536,6 +536,8 @@ pub enum ProviderArg {
     Anthropic,
     /// Azure OpenAI: --base-url https://RESOURCE.openai.azure.com/openai/deployments/NAME; key in AZURE_OPENAI_API_KEY.
     Azure,
+    /// Gemini's OpenAI-compatible endpoint (generativelanguage.googleapis.com); key in GEMINI_API_KEY; a <thought> summary becomes the thought.
+    Gemini,
     /// The embedded llama.cpp model: a GGUF file run in this process (--model-path).
     Local,
 }

@@ -111,6 +111,7 @@ fn provider(arg: Option<ProviderArg>) -> Option<Provider> {
         ProviderArg::Compatible => Provider::Compatible,
         ProviderArg::Anthropic => Provider::Anthropic,
         ProviderArg::Azure => Provider::Azure,
+        ProviderArg::Gemini => Provider::Gemini,
         ProviderArg::Local => Provider::Local,
     })
 }

@@ -81,6 +81,11 @@ pub enum SetupError {
     ChatTemplate { path: PathBuf, problem: String },
     #[error("--prefill completions renders the chat template here, and there is none for `{0}`: give --chat-template")]
     NoChatTemplate(String),
+    #[error(
+        "--method {method} sends an assistant prefill for the model to continue, and {provider} cannot continue one \
+         (it answers after it): run the prefill methods on a server that continues a turn (vLLM, anthropic)"
+    )]
+    CannotPrefill { method: MethodKind, provider: &'static str },
     #[error("--scorer judge ranks samples with the run's judge: use `specbench run`")]
     ScorerNeedsJudge,
     #[error("--method {0} with --scorer reward needs --reward-model and --reward-base-url")]
@@ -198,6 +203,8 @@ pub enum Provider {
     Anthropic,
     /// Azure OpenAI: the base URL is a deployment's; the key in `AZURE_OPENAI_API_KEY`.
     Azure,
+    /// Gemini through its OpenAI-compatible endpoint; the key in `GEMINI_API_KEY`.
+    Gemini,
     /// The embedded engine: a GGUF file in this process.
     Local,
 }
@@ -840,6 +847,7 @@ impl<'e> Session<'e> {
             Some(Provider::Vllm) => Preset::Vllm,
             Some(Provider::Compatible) => Preset::Compatible,
             Some(Provider::Azure) => Preset::Azure,
+            Some(Provider::Gemini) => Preset::Gemini,
             Some(Provider::Local) => return Err(SetupError::LocalServer),
             None if base_urls.is_empty() => Preset::OpenAi,
             None => Preset::Compatible,
@@ -987,6 +995,14 @@ impl<'e> Session<'e> {
             }
         };
         let template = template.map(|(_, text)| text);
+        if config.provider == Some(Provider::Gemini)
+            && let Some(method) = methods.iter().map(|m| m.kind()).find(|kind| kind.prefills())
+        {
+            return Err(SetupError::CannotPrefill {
+                method,
+                provider: "gemini",
+            });
+        }
         // Anthropic continues a final assistant message itself; no template is involved. Said
         // once by the run: a plan resolving every cell to read the cache keeps quiet.
         if methods.iter().any(|m| m.kind().prefills())

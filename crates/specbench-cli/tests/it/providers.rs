@@ -203,3 +203,69 @@ fn azure_openai_sends_to_the_deployment_with_an_api_version_and_an_api_key_heade
     assert!(!ctx.all_result_text()?.contains("azure-test-secret"));
     Ok(())
 }
+
+#[test]
+fn gemini_reads_a_thought_summary_and_refuses_a_prefill_method() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    // Gemini's OpenAI-compatible endpoint with include_thoughts: the summary in `<thought>`
+    // tags at the start of the content.
+    let server = StubServer::start(|request| {
+        let reply = synthetic_reply(request);
+        let content = match reply.split_once("</think>") {
+            Some((thought, text)) => format!("<thought>{}</thought>{}", thought.trim(), text.trim()),
+            None => reply,
+        };
+        Reply::Content(content)
+    })?;
+    let base = format!("http://{}/v1beta/openai", server.addr);
+    let generate = |method: &str| {
+        finish(ctx.specbench().env("GEMINI_API_KEY", "gemini-test-secret").args([
+            "generate",
+            "--provider",
+            "gemini",
+            "--model",
+            "gemini-test",
+            "--base-url",
+            &base,
+            "--method",
+            method,
+            "--scenario",
+            "Museum",
+            "--limit",
+            "1",
+        ]))
+    };
+    let refused = generate("align3")?;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("--method align3") && refused.stderr.contains("gemini cannot continue"),
+        "{}",
+        refused.stderr
+    );
+    assert!(server.targets().is_empty() && !ctx.results.exists());
+
+    let finished = generate("vanilla")?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(server.targets(), ["/v1beta/openai/chat/completions"]);
+    for headers in server.headers() {
+        assert_eq!(
+            headers.get("authorization").and_then(|v| v.to_str().ok()),
+            Some("Bearer gemini-test-secret")
+        );
+    }
+    let generated = ctx.read_json("gemini-test/Museum/vanilla/generate.json")?;
+    assert!(
+        generated[0]["thought"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Thinking about")),
+        "{generated}"
+    );
+    assert!(
+        generated[0]["response"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("A synthetic response")),
+        "{generated}"
+    );
+    assert!(!ctx.all_result_text()?.contains("gemini-test-secret"));
+    Ok(())
+}

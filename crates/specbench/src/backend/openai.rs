@@ -36,7 +36,14 @@ pub enum Preset {
     /// query (see [`AZURE_API_VERSION`]), the key goes in an `api-key` header and is read from
     /// `AZURE_OPENAI_API_KEY`.
     Azure,
+    /// Gemini through its OpenAI-compatible endpoint, key in `GEMINI_API_KEY`. With
+    /// `include_thoughts` asked for (see the README), a thinking model's reply content starts
+    /// with its thought summary in `<thought>` tags, which becomes the thought.
+    Gemini,
 }
+
+/// Gemini's OpenAI-compatible endpoint.
+pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta/openai";
 
 /// The `api-version` sent to Azure OpenAI when the base URL names none.
 pub const AZURE_API_VERSION: &str = "2024-10-21";
@@ -47,6 +54,7 @@ impl Preset {
             Preset::OpenAi => Some("https://api.openai.com/v1"),
             Preset::DeepSeek => Some("https://api.deepseek.com"),
             Preset::Vllm => Some("http://localhost:8001/v1"),
+            Preset::Gemini => Some(GEMINI_BASE_URL),
             Preset::Compatible | Preset::Azure => None,
         }
     }
@@ -57,6 +65,7 @@ impl Preset {
             Preset::OpenAi => Some("OPENAI_API_KEY"),
             Preset::DeepSeek => Some("DEEPSEEK_API_KEY"),
             Preset::Azure => Some("AZURE_OPENAI_API_KEY"),
+            Preset::Gemini => Some("GEMINI_API_KEY"),
             Preset::Vllm | Preset::Compatible => None,
         }
     }
@@ -64,6 +73,14 @@ impl Preset {
     fn reads_reasoning(self) -> bool {
         self == Preset::DeepSeek
     }
+}
+
+/// Gemini's thought summary at the start of a reply's content: `<thought>…</thought>` and
+/// the answer after it, or `None` when the content does not start with one.
+fn split_thought_tags(content: &str) -> Option<(String, String)> {
+    let rest = content.trim_start().strip_prefix("<thought>")?;
+    let (thought, answer) = rest.split_once("</thought>")?;
+    Some((thought.trim().to_string(), answer.trim_start().to_string()))
 }
 
 /// How an assistant prefill (a request whose last message the model continues) is sent.
@@ -666,12 +683,24 @@ impl OpenAiBackend {
         let filtered = finish_reason
             .as_deref()
             .is_some_and(|r| r.starts_with("content_filter"));
-        let text = match message.content {
+        let mut text = match message.content {
             Some(text) if !(filtered && text.is_empty()) => text,
             _ if filtered => FILTERED_REPLY.to_string(),
             _ => return Err(Parsed::Empty),
         };
-        let reasoning = if self.preset.reads_reasoning() {
+        let mut summary = None;
+        if self.preset == Preset::Gemini
+            && let Some((thought, answer)) = split_thought_tags(&text)
+        {
+            if answer.is_empty() && !filtered {
+                return Err(Parsed::Empty);
+            }
+            text = answer;
+            summary = Some(thought);
+        }
+        let reasoning = if summary.is_some() {
+            summary
+        } else if self.preset.reads_reasoning() {
             Some(message.reasoning_content.unwrap_or_default())
         } else {
             // vLLM's reasoning parsers (`reasoning_content`) and OpenRouter (`reasoning`) send the
@@ -906,6 +935,31 @@ mod tests {
         ] {
             assert_eq!(reasoning(plain), None);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_gemini_thought_summary_is_the_thought_and_the_rest_the_response() -> Result<(), BackendError> {
+        let mut builder = OpenAiBackend::builder(Preset::Gemini, "gemini-2.5-flash");
+        builder.without_key();
+        let gemini = builder.build()?;
+        assert_eq!(gemini.describe()["endpoints"][0], GEMINI_BASE_URL);
+        let summarized = br#"{"choices":[{"message":{"role":"assistant","content":"<thought>**Weighing it**\nThe user asks.</thought>The answer."},"finish_reason":"stop"}]}"#;
+        let generation = gemini.parse(summarized).ok();
+        assert_eq!(generation.as_ref().map(|g| g.text.as_str()), Some("The answer."));
+        assert_eq!(
+            generation.and_then(|g| g.reasoning).as_deref(),
+            Some("**Weighing it**\nThe user asks.")
+        );
+        // No summary asked for: the content is the response, as any server's.
+        let plain = br#"{"choices":[{"message":{"content":"The answer."}}]}"#;
+        assert_eq!(gemini.parse(plain).ok().and_then(|g| g.reasoning), None);
+        // A summary and no answer is an empty reply (retried), not a response.
+        let only_thought = br#"{"choices":[{"message":{"content":"<thought>hm</thought>"}}]}"#;
+        assert!(matches!(gemini.parse(only_thought), Err(Parsed::Empty)));
+        // Another preset leaves the tags in the text.
+        let vllm = backend(Preset::Vllm)?;
+        assert!(vllm.parse(summarized).is_ok_and(|g| g.text.starts_with("<thought>")));
         Ok(())
     }
 
