@@ -15,7 +15,10 @@
 //! plan's count would not be the requests sent.
 //! Optional: `SPECBENCH_BENCH_CONCURRENCY` (32 per endpoint), `SPECBENCH_BENCH_LATENCY_MS` (100),
 //! `SPECBENCH_BENCH_ROUNDS` (3: how many times the 1- and 4-cell studies and their single
-//! runs are run, in turns; the 16-cell study runs once).
+//! runs are run, in turns; the 16-cell study runs once); `SPECBENCH_BENCH_CALLGRIND=1` also
+//! counts the instructions per request of the 4-cell study and its single run on one scenario
+//! under valgrind (a few minutes more), the comparison seconds are too noisy for (`only`: that
+//! alone).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -49,14 +52,21 @@ fn main() -> anyhow::Result<()> {
     // and compared by medians: one run's CPU figure moves by a fifth or more between runs.
     let rounds: usize = env_number("SPECBENCH_BENCH_ROUNDS", 3)?;
     let mut baseline = 0.0;
-    for (models, methods) in [(1, &METHODS[..1]), (1, &METHODS[..]), (4, &METHODS[..])] {
+    let callgrind = std::env::var("SPECBENCH_BENCH_CALLGRIND").ok();
+    let sizes = [(1, &METHODS[..1]), (1, &METHODS[..]), (4, &METHODS[..])];
+    let timed_sizes = if callgrind.as_deref() == Some("only") {
+        &[][..]
+    } else {
+        &sizes[..]
+    };
+    for &(models, methods) in timed_sizes {
         let cells = models * methods.len();
         let paired = models == 1;
         let mut singles = Vec::new();
         let mut studies = Vec::new();
         for _ in 0..if paired { rounds.max(1) } else { 1 } {
             if paired {
-                let (_folder, _file, requests) = study_file(&data, &urls, concurrency, 1, methods)?;
+                let (_folder, _file, requests) = study_file(&data, &urls, concurrency, 1, methods, None)?;
                 singles.push(measure_run(&data, &urls, concurrency, methods, requests)?);
             }
             studies.push(measure_study(&data, &urls, concurrency, models, methods)?);
@@ -91,6 +101,9 @@ fn main() -> anyhow::Result<()> {
             verdict(measured.rss_mib <= 64.0),
             verdict(measured.cpu_per_thousand() <= baseline)
         );
+    }
+    if callgrind.is_some() {
+        instructions(&data, &urls, concurrency)?;
     }
     for stub in [&mut first, &mut second] {
         let _ = stub.kill();
@@ -173,8 +186,36 @@ fn measure_run(
 ) -> anyhow::Result<Measured> {
     let results = tempfile::tempdir()?;
     let cache = tempfile::tempdir()?;
+    let command = run_command(
+        Command::new(env!("CARGO_BIN_EXE_specbench")),
+        data,
+        urls,
+        concurrency,
+        methods,
+        None,
+        results.path(),
+    );
+    let (wall, cpu, rss_mib) = timed(command, cache.path())?;
+    Ok(Measured {
+        requests,
+        wall,
+        cpu,
+        rss_mib,
+    })
+}
+
+/// `command` (the binary, or a wrapper given it as its first argument) with the arguments of a
+/// single run of `methods`, on `scenario` or every scenario.
+fn run_command(
+    mut command: Command,
+    data: &Path,
+    urls: &[&str],
+    concurrency: u64,
+    methods: &[&str],
+    scenario: Option<&str>,
+    results: &Path,
+) -> Command {
     let urls = urls.join(",");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
     command
         .args(["run", "--model", "bench-model-0", "--base-url", &urls])
         .args(["--judge", "bench-judge", "--judge-base-url", &urls])
@@ -186,15 +227,12 @@ fn measure_run(
             "--no-cache",
         ])
         .arg("--results")
-        .arg(results.path())
+        .arg(results)
         .env("SPECBENCH_DATA", data);
-    let (wall, cpu, rss_mib) = timed(command, cache.path())?;
-    Ok(Measured {
-        requests,
-        wall,
-        cpu,
-        rss_mib,
-    })
+    if let Some(scenario) = scenario {
+        command.args(["--scenario", scenario]);
+    }
+    command
 }
 
 /// A study file of `models` × `methods` in a new folder (kept while the folder is), and the
@@ -205,6 +243,7 @@ fn study_file(
     concurrency: u64,
     models: usize,
     methods: &[&str],
+    scenario: Option<&str>,
 ) -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf, u64)> {
     let folder = tempfile::tempdir()?;
     let servers = urls
@@ -212,10 +251,11 @@ fn study_file(
         .map(|url| format!("\"{url}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut text = format!(
-        "data:\n  results: {}\nmodels:\n",
-        folder.path().join("result").display()
-    );
+    let mut text = format!("data:\n  results: {}\n", folder.path().join("result").display());
+    if let Some(scenario) = scenario {
+        text.push_str(&format!("  scenarios: [{scenario}]\n"));
+    }
+    text.push_str("models:\n");
     for model in 0..models {
         text.push_str(&format!(
             "  - {{key: bench-model-{model}, provider: compatible, base_urls: [{servers}]}}\n"
@@ -254,7 +294,7 @@ fn measure_study(
     models: usize,
     methods: &[&str],
 ) -> anyhow::Result<Measured> {
-    let (_folder, file, requests) = study_file(data, urls, concurrency, models, methods)?;
+    let (_folder, file, requests) = study_file(data, urls, concurrency, models, methods, None)?;
     let cache = tempfile::tempdir()?;
     let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
     // The scheduler alone, as the single run: the paper tables at the end are report work.
@@ -269,4 +309,57 @@ fn measure_study(
         cpu,
         rss_mib,
     })
+}
+
+/// Harness instructions per request of the 4-cell study against the single run of the same
+/// four methods, counted by callgrind: CPU seconds move by a fifth between runs of the same
+/// work, instruction counts by well under a percent. One scenario (Child, 300 items) keeps the
+/// two runs under valgrind to minutes.
+fn instructions(data: &Path, urls: &[&str], concurrency: u64) -> anyhow::Result<()> {
+    let scenario = Some("Child");
+    let (folder, file, requests) = study_file(data, urls, concurrency, 1, &METHODS, scenario)?;
+    let results = tempfile::tempdir()?;
+    let single = run_command(callgrind(), data, urls, concurrency, &METHODS, scenario, results.path());
+    let single = counted(single)? as f64 / requests as f64;
+    let mut study = callgrind();
+    study
+        .args(["study", "run", "--no-tables"])
+        .arg(&file)
+        .env("SPECBENCH_DATA", data);
+    let study = counted(study)? as f64 / requests as f64;
+    drop(folder);
+    println!("  instructions per request (callgrind, Child, {requests} requests each):");
+    println!(
+        "    single run ({}) {single:.0}; 4-cell study {study:.0}; ratio {:.4}; target <= 1: {}",
+        METHODS.join(", "),
+        study / single,
+        if study <= single { "ok" } else { "MISSED" }
+    );
+    Ok(())
+}
+
+/// valgrind's callgrind around the binary, its profile discarded: only the total is read.
+fn callgrind() -> Command {
+    let mut command = Command::new("valgrind");
+    command
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(env!("CARGO_BIN_EXE_specbench"));
+    command
+}
+
+/// The instructions callgrind counted over every thread of `command`, run to the end.
+fn counted(mut command: Command) -> anyhow::Result<u64> {
+    let cache = tempfile::tempdir()?;
+    let output = command
+        .env("SPECBENCH_CACHE_DIR", cache.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    anyhow::ensure!(output.status.success(), "under valgrind: {:?}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
+        .lines()
+        .find_map(|line| line.split_once("Collected : ").map(|(_, n)| n.trim().parse::<u64>()))
+        .ok_or_else(|| anyhow::anyhow!("no callgrind total in: {stderr}"))?
+        .map_err(Into::into)
 }
