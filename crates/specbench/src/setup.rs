@@ -83,7 +83,7 @@ pub enum SetupError {
     NoChatTemplate(String),
     #[error(
         "--method {method} sends an assistant prefill for the model to continue, and {provider} cannot continue one \
-         (it answers after it): run the prefill methods on a server that continues a turn (vLLM, anthropic)"
+         (it answers after it): run the prefill methods on a server that continues a turn (vllm, compatible, anthropic)"
     )]
     CannotPrefill { method: MethodKind, provider: &'static str },
     #[error("--scorer judge ranks samples with the run's judge: use `specbench run`")]
@@ -207,6 +207,21 @@ pub enum Provider {
     Gemini,
     /// The embedded engine: a GGUF file in this process.
     Local,
+}
+
+/// The hosted APIs that answer after a final assistant message instead of continuing it
+/// (OpenAI's and Azure's chat completions refuse vLLM's `continue_final_message`, Gemini's
+/// OpenAI-compatible endpoint starts a new turn), by the name a refusal shows; `None` for the
+/// servers that continue one (vLLM and other OpenAI-compatible servers, Anthropic). DeepSeek's
+/// own prefix convention (`prefix: true`, beta) is not sent, so it is not refused either.
+fn answers_after_prefill(provider: Option<Provider>, base_urls: &[String]) -> Option<&'static str> {
+    match provider {
+        Some(Provider::Openai) => Some("openai"),
+        None if base_urls.is_empty() => Some("openai"),
+        Some(Provider::Azure) => Some("azure"),
+        Some(Provider::Gemini) => Some("gemini"),
+        _ => None,
+    }
 }
 
 /// How an assistant prefill reaches a server.
@@ -995,13 +1010,10 @@ impl<'e> Session<'e> {
             }
         };
         let template = template.map(|(_, text)| text);
-        if config.provider == Some(Provider::Gemini)
+        if let Some(provider) = answers_after_prefill(config.provider, &config.base_urls)
             && let Some(method) = methods.iter().map(|m| m.kind()).find(|kind| kind.prefills())
         {
-            return Err(SetupError::CannotPrefill {
-                method,
-                provider: "gemini",
-            });
+            return Err(SetupError::CannotPrefill { method, provider });
         }
         // Anthropic continues a final assistant message itself; no template is involved. Said
         // once by the run: a plan resolving every cell to read the cache keeps quiet.

@@ -269,3 +269,35 @@ fn gemini_reads_a_thought_summary_and_refuses_a_prefill_method() -> anyhow::Resu
     assert!(!ctx.all_result_text()?.contains("gemini-test-secret"));
     Ok(())
 }
+
+#[test]
+fn openai_and_azure_refuse_a_prefill_method_before_anything_is_sent() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let server = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let url = server.base_url();
+    for provider in ["openai", "azure"] {
+        let refused = finish(ctx.specbench().env("TEST_KEY", "k").args([
+            "generate",
+            "--provider",
+            provider,
+            "--model",
+            "gpt-test",
+            "--base-url",
+            &url,
+            "--api-key-env",
+            "TEST_KEY",
+            "--method",
+            "zero_think",
+        ]))?;
+        assert_eq!(refused.code, Some(2), "{refused:?}");
+        assert!(
+            refused.stderr.contains(&format!(
+                "--method zero_think sends an assistant prefill for the model to continue, and {provider} cannot"
+            )),
+            "{}",
+            refused.stderr
+        );
+    }
+    assert!(server.targets().is_empty() && !ctx.results.exists());
+    Ok(())
+}

@@ -406,13 +406,13 @@ fn judge_prices(ctx: &TestContext) -> anyhow::Result<String> {
     Ok(prices.to_string_lossy().into_owned())
 }
 
-/// A study of one OpenAI model (its key in `TEST_OPENAI_KEY`) × vanilla and align3, judged
-/// once, on the first `limit` items of each scenario, with the response cache.
+/// A study of one model × vanilla and align3, judged once by an OpenAI judge (its key in
+/// `TEST_OPENAI_KEY`), on the first `limit` items of each scenario, with the response cache.
 fn cached_study_text(url: &str, limit: usize) -> String {
     format!(
-        "data:\n  results: result\n  limit: {limit}\nmodels:\n  - {{key: org/model-a, provider: openai, base_urls: [\"{url}\"], \
-         api_key_env: TEST_OPENAI_KEY}}\nmethods:\n  - method: vanilla\n  - method: align3\njudges:\n  \
-         - {{key: test-judge, provider: compatible, base_urls: [\"{url}\"]}}\nexec:\n  concurrency: 2\n"
+        "data:\n  results: result\n  limit: {limit}\nmodels:\n  - {{key: org/model-a, provider: compatible, base_urls: [\"{url}\"]}}\n\
+         methods:\n  - method: vanilla\n  - method: align3\njudges:\n  \
+         - {{key: test-judge, provider: openai, base_urls: [\"{url}\"], api_key_env: TEST_OPENAI_KEY}}\nexec:\n  concurrency: 2\n"
     )
 }
 
