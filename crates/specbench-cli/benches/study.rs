@@ -296,12 +296,7 @@ fn measure_study(
 ) -> anyhow::Result<Measured> {
     let (_folder, file, requests) = study_file(data, urls, concurrency, models, methods, None)?;
     let cache = tempfile::tempdir()?;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
-    // The scheduler alone, as the single run: the paper tables at the end are report work.
-    command
-        .args(["study", "run", "--no-tables"])
-        .arg(&file)
-        .env("SPECBENCH_DATA", data);
+    let command = study_command(Command::new(env!("CARGO_BIN_EXE_specbench")), &file, data);
     let (wall, cpu, rss_mib) = timed(command, cache.path())?;
     Ok(Measured {
         requests,
@@ -309,6 +304,16 @@ fn measure_study(
         cpu,
         rss_mib,
     })
+}
+
+/// `command` (the binary, or a wrapper given it first) with the arguments of `study run` on
+/// `file`: the scheduler alone, as the single run (the paper tables at the end are report work).
+fn study_command(mut command: Command, file: &Path, data: &Path) -> Command {
+    command
+        .args(["study", "run", "--no-tables"])
+        .arg(file)
+        .env("SPECBENCH_DATA", data);
+    command
 }
 
 /// Harness instructions per request of the 4-cell study against the single run of the same
@@ -321,12 +326,7 @@ fn instructions(data: &Path, urls: &[&str], concurrency: u64) -> anyhow::Result<
     let results = tempfile::tempdir()?;
     let single = run_command(callgrind(), data, urls, concurrency, &METHODS, scenario, results.path());
     let single = counted(single)? as f64 / requests as f64;
-    let mut study = callgrind();
-    study
-        .args(["study", "run", "--no-tables"])
-        .arg(&file)
-        .env("SPECBENCH_DATA", data);
-    let study = counted(study)? as f64 / requests as f64;
+    let study = counted(study_command(callgrind(), &file, data))? as f64 / requests as f64;
     drop(folder);
     println!("  instructions per request (callgrind, Child, {requests} requests each):");
     println!(

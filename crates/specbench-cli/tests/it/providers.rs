@@ -28,6 +28,22 @@ fn anthropic_reply(request: &Value) -> Value {
     })
 }
 
+/// The first stored generation has the stub's thought as its thought and the rest as its response.
+fn assert_thought_split(generated: &Value) {
+    assert!(
+        generated[0]["thought"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Thinking about")),
+        "{generated}"
+    );
+    assert!(
+        generated[0]["response"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("A synthetic response")),
+        "{generated}"
+    );
+}
+
 #[test]
 fn anthropic_messages_carry_the_key_version_and_system_field_and_a_529_is_retried() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;
@@ -123,19 +139,7 @@ fn anthropic_messages_carry_the_key_version_and_system_field_and_a_529_is_retrie
     });
     assert_eq!(last.as_deref(), Some("<think>\n</think>"));
     // The thinking block is the thought; the text block the response.
-    let generated = ctx.read_json("claude-test/Museum/vanilla/generate.json")?;
-    assert!(
-        generated[0]["thought"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("Thinking about")),
-        "{generated}"
-    );
-    assert!(
-        generated[0]["response"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("A synthetic response")),
-        "{generated}"
-    );
+    assert_thought_split(&ctx.read_json("claude-test/Museum/vanilla/generate.json")?);
     let scores = ctx.read_json("claude-test/Museum/vanilla/claude-judge_score.json")?;
     assert!(scores.is_object(), "{scores}");
     // The key is in no file and no output.
@@ -253,19 +257,7 @@ fn gemini_reads_a_thought_summary_and_refuses_a_prefill_method() -> anyhow::Resu
             Some("Bearer gemini-test-secret")
         );
     }
-    let generated = ctx.read_json("gemini-test/Museum/vanilla/generate.json")?;
-    assert!(
-        generated[0]["thought"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("Thinking about")),
-        "{generated}"
-    );
-    assert!(
-        generated[0]["response"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("A synthetic response")),
-        "{generated}"
-    );
+    assert_thought_split(&ctx.read_json("gemini-test/Museum/vanilla/generate.json")?);
     assert!(!ctx.all_result_text()?.contains("gemini-test-secret"));
     Ok(())
 }
