@@ -587,6 +587,10 @@ pub struct ModelArgs {
     /// seed is another sample. Default: none, as upstream.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Send the model's requests through OpenAI's Batch API: half price, answered within 24
+    /// hours. Safe to stop and run again: journaled batches are collected, never resubmitted.
+    #[arg(long)]
+    pub batch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -630,6 +634,9 @@ pub struct JudgeArgs {
     /// Judge again the items whose judge replies never parsed (kept as judge errors otherwise).
     #[arg(long)]
     pub retry_errors: bool,
+    /// Send the judge's requests through OpenAI's Batch API (half price, within 24 hours).
+    #[arg(long)]
+    pub judge_batch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -661,6 +668,9 @@ pub struct ExecArgs {
     /// Neither read nor write the response cache: every request goes to the model.
     #[arg(long)]
     pub no_cache: bool,
+    /// Seconds between two polls of a running batch (--batch, --judge-batch).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub batch_poll: f64,
     #[command(flatten)]
     pub cache: CacheLocation,
 }

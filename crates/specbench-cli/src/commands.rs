@@ -132,6 +132,7 @@ fn model_config(args: &ModelArgs) -> ModelConfig {
         bos_token: args.bos_token.clone(),
         eos_token: args.eos_token.clone(),
         seed: args.seed,
+        batch: args.batch,
     }
 }
 
@@ -166,6 +167,7 @@ fn judge_config(args: &JudgeArgs) -> JudgeConfig {
         base_urls: args.judge_base_url.clone(),
         api_key_env: args.judge_api_key_env.clone(),
         retry_errors: args.retry_errors,
+        batch: args.judge_batch,
     }
 }
 
@@ -180,6 +182,7 @@ fn exec_config(args: &ExecArgs) -> ExecConfig {
         local_threads: args.local_threads,
         no_cache: args.no_cache,
         cache_dir: args.cache.cache_dir.clone(),
+        batch_poll: args.batch_poll,
     }
 }
 

@@ -64,6 +64,8 @@ struct Shared {
 }
 
 /// A running stub server; stops when dropped.
+pub mod batch;
+
 pub struct StubServer {
     pub addr: SocketAddr,
     shared: Arc<Shared>,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::batch::{BatchBackend, BatchTiming};
 use crate::backend::reward::RewardModel;
 use crate::backend::template::ChatTemplate;
 use crate::backend::{
@@ -86,6 +87,11 @@ pub enum SetupError {
          (it answers after it): run the prefill methods on a server that continues a turn (vllm, compatible, anthropic)"
     )]
     CannotPrefill { method: MethodKind, provider: &'static str },
+    #[error(
+        "model `{model}` cannot be batched: batches go through OpenAI's Batch API, which provider \
+         {provider} does not have (use provider openai, or a compatible server that implements /v1/batches)"
+    )]
+    NoBatchApi { model: String, provider: &'static str },
     #[error("--scorer judge ranks samples with the run's judge: use `specbench run`")]
     ScorerNeedsJudge,
     #[error("--method {0} with --scorer reward needs --reward-model and --reward-base-url")]
@@ -209,6 +215,22 @@ pub enum Provider {
     Local,
 }
 
+impl Provider {
+    /// Its name as `--provider` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Deepseek => "deepseek",
+            Provider::Vllm => "vllm",
+            Provider::Compatible => "compatible",
+            Provider::Anthropic => "anthropic",
+            Provider::Azure => "azure",
+            Provider::Gemini => "gemini",
+            Provider::Local => "local",
+        }
+    }
+}
+
 /// The hosted APIs that answer after a final assistant message instead of continuing it
 /// (OpenAI's and Azure's chat completions refuse vLLM's `continue_final_message`, Gemini's
 /// OpenAI-compatible endpoint starts a new turn), by the name a refusal shows; `None` for the
@@ -256,6 +278,8 @@ pub struct ModelConfig {
     /// Sent as the request's `seed` (OpenAI, vLLM; the embedded engine seeds its sampler), so
     /// a sampled run can be repeated; part of the cache key. None: no seed, as upstream.
     pub seed: Option<u64>,
+    /// Through the provider's batch API (half price, answered within 24 hours).
+    pub batch: bool,
 }
 
 impl ModelConfig {
@@ -343,6 +367,8 @@ pub struct JudgeConfig {
     pub api_key_env: Option<String>,
     /// Judge again the items whose judge reply never parsed.
     pub retry_errors: bool,
+    /// Through the provider's batch API (half price, answered within 24 hours).
+    pub batch: bool,
 }
 
 impl JudgeConfig {
@@ -374,6 +400,7 @@ impl Default for JudgeConfig {
             base_urls: Vec::new(),
             api_key_env: None,
             retry_errors: false,
+            batch: false,
         }
     }
 }
@@ -395,8 +422,11 @@ pub struct ExecConfig {
     /// Local models: CPU threads; none: all cores.
     pub local_threads: Option<i32>,
     pub no_cache: bool,
-    /// The response cache folder; none: the default one.
+    /// The response cache folder; none: the default one. Batch journals live in its
+    /// `batches` folder.
     pub cache_dir: Option<PathBuf>,
+    /// Seconds between two polls of a running batch.
+    pub batch_poll: f64,
 }
 
 impl Default for ExecConfig {
@@ -411,6 +441,7 @@ impl Default for ExecConfig {
             local_threads: None,
             no_cache: false,
             cache_dir: None,
+            batch_poll: 30.0,
         }
     }
 }
@@ -622,7 +653,7 @@ impl RunConfig {
                         method,
                         model_key: model.clone(),
                         alpha: alpha(self.exec.alpha)?,
-                        item_concurrency: self.exec.concurrency.max(1) * 4,
+                        item_concurrency: self.item_concurrency(),
                         shard: self.data.shard,
                         retry_judge_errors: self.retry_judge_errors(),
                     };
@@ -635,6 +666,16 @@ impl RunConfig {
 }
 
 impl RunConfig {
+    /// Items in flight at once: four per request slot, or every item when a model batches (a
+    /// batch holds every item's next call).
+    fn item_concurrency(&self) -> usize {
+        if self.model.batch || self.judges.iter().any(|judge| judge.batch) {
+            crate::backend::batch::MAX_BATCH_REQUESTS
+        } else {
+            self.exec.concurrency.max(1) * 4
+        }
+    }
+
     fn all_judges(&self, session: &Session<'_>, generator: Option<&Generator>) -> Result<Vec<Judge>, SetupError> {
         let mut judges = Vec::new();
         for judge in &self.judges {
@@ -745,6 +786,7 @@ struct Server<'a> {
     provider: Option<Provider>,
     base_urls: &'a [String],
     key_variable: Option<&'a String>,
+    batch: bool,
 }
 
 /// What every part of one configuration shares: the pack, the protocol, and (with other
@@ -854,7 +896,14 @@ impl<'e> Session<'e> {
             provider,
             base_urls,
             key_variable,
+            batch,
         } = server;
+        if batch && !matches!(provider, None | Some(Provider::Openai | Provider::Compatible)) {
+            return Err(SetupError::NoBatchApi {
+                model: entry.key.clone(),
+                provider: provider.map_or("local", Provider::name),
+            });
+        }
         let preset = match provider {
             Some(Provider::Anthropic) => return self.anthropic(entry, base_urls, key_variable),
             Some(Provider::Openai) => Preset::OpenAi,
@@ -887,6 +936,17 @@ impl<'e> Session<'e> {
                 model: entry.key.clone(),
                 source,
             })?;
+        if batch && !self.shared.offline {
+            let journal = self
+                .exec
+                .cache_dir
+                .clone()
+                .unwrap_or_else(crate::cache::default_dir)
+                .join("batches");
+            let timing = BatchTiming::polling_every(Duration::from_secs_f64(self.exec.batch_poll.max(0.001)));
+            let batched = BatchBackend::new(backend, &journal, timing, self.shared.stop.clone());
+            return Ok(self.model_on(&entry.key, Arc::new(batched)));
+        }
         Ok(self.model_on(&entry.key, Arc::new(backend)))
     }
 
@@ -967,6 +1027,12 @@ impl<'e> Session<'e> {
             entry.params.insert("seed".into(), seed.into());
         }
         if config.is_local() {
+            if config.batch {
+                return Err(SetupError::NoBatchApi {
+                    model: key,
+                    provider: "local",
+                });
+            }
             let path = config
                 .model_path
                 .clone()
@@ -1032,6 +1098,7 @@ impl<'e> Session<'e> {
             provider: config.provider,
             base_urls: &config.base_urls,
             key_variable: config.api_key_env.as_ref(),
+            batch: config.batch,
         };
         Ok(Generator {
             model: self.backend(&entry, server, template, prefill)?,
@@ -1051,6 +1118,15 @@ impl<'e> Session<'e> {
             name::check_model_key("--judge", key)?;
         }
         let local_generator = generator.and_then(|g| g.local.as_ref());
+        let local_judge = matches!(config.provider, Some(Provider::Local))
+            || (config.provider.is_none() && config.model_path.is_some())
+            || (nothing_named && local_generator.is_some());
+        if config.batch && local_judge {
+            return Err(SetupError::NoBatchApi {
+                model: config.key.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.to_string()),
+                provider: "local",
+            });
+        }
         let model = match (config.provider, &config.model_path, local_generator) {
             (Some(Provider::Local), _, _) | (None, Some(_), _) => {
                 let key = config.key.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.to_string());
@@ -1080,6 +1156,7 @@ impl<'e> Session<'e> {
                     provider: config.provider,
                     base_urls: &config.base_urls,
                     key_variable: config.api_key_env.as_ref(),
+                    batch: config.batch,
                 };
                 self.backend(&entry, server, None, PrefillStyle::ContinueFinalMessage)?
             }
@@ -1145,7 +1222,7 @@ impl<'e> Session<'e> {
             method,
             model_key: model_key.to_string(),
             alpha: alpha(config.exec.alpha)?,
-            item_concurrency: config.exec.concurrency.max(1) * 4,
+            item_concurrency: config.item_concurrency(),
             shard: self.data.shard,
             retry_judge_errors: false,
         })
@@ -1159,6 +1236,9 @@ impl<'e> Session<'e> {
         scorer: Option<&Scorer>,
     ) -> Result<Runner, SetupError> {
         let method = plan.method.build(scorer)?;
+        // A batching runner keeps every item in flight (each batch holds every item's next
+        // call); the study's shared cap is for requests sent one by one.
+        let batching = plan.item_concurrency >= crate::backend::batch::MAX_BATCH_REQUESTS;
         Ok(Runner {
             pack: self.pack.clone(),
             protocol: self.protocol.clone(),
@@ -1167,7 +1247,7 @@ impl<'e> Session<'e> {
             generator: generator.map(|model| (model, method)),
             judges,
             stop: self.shared.stop.clone(),
-            item_slots: self.shared.item_slots.clone(),
+            item_slots: if batching { None } else { self.shared.item_slots.clone() },
             all_started: None,
         })
     }

@@ -1,6 +1,7 @@
 //! Integration tests: the real `specbench` binary against loopback servers the tests start.
 
 mod bad_input;
+mod batch;
 mod local;
 mod methods;
 mod providers;

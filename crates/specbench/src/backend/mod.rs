@@ -6,6 +6,7 @@
 //! `Model::generate`; only `openai` knows the wire format.
 
 pub mod anthropic;
+pub mod batch;
 pub mod openai;
 pub mod reward;
 pub mod template;

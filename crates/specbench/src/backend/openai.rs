@@ -180,6 +180,8 @@ struct Endpoint {
     /// The base URL without user, password or credential query values, as logs, errors and
     /// the manifest show it.
     shown: String,
+    /// The base URL itself: the batch API's `files` and `batches` hang off it.
+    base: RedactedUrl,
     chat_url: RedactedUrl,
     completions_url: RedactedUrl,
     /// The secret values in the URL, cut out of any text the server sends back.
@@ -433,6 +435,7 @@ fn endpoint(raw: &str, limits: &ConcurrencyLimits) -> Result<Endpoint, BackendEr
         completions_url: base.join_path("completions"),
         secrets: base.secrets(),
         shown,
+        base,
         down_until: Mutex::new(None),
     })
 }
@@ -632,17 +635,12 @@ impl OpenAiBackend {
         } else {
             &endpoint.chat_url
         };
-        let mut http = self
+        let http = self
             .client
             .post(url.expose().clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(key) = &self.api_key {
-            http = match self.preset {
-                Preset::Azure => http.header("api-key", key.header_value()?),
-                _ => http.header(reqwest::header::AUTHORIZATION, key.bearer()?),
-            };
-        }
+        let http = self.authorize(http)?;
         let bytes = send_http(
             http,
             &endpoint.shown,
@@ -652,14 +650,61 @@ impl OpenAiBackend {
             header_retry_after,
         )
         .await?;
-        let shown = || endpoint.shown.clone();
-        self.parse(&bytes).map_err(|problem| match problem {
-            Parsed::Empty => BackendError::EmptyContent { endpoint: shown() },
+        self.reply(&endpoint.shown, &bytes)
+    }
+
+    /// `http` with this backend's key, in the header its provider reads.
+    pub(crate) fn authorize(&self, http: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, BackendError> {
+        Ok(match &self.api_key {
+            Some(key) if self.preset == Preset::Azure => http.header("api-key", key.header_value()?),
+            Some(key) => http.header(reqwest::header::AUTHORIZATION, key.bearer()?),
+            None => http,
+        })
+    }
+
+    /// A reply body read into a generation; `shown` names the server in errors.
+    pub(crate) fn reply(&self, shown: &str, bytes: &[u8]) -> Result<Generation, BackendError> {
+        self.parse(bytes).map_err(|problem| match problem {
+            Parsed::Empty => BackendError::EmptyContent {
+                endpoint: shown.to_string(),
+            },
             Parsed::Invalid(problem) => BackendError::InvalidResponse {
-                endpoint: shown(),
+                endpoint: shown.to_string(),
                 problem,
             },
         })
+    }
+
+    /// The body `request` is sent with, and the API path it goes to under the base URL
+    /// (`chat/completions`, or `completions` for a prefill rendered here): a batch line holds
+    /// exactly what a direct call sends.
+    pub(crate) fn request_body(&self, request: &Request) -> Result<(Vec<u8>, &'static str), BackendError> {
+        let completions = request.prefill && matches!(self.prefill, PrefillStyle::Completions { .. });
+        Ok((
+            self.body(request)?,
+            if completions { "completions" } else { "chat/completions" },
+        ))
+    }
+
+    /// The first server: a batch goes to one.
+    pub(crate) fn batch_server(&self) -> (&RedactedUrl, &str) {
+        (&self.endpoints[0].base, &self.endpoints[0].shown)
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn max_reply_bytes(&self) -> usize {
+        self.max_reply_bytes
+    }
+
+    pub(crate) fn secrets(&self) -> &[String] {
+        &self.secrets
     }
 
     fn parse(&self, bytes: &[u8]) -> Result<Generation, Parsed> {
@@ -731,8 +776,8 @@ enum Parsed {
 #[async_trait]
 impl Backend for OpenAiBackend {
     async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
-        let body = self.body(request)?;
-        let completions = request.prefill && matches!(self.prefill, PrefillStyle::Completions { .. });
+        let (body, path) = self.request_body(request)?;
+        let completions = path == "completions";
         let mut tried = 0;
         loop {
             let endpoint = self.pick();

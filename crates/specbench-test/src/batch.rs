@@ -1,0 +1,281 @@
+//! A loopback server implementing OpenAI's Batch API as its reference documents it: `POST
+//! /v1/files` (multipart, `purpose=batch`), `POST /v1/batches`, `GET /v1/batches/{id}`, `GET
+//! /v1/batches?limit=`, `POST /v1/batches/{id}/cancel` and `GET /v1/files/{id}/content`, with
+//! output and error files of one JSON line per request. Each request line is answered by a
+//! handler, as [`crate::StubServer`] answers a direct call, and faults can be injected.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::Background;
+
+/// How the server ends the batches it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFault {
+    /// Every line answered; `completed` at the second poll.
+    None,
+    /// Batches stay `in_progress` until [`BatchServer::release`].
+    Hold,
+    /// The first batch ends `expired` with no output.
+    ExpireFirst,
+    /// In the first batch, every line whose index is odd is in the error file (HTTP 500).
+    FailOddLinesOfFirst,
+}
+
+struct Batch {
+    status: &'static str,
+    input: Vec<Value>,
+    metadata: Value,
+    polls: u32,
+    output_file_id: Option<String>,
+    error_file_id: Option<String>,
+}
+
+struct Inner {
+    files: HashMap<String, Vec<u8>>,
+    batches: Vec<(String, Batch)>,
+    fault: BatchFault,
+    held: bool,
+    handler: Box<dyn Fn(&Value) -> String + Send + Sync>,
+    /// Every call, as `METHOD path`.
+    calls: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// A running fake Batch API; stops when dropped.
+pub struct BatchServer {
+    pub addr: std::net::SocketAddr,
+    shared: Shared,
+    _background: Background,
+}
+
+impl BatchServer {
+    /// Answers each request line's body with `handler`'s text as the assistant content.
+    pub fn start(
+        fault: BatchFault,
+        handler: impl Fn(&Value) -> String + Send + Sync + 'static,
+    ) -> anyhow::Result<BatchServer> {
+        let shared = Arc::new(Mutex::new(Inner {
+            files: HashMap::new(),
+            batches: Vec::new(),
+            fault,
+            held: fault == BatchFault::Hold,
+            handler: Box::new(handler),
+            calls: Vec::new(),
+        }));
+        let app = Router::new()
+            .route("/v1/files", post(upload))
+            .route("/v1/files/{id}/content", get(content))
+            .route("/v1/batches", post(create).get(list))
+            .route("/v1/batches/{id}", get(status))
+            .route("/v1/batches/{id}/cancel", post(cancel))
+            .with_state(shared.clone());
+        let background = Background::start(app, 1)?;
+        Ok(BatchServer {
+            addr: background.addr,
+            shared,
+            _background: background,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Held batches may complete from now on.
+    pub fn release(&self) {
+        self.lock().held = false;
+    }
+
+    /// The batches created so far, in order: each one's request lines.
+    pub fn batches(&self) -> Vec<Vec<Value>> {
+        self.lock().batches.iter().map(|(_, b)| b.input.clone()).collect()
+    }
+
+    /// Every call so far, as `METHOD path`.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Inner> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The multipart body's JSON lines (the `file` part): every line that parses as an object with
+/// a `custom_id`. The `purpose` part must say `batch`.
+async fn upload(State(shared): State<Shared>, body: axum::body::Bytes) -> (StatusCode, axum::Json<Value>) {
+    let text = String::from_utf8_lossy(&body);
+    let mut inner = lock(&shared);
+    inner.calls.push("POST /v1/files".into());
+    if !text.contains("name=\"purpose\"\r\n\r\nbatch\r\n") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "purpose must be batch"}})),
+        );
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| serde_json::from_str::<Value>(line).is_ok_and(|v| v.get("custom_id").is_some()))
+        .collect();
+    let id = format!("file-in-{}", inner.files.len());
+    inner.files.insert(id.clone(), lines.join("\n").into_bytes());
+    (
+        StatusCode::OK,
+        axum::Json(json!({"id": id, "object": "file", "purpose": "batch"})),
+    )
+}
+
+async fn content(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, Vec<u8>) {
+    let mut inner = lock(&shared);
+    inner.calls.push(format!("GET /v1/files/{id}/content"));
+    match inner.files.get(&id) {
+        Some(bytes) => (StatusCode::OK, bytes.clone()),
+        None => (
+            StatusCode::NOT_FOUND,
+            b"{\"error\":{\"message\":\"no such file\"}}".to_vec(),
+        ),
+    }
+}
+
+async fn create(State(shared): State<Shared>, axum::Json(body): axum::Json<Value>) -> (StatusCode, axum::Json<Value>) {
+    let mut inner = lock(&shared);
+    inner.calls.push("POST /v1/batches".into());
+    let file = body["input_file_id"].as_str().unwrap_or_default().to_string();
+    let Some(bytes) = inner.files.get(&file).cloned() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "no such file"}})),
+        );
+    };
+    let input: Vec<Value> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let id = format!("batch_{}", inner.batches.len());
+    let batch = Batch {
+        status: "validating",
+        input,
+        metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
+        polls: 0,
+        output_file_id: None,
+        error_file_id: None,
+    };
+    let shown = describe(&id, &batch);
+    inner.batches.push((id, batch));
+    (StatusCode::OK, axum::Json(shown))
+}
+
+fn describe(id: &str, batch: &Batch) -> Value {
+    json!({
+        "id": id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "status": batch.status,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "metadata": batch.metadata,
+        "request_counts": {"total": batch.input.len(), "completed": 0, "failed": 0},
+    })
+}
+
+async fn list(State(shared): State<Shared>, Query(_query): Query<HashMap<String, String>>) -> axum::Json<Value> {
+    let mut inner = lock(&shared);
+    inner.calls.push("GET /v1/batches".into());
+    // Most recent first, as the API lists them.
+    let data: Vec<Value> = inner.batches.iter().rev().map(|(id, b)| describe(id, b)).collect();
+    axum::Json(json!({"object": "list", "data": data, "has_more": false}))
+}
+
+async fn cancel(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, axum::Json<Value>) {
+    let mut inner = lock(&shared);
+    inner.calls.push(format!("POST /v1/batches/{id}/cancel"));
+    match inner.batches.iter_mut().find(|(batch_id, _)| *batch_id == id) {
+        Some((id, batch)) => {
+            batch.status = "cancelled";
+            (StatusCode::OK, axum::Json(describe(id, batch)))
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"message": "no such batch"}})),
+        ),
+    }
+}
+
+async fn status(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, axum::Json<Value>) {
+    let mut guard = lock(&shared);
+    let inner = &mut *guard;
+    inner.calls.push(format!("GET /v1/batches/{id}"));
+    let Some(index) = inner.batches.iter().position(|(batch_id, _)| *batch_id == id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"message": "no such batch"}})),
+        );
+    };
+    let first = index == 0;
+    let (id, batch) = &mut inner.batches[index];
+    batch.polls += 1;
+    if matches!(batch.status, "validating" | "in_progress") {
+        batch.status = "in_progress";
+        if batch.polls >= 2 && !inner.held {
+            if first && inner.fault == BatchFault::ExpireFirst {
+                batch.status = "expired";
+            } else {
+                let mut output = Vec::new();
+                let mut errors = Vec::new();
+                for (line_index, line) in batch.input.iter().enumerate() {
+                    let custom_id = line["custom_id"].clone();
+                    if first && inner.fault == BatchFault::FailOddLinesOfFirst && line_index % 2 == 1 {
+                        errors.push(json!({
+                            "id": format!("batch_req_{line_index}"),
+                            "custom_id": custom_id,
+                            "response": {"status_code": 500, "request_id": "req", "body": {"error": {"message": "server error"}}},
+                            "error": null,
+                        }));
+                        continue;
+                    }
+                    let text = (inner.handler)(&line["body"]);
+                    output.push(json!({
+                        "id": format!("batch_req_{line_index}"),
+                        "custom_id": custom_id,
+                        "response": {"status_code": 200, "request_id": "req", "body": {
+                            "id": "chatcmpl", "object": "chat.completion",
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                        }},
+                        "error": null,
+                    }));
+                }
+                let write = |lines: Vec<Value>| {
+                    lines
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        .into_bytes()
+                };
+                let out = format!("file-out-{id}");
+                inner.files.insert(out.clone(), write(output));
+                batch.output_file_id = Some(out);
+                if !errors.is_empty() {
+                    let err = format!("file-err-{id}");
+                    inner.files.insert(err.clone(), write(errors));
+                    batch.error_file_id = Some(err);
+                }
+                batch.status = "completed";
+            }
+        }
+    }
+    (StatusCode::OK, axum::Json(describe(id, batch)))
+}
