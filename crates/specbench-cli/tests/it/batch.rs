@@ -42,7 +42,7 @@ const SCORES: &str = "batch-model/Museum/vanilla/batch-judge_score.json";
 #[test]
 fn a_judge_batch_killed_in_flight_is_collected_by_the_next_run_not_submitted_again() -> anyhow::Result<()> {
     let model = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
-    let judge = BatchServer::start(BatchFault::Hold, |body| synthetic_reply(body))?;
+    let judge = BatchServer::start(BatchFault::Hold, synthetic_reply)?;
     let (model_url, judge_url) = (model.base_url(), judge.base_url());
     let ctx = TestContext::with_pack("minimal")?;
 
