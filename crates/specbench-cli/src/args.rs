@@ -59,6 +59,10 @@ pub enum Command {
     Score(ScoreArgs),
     /// The response cache: `stats` (entries, hits, size, models) or `clear`.
     Cache(CacheArgs),
+    /// The provider batches of a run made with --batch or --judge-batch: `status` lists each
+    /// with its state and counts, `cancel` cancels those still running. Takes `run`'s flags.
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Tables, statistics and plots from stored results: leaderboard, unsafe/safe split,
     /// methods against a baseline, judge agreement, rules most often broken, cost.
     Report(ReportArgs),
@@ -355,6 +359,15 @@ pub struct MergeArgs {
     /// `specbench data pull` fetched.
     #[arg(long, env = "SPECBENCH_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Every journaled batch of the run's batching models: its id, state and counts.
+    Status(RunArgs),
+    /// Cancels the run's batches that are still running (what was answered is still billed, and
+    /// collected by the next run).
+    Cancel(RunArgs),
 }
 
 #[derive(Debug, Args)]

@@ -17,8 +17,8 @@ use specbench::setup::{
 use specbench::store::{self, Store};
 
 use crate::args::{
-    CacheAction, CacheArgs, CacheLocation, DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs, MethodArgs,
-    ModelArgs, PrefillArg, ProviderArg, RunArgs, ScoreArgs, ScorerArg,
+    BatchCommand, CacheAction, CacheArgs, CacheLocation, DataArgs, EvaluateArgs, ExecArgs, GenerateArgs, JudgeArgs,
+    MethodArgs, ModelArgs, PrefillArg, ProviderArg, RunArgs, ScoreArgs, ScorerArg,
 };
 use crate::progress::Progress;
 
@@ -204,6 +204,74 @@ pub(crate) fn resolve_pack(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 fn cache_dir(location: &CacheLocation) -> PathBuf {
     location.cache_dir.clone().unwrap_or_else(specbench::cache::default_dir)
+}
+
+/// `batch status|cancel`: the journaled batches of the run's batching models, as the provider
+/// reports them now; `cancel` cancels the ones still running. Sends no generation or judgement.
+pub async fn batch(command: BatchCommand) -> anyhow::Result<ExitStatus> {
+    let (args, cancel) = match command {
+        BatchCommand::Status(args) => (args, false),
+        BatchCommand::Cancel(args) => (args, true),
+    };
+    let config = RunConfig {
+        task: Task::Run,
+        judges: vec![judge_config(&args.judge)],
+        ..generate_config(&args.generate)
+    };
+    let runners = resolve(&config, Stop::default())?;
+    let mut models: Vec<&specbench::backend::Model> = Vec::new();
+    for runner in &runners {
+        let judges = runner.judges.iter().map(|judge| &judge.model);
+        for model in runner.generator.iter().map(|(model, _)| model).chain(judges) {
+            let seen = models
+                .iter()
+                .any(|m| m.batches().map(|b| b.journal_path()) == model.batches().map(|b| b.journal_path()));
+            if model.batches().is_some() && !seen {
+                models.push(model);
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if models.is_empty() {
+        writeln!(out, "no model of this run batches (--batch, --judge-batch)")?;
+        return Ok(ExitStatus::Success);
+    }
+    for model in models {
+        let Some(batches) = model.batches() else { continue };
+        let journaled = batches.journaled()?;
+        writeln!(
+            out,
+            "{}: {} batches (journal {})",
+            model.key(),
+            journaled.len(),
+            batches.journal_path().display()
+        )?;
+        for entry in journaled {
+            let Some(id) = &entry.id else {
+                writeln!(
+                    out,
+                    "  {}  no id journaled ({} requests): the next run looks for it, else submits it",
+                    entry.name, entry.requests
+                )?;
+                continue;
+            };
+            match batches.state(id).await {
+                Ok(state) => {
+                    writeln!(
+                        out,
+                        "  {}  {id}  {}  {} of {} done, {} failed",
+                        entry.name, state.status, state.done, state.total, state.failed
+                    )?;
+                    if cancel && !state.ended {
+                        batches.cancel(id).await?;
+                        writeln!(out, "  {}  {id}  cancel requested", entry.name)?;
+                    }
+                }
+                Err(error) => writeln!(out, "  {}  {id}  cannot be read: {error}", entry.name)?,
+            }
+        }
+    }
+    Ok(ExitStatus::Success)
 }
 
 pub fn cache(args: CacheArgs) -> anyhow::Result<ExitStatus> {

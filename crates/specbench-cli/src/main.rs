@@ -66,6 +66,7 @@ fn main() -> ExitCode {
             Command::Evaluate(args) => commands::evaluate(args, stop()).await,
             Command::Score(args) => commands::score(args),
             Command::Cache(args) => commands::cache(args),
+            Command::Batch(command) => commands::batch(command).await,
             Command::Merge(args) => merge::merge(args).await,
             Command::Report(args) => report::report(args),
             Command::View(args) => view::view(args).await,

@@ -1,8 +1,11 @@
-//! A loopback server implementing OpenAI's Batch API as its reference documents it: `POST
-//! /v1/files` (multipart, `purpose=batch`), `POST /v1/batches`, `GET /v1/batches/{id}`, `GET
-//! /v1/batches?limit=`, `POST /v1/batches/{id}/cancel` and `GET /v1/files/{id}/content`, with
-//! output and error files of one JSON line per request. Each request line is answered by a
-//! handler, as [`crate::StubServer`] answers a direct call, and faults can be injected.
+//! A loopback server implementing the batch APIs as their references document them. OpenAI's:
+//! `POST /v1/files` (multipart, `purpose=batch`), `POST /v1/batches`, `GET /v1/batches/{id}`,
+//! `GET /v1/batches?limit=`, `POST /v1/batches/{id}/cancel` and `GET /v1/files/{id}/content`,
+//! with output and error files of one JSON line per request. Anthropic's Message Batches: `POST
+//! /v1/messages/batches` (`{requests: [{custom_id, params}]}`), `GET` it, its list, its
+//! `results` (JSONL of `{custom_id, result: {type, message | error}}`) and `cancel`, each with
+//! `x-api-key` and `anthropic-version`. Each request is answered by a handler, as
+//! [`crate::StubServer`] answers a direct call, and faults can be injected.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,8 +31,18 @@ pub enum BatchFault {
     FailOddLinesOfFirst,
 }
 
+/// Which provider's API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    OpenAi,
+    Anthropic,
+}
+
 struct Batch {
     status: &'static str,
+    /// Anthropic: each request's result line, once ended.
+    results: Vec<Value>,
+    created_at: String,
     input: Vec<Value>,
     metadata: Value,
     polls: u32,
@@ -45,6 +58,8 @@ struct Inner {
     handler: Box<dyn Fn(&Value) -> String + Send + Sync>,
     /// Every call, as `METHOD path`.
     calls: Vec<String>,
+    /// Every request's headers, in arrival order.
+    headers: Vec<axum::http::HeaderMap>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -62,6 +77,15 @@ impl BatchServer {
         fault: BatchFault,
         handler: impl Fn(&Value) -> String + Send + Sync + 'static,
     ) -> anyhow::Result<BatchServer> {
+        BatchServer::start_as(Flavor::OpenAi, fault, handler)
+    }
+
+    /// As [`BatchServer::start`], speaking `flavor`'s API.
+    pub fn start_as(
+        flavor: Flavor,
+        fault: BatchFault,
+        handler: impl Fn(&Value) -> String + Send + Sync + 'static,
+    ) -> anyhow::Result<BatchServer> {
         let shared = Arc::new(Mutex::new(Inner {
             files: HashMap::new(),
             batches: Vec::new(),
@@ -69,14 +93,23 @@ impl BatchServer {
             held: fault == BatchFault::Hold,
             handler: Box::new(handler),
             calls: Vec::new(),
+            headers: Vec::new(),
         }));
-        let app = Router::new()
-            .route("/v1/files", post(upload))
-            .route("/v1/files/{id}/content", get(content))
-            .route("/v1/batches", post(create).get(list))
-            .route("/v1/batches/{id}", get(status))
-            .route("/v1/batches/{id}/cancel", post(cancel))
-            .with_state(shared.clone());
+        let app = match flavor {
+            Flavor::OpenAi => Router::new()
+                .route("/v1/files", post(upload))
+                .route("/v1/files/{id}/content", get(content))
+                .route("/v1/batches", post(create).get(list))
+                .route("/v1/batches/{id}", get(status))
+                .route("/v1/batches/{id}/cancel", post(cancel)),
+            Flavor::Anthropic => Router::new()
+                .route("/v1/messages/batches", post(anthropic_create).get(anthropic_list))
+                .route("/v1/messages/batches/{id}", get(anthropic_status))
+                .route("/v1/messages/batches/{id}/results", get(anthropic_results))
+                .route("/v1/messages/batches/{id}/cancel", post(anthropic_cancel)),
+        }
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), keep_headers))
+        .with_state(shared.clone());
         let background = Background::start(app, 1)?;
         Ok(BatchServer {
             addr: background.addr,
@@ -104,6 +137,11 @@ impl BatchServer {
         self.lock().calls.clone()
     }
 
+    /// The headers of every call so far.
+    pub fn headers(&self) -> Vec<axum::http::HeaderMap> {
+        self.lock().headers.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -111,6 +149,20 @@ impl BatchServer {
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Inner> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn keep_headers(
+    State(shared): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    lock(&shared).headers.push(request.headers().clone());
+    next.run(request).await
+}
+
+/// Now as RFC 3339, as the APIs write times.
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
 }
 
 /// The multipart body's JSON lines (the `file` part): every line that parses as an object with
@@ -166,6 +218,8 @@ async fn create(State(shared): State<Shared>, axum::Json(body): axum::Json<Value
     let id = format!("batch_{}", inner.batches.len());
     let batch = Batch {
         status: "validating",
+        results: Vec::new(),
+        created_at: now_rfc3339(),
         input,
         metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
         polls: 0,
@@ -278,4 +332,149 @@ async fn status(State(shared): State<Shared>, Path(id): Path<String>) -> (Status
         }
     }
     (StatusCode::OK, axum::Json(describe(id, batch)))
+}
+
+/// Anthropic: `{requests: [{custom_id, params}]}` in one body.
+async fn anthropic_create(
+    State(shared): State<Shared>,
+    axum::Json(body): axum::Json<Value>,
+) -> (StatusCode, axum::Json<Value>) {
+    let mut inner = lock(&shared);
+    inner.calls.push("POST /v1/messages/batches".into());
+    let Some(requests) = body["requests"].as_array() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": "requests: required"}}),
+            ),
+        );
+    };
+    if requests
+        .iter()
+        .any(|r| !r["custom_id"].is_string() || !r["params"].is_object())
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": "each request needs custom_id and params"}}),
+            ),
+        );
+    }
+    let id = format!("msgbatch_{}", inner.batches.len());
+    let batch = Batch {
+        status: "in_progress",
+        results: Vec::new(),
+        created_at: now_rfc3339(),
+        input: requests.clone(),
+        metadata: Value::Null,
+        polls: 0,
+        output_file_id: None,
+        error_file_id: None,
+    };
+    let shown = anthropic_describe(&id, &batch);
+    inner.batches.push((id, batch));
+    (StatusCode::OK, axum::Json(shown))
+}
+
+fn anthropic_describe(id: &str, batch: &Batch) -> Value {
+    let count = |kind: &str| batch.results.iter().filter(|r| r["result"]["type"] == kind).count();
+    let ended = batch.status == "ended";
+    json!({
+        "id": id,
+        "type": "message_batch",
+        "processing_status": batch.status,
+        "request_counts": {
+            "processing": if ended { 0 } else { batch.input.len() },
+            "succeeded": count("succeeded"),
+            "errored": count("errored"),
+            "canceled": count("canceled"),
+            "expired": count("expired"),
+        },
+        "created_at": batch.created_at,
+        "ended_at": if ended { Value::String(now_rfc3339()) } else { Value::Null },
+        "results_url": if ended { Value::String(format!("/v1/messages/batches/{id}/results")) } else { Value::Null },
+    })
+}
+
+async fn anthropic_list(State(shared): State<Shared>) -> axum::Json<Value> {
+    let mut inner = lock(&shared);
+    inner.calls.push("GET /v1/messages/batches".into());
+    let data: Vec<Value> = inner
+        .batches
+        .iter()
+        .rev()
+        .map(|(id, b)| anthropic_describe(id, b))
+        .collect();
+    axum::Json(json!({"data": data, "has_more": false, "first_id": null, "last_id": null}))
+}
+
+async fn anthropic_status(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, axum::Json<Value>) {
+    let mut guard = lock(&shared);
+    let inner = &mut *guard;
+    inner.calls.push(format!("GET /v1/messages/batches/{id}"));
+    let Some(index) = inner.batches.iter().position(|(batch_id, _)| *batch_id == id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"type": "error", "error": {"type": "not_found_error", "message": "no such batch"}})),
+        );
+    };
+    let first = index == 0;
+    let (id, batch) = &mut inner.batches[index];
+    batch.polls += 1;
+    if batch.status == "in_progress" && batch.polls >= 2 && !inner.held {
+        for (line_index, request) in batch.input.iter().enumerate() {
+            let custom_id = request["custom_id"].clone();
+            let result = if first && inner.fault == BatchFault::ExpireFirst {
+                json!({"type": "expired"})
+            } else if first && inner.fault == BatchFault::FailOddLinesOfFirst && line_index % 2 == 1 {
+                json!({"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "internal error"}}})
+            } else {
+                let text = (inner.handler)(&request["params"]);
+                json!({"type": "succeeded", "message": {
+                    "id": format!("msg_{line_index}"), "type": "message", "role": "assistant",
+                    "model": request["params"]["model"],
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn", "stop_sequence": null,
+                    "usage": {"input_tokens": 10, "output_tokens": 5},
+                }})
+            };
+            batch.results.push(json!({"custom_id": custom_id, "result": result}));
+        }
+        batch.status = "ended";
+    }
+    (StatusCode::OK, axum::Json(anthropic_describe(id, batch)))
+}
+
+async fn anthropic_results(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, Vec<u8>) {
+    let mut inner = lock(&shared);
+    inner.calls.push(format!("GET /v1/messages/batches/{id}/results"));
+    match inner.batches.iter().find(|(batch_id, _)| *batch_id == id) {
+        Some((_, batch)) if batch.status == "ended" => (
+            StatusCode::OK,
+            batch
+                .results
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into_bytes(),
+        ),
+        Some(_) => (
+            StatusCode::BAD_REQUEST,
+            b"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"not ended\"}}".to_vec(),
+        ),
+        None => (StatusCode::NOT_FOUND, b"{}".to_vec()),
+    }
+}
+
+async fn anthropic_cancel(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, axum::Json<Value>) {
+    let mut inner = lock(&shared);
+    inner.calls.push(format!("POST /v1/messages/batches/{id}/cancel"));
+    match inner.batches.iter_mut().find(|(batch_id, _)| *batch_id == id) {
+        Some((id, batch)) => {
+            batch.status = "canceling";
+            (StatusCode::OK, axum::Json(anthropic_describe(id, batch)))
+        }
+        None => (StatusCode::NOT_FOUND, axum::Json(json!({"type": "error"}))),
+    }
 }

@@ -88,8 +88,9 @@ pub enum SetupError {
     )]
     CannotPrefill { method: MethodKind, provider: &'static str },
     #[error(
-        "model `{model}` cannot be batched: batches go through OpenAI's Batch API, which provider \
-         {provider} does not have (use provider openai, or a compatible server that implements /v1/batches)"
+        "model `{model}` cannot be batched: batches go through OpenAI's Batch API or Anthropic's Message \
+         Batches, which provider {provider} does not have (use provider openai or anthropic, or a compatible \
+         server that implements /v1/batches)"
     )]
     NoBatchApi { model: String, provider: &'static str },
     #[error("--scorer judge ranks samples with the run's judge: use `specbench run`")]
@@ -898,14 +899,19 @@ impl<'e> Session<'e> {
             key_variable,
             batch,
         } = server;
-        if batch && !matches!(provider, None | Some(Provider::Openai | Provider::Compatible)) {
+        if batch
+            && !matches!(
+                provider,
+                None | Some(Provider::Openai | Provider::Compatible | Provider::Anthropic)
+            )
+        {
             return Err(SetupError::NoBatchApi {
                 model: entry.key.clone(),
                 provider: provider.map_or("local", Provider::name),
             });
         }
         let preset = match provider {
-            Some(Provider::Anthropic) => return self.anthropic(entry, base_urls, key_variable),
+            Some(Provider::Anthropic) => return self.anthropic(entry, base_urls, key_variable, batch),
             Some(Provider::Openai) => Preset::OpenAi,
             Some(Provider::Deepseek) => Preset::DeepSeek,
             Some(Provider::Vllm) => Preset::Vllm,
@@ -937,17 +943,23 @@ impl<'e> Session<'e> {
                 source,
             })?;
         if batch && !self.shared.offline {
-            let journal = self
-                .exec
-                .cache_dir
-                .clone()
-                .unwrap_or_else(crate::cache::default_dir)
-                .join("batches");
-            let timing = BatchTiming::polling_every(Duration::from_secs_f64(self.exec.batch_poll.max(0.001)));
-            let batched = BatchBackend::new(backend, &journal, timing, self.shared.stop.clone());
+            let (journal, timing) = self.batching();
+            let batched = BatchBackend::openai(backend, &journal, timing, self.shared.stop.clone());
             return Ok(self.model_on(&entry.key, Arc::new(batched)));
         }
         Ok(self.model_on(&entry.key, Arc::new(backend)))
+    }
+
+    /// Where batch journals go (the cache folder's `batches`) and how often batches are polled.
+    fn batching(&self) -> (PathBuf, BatchTiming) {
+        let journal = self
+            .exec
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::cache::default_dir)
+            .join("batches");
+        let timing = BatchTiming::polling_every(Duration::from_secs_f64(self.exec.batch_poll.max(0.001)));
+        (journal, timing)
     }
 
     /// A model behind Anthropic's Messages API: one server, the key in `x-api-key`.
@@ -956,6 +968,7 @@ impl<'e> Session<'e> {
         entry: &ModelEntry,
         base_urls: &[String],
         key_variable: Option<&String>,
+        batch: bool,
     ) -> Result<Model, SetupError> {
         let backend_error = |source| SetupError::Backend {
             model: entry.key.clone(),
@@ -981,6 +994,11 @@ impl<'e> Session<'e> {
             .client(self.shared.client.clone())
             .build()
             .map_err(backend_error)?;
+        if batch && !self.shared.offline {
+            let (journal, timing) = self.batching();
+            let batched = BatchBackend::anthropic(backend, &journal, timing, self.shared.stop.clone());
+            return Ok(self.model_on(&entry.key, Arc::new(batched)));
+        }
         Ok(self.model_on(&entry.key, Arc::new(backend)))
     }
 
@@ -1273,6 +1291,19 @@ mod tests {
         let evaluate: RunConfig = serde_saphyr::from_str("task: {kind: evaluate, model: org/m}\n")?;
         assert_eq!(evaluate.task, Task::Evaluate { model: "org/m".into() });
         assert_eq!(evaluate.judges, [JudgeConfig::default()]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_model_and_a_judge_batch_when_their_configuration_says_so() -> Result<(), Box<dyn std::error::Error>> {
+        let text = "model: {key: m, base_urls: ['http://127.0.0.1:9/v1'], batch: true}\njudges: [{key: GPT-4.1, batch: true}, {key: J2}]\nexec: {batch_poll: 5}\n";
+        let config: RunConfig = serde_saphyr::from_str(text)?;
+        assert!(config.model.batch);
+        assert_eq!(config.judges.iter().map(|j| j.batch).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(config.exec.batch_poll, 5.0);
+        // Every item in flight while batching; four per request slot otherwise.
+        assert_eq!(config.item_concurrency(), crate::backend::batch::MAX_BATCH_REQUESTS);
+        assert_eq!(RunConfig::default().item_concurrency(), 32);
         Ok(())
     }
 

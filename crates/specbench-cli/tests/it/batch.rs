@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use specbench_test::batch::{BatchFault, BatchServer};
+use specbench_test::batch::{BatchFault, BatchServer, Flavor};
 use specbench_test::{Reply, StubServer, synthetic_reply};
 
 use crate::support::{TestContext, finish};
@@ -63,6 +63,21 @@ fn a_judge_batch_killed_in_flight_is_collected_by_the_next_run_not_submitted_aga
     first.kill()?;
     first.wait()?;
 
+    // `batch status` takes the run's flags and lists its batch as the provider reports it.
+    let mut status_args = vec!["batch", "status"];
+    status_args.extend(run_args(&model_url, &judge_url, true).into_iter().skip(1));
+    let status = finish(
+        ctx.specbench()
+            .env("OPENAI_API_KEY", "sk-batch-test-secret")
+            .args(&status_args),
+    )?;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(
+        status.stdout.contains("batch_0  in_progress  0 of 3 done"),
+        "{}",
+        status.stdout
+    );
+
     judge.release();
     let second = finish(
         ctx.specbench()
@@ -86,5 +101,90 @@ fn a_judge_batch_killed_in_flight_is_collected_by_the_next_run_not_submitted_aga
     )?;
     assert_eq!(finished.code, Some(0), "{finished:?}");
     assert_eq!(batched, plain.read_json(SCORES)?);
+    Ok(())
+}
+
+#[test]
+fn an_anthropic_judge_batches_through_message_batches_with_its_key_and_version() -> anyhow::Result<()> {
+    let model = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let judge = BatchServer::start_as(Flavor::Anthropic, BatchFault::None, synthetic_reply)?;
+    let (model_url, judge_url) = (model.base_url(), judge.base_url());
+    let ctx = TestContext::with_pack("minimal")?;
+    let mut args = run_args(&model_url, &judge_url, true);
+    let provider = args.iter().position(|a| *a == "openai").unwrap_or_default();
+    args[provider] = "anthropic";
+    args.extend(["--judge-api-key-env", "TEST_ANTHROPIC_KEY"]);
+    let finished = finish(
+        ctx.specbench()
+            .env("TEST_ANTHROPIC_KEY", "sk-ant-batch-secret")
+            .args(&args),
+    )?;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(judge.batches().len(), 1, "{:?}", judge.calls());
+    assert_eq!(judge.batches()[0].len(), 3);
+    for headers in judge.headers() {
+        assert_eq!(
+            headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+            Some("sk-ant-batch-secret")
+        );
+        assert_eq!(
+            headers.get("anthropic-version").and_then(|v| v.to_str().ok()),
+            Some("2023-06-01")
+        );
+    }
+    let scores = ctx.read_json(SCORES)?;
+    assert!(scores.is_object(), "{scores}");
+    // Every reply parsed: no judge errors.
+    let errors = ctx.results.join("batch-model/Museum/vanilla/batch-judge_errors.json");
+    assert!(
+        !errors.exists(),
+        "{}",
+        std::fs::read_to_string(&errors).unwrap_or_default()
+    );
+    assert!(!ctx.all_result_text()?.contains("sk-ant-batch-secret"));
+    Ok(())
+}
+
+/// `batch cancel` cancels a running batch; the next run puts its requests into a new batch.
+#[test]
+fn a_cancelled_batch_is_submitted_again_by_the_next_run() -> anyhow::Result<()> {
+    let model = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
+    let judge = BatchServer::start(BatchFault::Hold, synthetic_reply)?;
+    let (model_url, judge_url) = (model.base_url(), judge.base_url());
+    let ctx = TestContext::with_pack("minimal")?;
+    let mut first = ctx
+        .specbench()
+        .env("OPENAI_API_KEY", "sk-batch-test-secret")
+        .args(run_args(&model_url, &judge_url, true))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut waited = 0;
+    while judge.batches().is_empty() && waited < 1500 {
+        std::thread::sleep(Duration::from_millis(20));
+        waited += 1;
+    }
+    first.kill()?;
+    first.wait()?;
+
+    let mut cancel_args = vec!["batch", "cancel"];
+    cancel_args.extend(run_args(&model_url, &judge_url, true).into_iter().skip(1));
+    let cancelled = finish(
+        ctx.specbench()
+            .env("OPENAI_API_KEY", "sk-batch-test-secret")
+            .args(&cancel_args),
+    )?;
+    assert_eq!(cancelled.code, Some(0), "{cancelled:?}");
+    assert!(cancelled.stdout.contains("cancel requested"), "{}", cancelled.stdout);
+    assert!(judge.calls().iter().any(|c| c == "POST /v1/batches/batch_0/cancel"));
+
+    judge.release();
+    let second = finish(
+        ctx.specbench()
+            .env("OPENAI_API_KEY", "sk-batch-test-secret")
+            .args(run_args(&model_url, &judge_url, true)),
+    )?;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(judge.batches().iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
     Ok(())
 }

@@ -380,15 +380,12 @@ impl AnthropicBackend {
                 slot.map_err(|_| BackendError::Config("the concurrency limiter was closed".into()))?
             }
         };
-        let mut http = self
+        let http = self
             .client
             .post(self.messages_url.expose().clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("anthropic-version", API_VERSION)
             .body(body);
-        if let Some(key) = &self.api_key {
-            http = http.header("x-api-key", key.header_value()?);
-        }
+        let http = self.authorize(http)?;
         let bytes = send_http(
             http,
             &self.shown,
@@ -398,10 +395,59 @@ impl AnthropicBackend {
             Self::retry_after,
         )
         .await?;
-        Self::parse(&bytes).map_err(|problem| BackendError::InvalidResponse {
+        self.reply(&bytes)
+    }
+
+    /// `http` with the key and the API version.
+    pub(crate) fn authorize(&self, http: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, BackendError> {
+        let http = http.header("anthropic-version", API_VERSION);
+        Ok(match &self.api_key {
+            Some(key) => http.header("x-api-key", key.header_value()?),
+            None => http,
+        })
+    }
+
+    /// A Messages reply read into a generation.
+    pub(crate) fn reply(&self, bytes: &[u8]) -> Result<Generation, BackendError> {
+        Self::parse(bytes).map_err(|problem| BackendError::InvalidResponse {
             endpoint: self.shown.clone(),
             problem,
         })
+    }
+
+    /// The body a direct call sends: a batch request's `params` are exactly this.
+    pub(crate) fn request_body(&self, request: &Request) -> Result<Vec<u8>, BackendError> {
+        self.body(request)
+    }
+
+    /// `<base>/messages/batches`: where Message Batches live.
+    pub(crate) fn batches_url(&self) -> RedactedUrl {
+        self.messages_url.join_path("batches")
+    }
+
+    pub(crate) fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn max_reply_bytes(&self) -> usize {
+        self.max_reply_bytes
+    }
+
+    pub(crate) fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    /// The `retry-after` reading of this API, for the batch calls too.
+    pub(crate) fn wait_asked(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+        Self::retry_after(headers)
     }
 }
 

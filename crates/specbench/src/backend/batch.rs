@@ -1,4 +1,5 @@
-//! OpenAI's Batch API: the same requests answered within 24 hours at half price.
+//! Provider batch APIs (OpenAI's Batch API, Anthropic's Message Batches): the same requests
+//! answered within 24 hours at half price.
 //!
 //! [`BatchBackend`] is a [`Backend`] like any other: methods and judges send one request at a
 //! time and wait for its reply, so nothing above it knows. Requests that arrive close together
@@ -7,14 +8,15 @@
 //! themselves. The response cache sits above it (in `Model`): a cached reply is never batched.
 //!
 //! Nothing is paid for twice, whatever is killed when. A request's `custom_id` is its cache key,
-//! the same for the same unit in every run. Before a batch's input is uploaded, its intent (a
-//! name, and the custom ids it holds) is journaled; the batch id is journaled the moment the API
-//! returns it, and the name goes into the batch's metadata. A later run over the same model
-//! finds its requests in the journal and waits on that batch (or, for an intent without an id,
-//! on the batch whose metadata carries its name, found among the recent ones) instead of
-//! submitting them again. Units a batch did not answer (failed lines, an expired, failed or
-//! cancelled batch, an intent that was never submitted) come back as retryable errors, and
-//! `Model`'s retries put them into a new batch, up to `--max-attempts`.
+//! the same for the same unit in every run. Before a batch is submitted, its intent (a name,
+//! and the custom ids it holds) is journaled; the batch id is journaled the moment the API
+//! returns it. A later run over the same model finds its requests in the journal and waits on
+//! that batch instead of submitting them again; an intent without an id is looked for among the
+//! recent batches (OpenAI: by the name put in its metadata; Anthropic, whose batches carry no
+//! metadata: one created after the intent with as many requests, whose results must then hold
+//! the intent's ids). Units a batch did not answer (failed lines, an expired or cancelled batch,
+//! an intent that was never submitted) come back as retryable errors, and `Model`'s retries put
+//! them into a new batch, up to `--max-attempts`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -25,8 +27,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+use super::anthropic::AnthropicBackend;
 use super::openai::{OpenAiBackend, header_retry_after, send_http};
 use super::{Backend, BackendError, Generation, Request, Stop};
 
@@ -48,19 +52,70 @@ impl BatchTiming {
     }
 }
 
-/// The most requests in one batch (the Batch API takes 50,000 and a 200 MB file).
+/// The most requests in one batch (OpenAI takes 50,000 and a 200 MB file; Anthropic 100,000
+/// and 256 MB).
 pub const MAX_BATCH_REQUESTS: usize = 50_000;
 /// Consecutive failed calls to the batch API (polls, downloads) before the batch's units are
 /// handed back as failed (they go into a new batch; the journal keeps the old one).
 const MAX_API_FAILURES: u32 = 10;
 
-/// A model whose requests go through the provider's batch API.
+/// One unit's result, as handed to every request waiting on it.
+#[derive(Clone)]
+pub(crate) enum Outcome {
+    Reply(Generation),
+    Failed { problem: String, retryable: bool },
+    Stopped,
+}
+
+impl Outcome {
+    fn failed(error: &BackendError) -> Outcome {
+        Outcome::Failed {
+            problem: error.to_string(),
+            retryable: error.is_retryable(),
+        }
+    }
+}
+
+/// A batch as the provider reports it.
+#[derive(Debug, Clone, Default)]
+pub struct BatchState {
+    /// The provider's word for it (`in_progress`, `completed`, `ended`, ...).
+    pub status: String,
+    /// Nothing more will happen to it: its results (if any) can be read.
+    pub ended: bool,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Where its results are, for providers that name files (OpenAI's output and error files).
+    files: Vec<String>,
+}
+
+/// A provider's batch API: what [`BatchBackend`] needs of it.
+#[async_trait]
+pub(crate) trait BatchApi: Send + Sync {
+    /// The direct backend's identity: a batched reply is the same reply, under the same key.
+    fn describe(&self) -> Value;
+    fn shown(&self) -> &str;
+    /// `request` as one batch entry under `custom_id`, and the group it must be batched with
+    /// (OpenAI's batches hold one endpoint each).
+    fn entry(&self, custom_id: &str, request: &Request) -> Result<(&'static str, Vec<u8>), BackendError>;
+    /// Submits `entries` as one batch named `name`; its id.
+    async fn create(&self, name: &str, entries: &[Vec<u8>]) -> Result<String, BackendError>;
+    async fn state(&self, id: &str) -> Result<BatchState, BackendError>;
+    /// The batch an intent named `name`, with `count` requests, journaled at `since`, became.
+    async fn find(&self, name: &str, since: SystemTime, count: usize) -> Result<Option<String>, BackendError>;
+    /// An ended batch's results by custom id.
+    async fn results(&self, id: &str, state: &BatchState) -> Result<Vec<(String, Outcome)>, BackendError>;
+    async fn cancel(&self, id: &str) -> Result<(), BackendError>;
+}
+
+/// A model whose requests go through its provider's batch API.
 pub struct BatchBackend {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    inner: OpenAiBackend,
+    api: Box<dyn BatchApi>,
     journal: Journal,
     timing: BatchTiming,
     stop: Stop,
@@ -69,6 +124,9 @@ struct Shared {
     tag: String,
     state: Mutex<State>,
 }
+
+/// A pending request: custom id, batch group, entry.
+type Pending = (String, &'static str, Vec<u8>);
 
 #[derive(Default)]
 struct State {
@@ -80,8 +138,7 @@ struct State {
     /// answers requests the run has not reached yet).
     ready: HashMap<String, Generation>,
     waiters: HashMap<String, Vec<oneshot::Sender<Outcome>>>,
-    /// Requests waiting for the next batch: custom id, API path, body.
-    pending: Vec<(String, &'static str, Vec<u8>)>,
+    pending: Vec<Pending>,
     gathering: bool,
     counter: u64,
 }
@@ -93,26 +150,27 @@ struct Batch {
     driven: bool,
 }
 
-/// One unit's result, as handed to every request waiting on it.
-#[derive(Clone)]
-enum Outcome {
-    Reply(Generation),
-    Failed { problem: String, retryable: bool },
-    Stopped,
-}
-
 impl BatchBackend {
-    /// Batches `inner`'s requests, journaling them in `journal_dir`.
-    pub fn new(inner: OpenAiBackend, journal_dir: &Path, timing: BatchTiming, stop: Stop) -> BatchBackend {
+    /// Batches `inner`'s requests through OpenAI's Batch API, journaling them in `journal_dir`.
+    pub fn openai(inner: OpenAiBackend, journal_dir: &Path, timing: BatchTiming, stop: Stop) -> BatchBackend {
+        BatchBackend::new(Box::new(OpenAiBatches { inner }), journal_dir, timing, stop)
+    }
+
+    /// Batches `inner`'s requests through Anthropic's Message Batches.
+    pub fn anthropic(inner: AnthropicBackend, journal_dir: &Path, timing: BatchTiming, stop: Stop) -> BatchBackend {
+        BatchBackend::new(Box::new(AnthropicBatches { inner }), journal_dir, timing, stop)
+    }
+
+    fn new(api: Box<dyn BatchApi>, journal_dir: &Path, timing: BatchTiming, stop: Stop) -> BatchBackend {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(inner.describe().to_string().as_bytes());
+        let digest = Sha256::digest(api.describe().to_string().as_bytes());
         let tag = hex::encode(&digest[..8]);
         BatchBackend {
             shared: Arc::new(Shared {
                 journal: Journal {
                     path: journal_dir.join(format!("{tag}.jsonl")),
                 },
-                inner,
+                api,
                 timing,
                 stop,
                 tag,
@@ -123,21 +181,66 @@ impl BatchBackend {
 
     /// The endpoint identity its requests' cache keys, and so their custom ids, are made with.
     pub fn describe_identity(&self) -> String {
-        self.shared.inner.describe().to_string()
+        self.shared.api.describe().to_string()
     }
 
     /// Where this model's batches are journaled.
     pub fn journal_path(&self) -> &Path {
         &self.shared.journal.path
     }
+
+    /// Every batch this model's journal names: its name, id (none: never submitted, or killed
+    /// before the id was written) and how many requests it holds.
+    pub fn journaled(&self) -> Result<Vec<JournaledBatch>, BackendError> {
+        let records = self.shared.journal.read().map_err(|e| self.shared.journal.error(&e))?;
+        Ok(journaled(records))
+    }
+
+    /// What the provider says of batch `id` now.
+    pub async fn state(&self, id: &str) -> Result<BatchState, BackendError> {
+        self.shared.api.state(id).await
+    }
+
+    /// Asks the provider to cancel batch `id`; what is answered by then is still billed and
+    /// collected by the next run.
+    pub async fn cancel(&self, id: &str) -> Result<(), BackendError> {
+        self.shared.api.cancel(id).await
+    }
+}
+
+/// One journaled batch (see [`BatchBackend::journaled`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournaledBatch {
+    pub name: String,
+    pub id: Option<String>,
+    pub requests: usize,
+}
+
+fn journaled(records: Vec<Record>) -> Vec<JournaledBatch> {
+    let mut batches: Vec<JournaledBatch> = Vec::new();
+    for record in records {
+        match record {
+            Record::Intent { batch, ids } => batches.push(JournaledBatch {
+                name: batch,
+                id: None,
+                requests: ids.len(),
+            }),
+            Record::Submitted { batch, id } => {
+                if let Some(entry) = batches.iter_mut().find(|b| b.name == batch) {
+                    entry.id = Some(id);
+                }
+            }
+        }
+    }
+    batches
 }
 
 #[async_trait]
 impl Backend for BatchBackend {
     async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
         let shared = &self.shared;
-        let custom_id = custom_id(&shared.inner, request);
-        let (body, path) = shared.inner.request_body(request)?;
+        let custom_id = hex::encode(request.cache_key(&shared.api.describe().to_string()).as_bytes());
+        let (group, entry) = shared.api.entry(&custom_id, request)?;
         let receiver = {
             let mut state = shared.lock();
             if !state.loaded {
@@ -160,7 +263,7 @@ impl Backend for BatchBackend {
                         }
                     }
                     None => {
-                        state.pending.push((custom_id.clone(), path, body));
+                        state.pending.push((custom_id.clone(), group, entry));
                         if state.pending.len() >= MAX_BATCH_REQUESTS {
                             Shared::submit(shared, &mut state);
                         } else if !state.gathering {
@@ -185,7 +288,7 @@ impl Backend for BatchBackend {
             outcome = receiver => outcome.unwrap_or(Outcome::Stopped),
             () = shared.stop.stopped() => Outcome::Stopped,
         };
-        let (_, shown) = shared.inner.batch_server();
+        let shown = shared.api.shown();
         match outcome {
             Outcome::Reply(generation) => Ok(generation),
             Outcome::Stopped => Err(BackendError::Stopped),
@@ -210,18 +313,16 @@ impl Backend for BatchBackend {
 
     /// The inner backend's: a batched reply is the same reply, so it shares the cache.
     fn describe(&self) -> Value {
-        self.shared.inner.describe()
+        self.shared.api.describe()
     }
 
     fn servers(&self) -> Vec<String> {
-        self.shared.inner.servers()
+        vec![self.shared.api.shown().to_string()]
     }
-}
 
-/// A request's custom id: its cache key at this backend, in hex (64 characters, which every
-/// batch API takes), so the same unit has the same id in every run.
-fn custom_id(inner: &OpenAiBackend, request: &Request) -> String {
-    hex::encode(request.cache_key(&inner.describe().to_string()).as_bytes())
+    fn batches(&self) -> Option<&BatchBackend> {
+        Some(self)
+    }
 }
 
 impl State {
@@ -268,29 +369,50 @@ impl State {
     }
 }
 
+/// When an intent was journaled, from its name (`<tag>-<unix ms>-<n>`).
+fn intent_time(name: &str) -> SystemTime {
+    name.split('-')
+        .nth(1)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map_or(SystemTime::UNIX_EPOCH, |ms| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+        })
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Turns the pending requests into a batch: journals its intent, then uploads it.
+    /// Turns the pending requests into batches, one per group: journals each intent, then
+    /// submits it.
     fn submit(shared: &Arc<Shared>, state: &mut State) {
         let pending = std::mem::take(&mut state.pending);
-        if pending.is_empty() {
-            return;
-        }
         if shared.stop.is_stopped() {
             for (custom_id, ..) in pending {
                 state.deliver(&custom_id, Outcome::Stopped);
             }
             return;
         }
+        let mut groups: Vec<(&'static str, Vec<Pending>)> = Vec::new();
+        for entry in pending {
+            match groups.iter_mut().find(|(group, _)| *group == entry.1) {
+                Some((_, entries)) => entries.push(entry),
+                None => groups.push((entry.1, vec![entry])),
+            }
+        }
+        for (_, entries) in groups {
+            Shared::submit_one(shared, state, entries);
+        }
+    }
+
+    fn submit_one(shared: &Arc<Shared>, state: &mut State, entries: Vec<Pending>) {
         state.counter += 1;
         let millis = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let name = format!("{}-{millis}-{}", shared.tag, state.counter);
-        let ids: Vec<String> = pending.iter().map(|(id, ..)| id.clone()).collect();
+        let ids: Vec<String> = entries.iter().map(|(id, ..)| id.clone()).collect();
         let intent = Record::Intent {
             batch: name.clone(),
             ids: ids.clone(),
@@ -322,13 +444,14 @@ impl Shared {
                 driven: true,
             },
         );
-        tokio::spawn(Shared::drive(shared.clone(), name, Some(pending)));
+        let entries = entries.into_iter().map(|(_, _, entry)| entry).collect();
+        tokio::spawn(Shared::drive(shared.clone(), name, Some(entries)));
     }
 
-    /// Creates (with `lines`) or finds batch `name`, polls it to its end and hands out its
+    /// Creates (with `entries`) or finds batch `name`, polls it to its end and hands out its
     /// results.
-    async fn drive(shared: Arc<Shared>, name: String, lines: Option<Vec<(String, &'static str, Vec<u8>)>>) {
-        let outcome = shared.run_batch(&name, lines).await;
+    async fn drive(shared: Arc<Shared>, name: String, entries: Option<Vec<Vec<u8>>>) {
+        let outcome = shared.run_batch(&name, entries).await;
         let mut state = shared.lock();
         let ids = state.batches.get(&name).map(|b| b.ids.clone()).unwrap_or_default();
         let (mut results, missing) = match outcome {
@@ -354,38 +477,41 @@ impl Shared {
         }
     }
 
+    fn journal_id(&self, name: &str, id: &str) {
+        let record = Record::Submitted {
+            batch: name.to_string(),
+            id: id.to_string(),
+        };
+        if let Err(error) = self.journal.append(&record) {
+            // The next run still finds it among the recent batches.
+            tracing::error!("{}", self.journal.error(&error));
+        }
+    }
+
     /// The batch's results by custom id, or what every unit gets when there are none.
-    async fn run_batch(
-        &self,
-        name: &str,
-        lines: Option<Vec<(String, &'static str, Vec<u8>)>>,
-    ) -> Result<HashMap<String, Outcome>, Outcome> {
-        let api = Api { shared: self };
-        let known = self.lock().batches.get(name).and_then(|b| b.id.clone());
-        let id = match (known, lines) {
+    async fn run_batch(&self, name: &str, entries: Option<Vec<Vec<u8>>>) -> Result<HashMap<String, Outcome>, Outcome> {
+        let (known, count) = {
+            let state = self.lock();
+            let batch = state.batches.get(name);
+            (batch.and_then(|b| b.id.clone()), batch.map_or(0, |b| b.ids.len()))
+        };
+        let id = match (known, entries) {
             (Some(id), _) => id,
-            (None, Some(lines)) => {
-                let id = api.create(name, &lines).await.map_err(|e| failed(&e))?;
-                let record = Record::Submitted {
-                    batch: name.to_string(),
-                    id: id.clone(),
-                };
-                if let Err(error) = self.journal.append(&record) {
-                    // The metadata still names it: the next run finds it by listing.
-                    tracing::error!("{}", self.journal.error(&error));
-                }
+            (None, Some(entries)) => {
+                let id = self.api.create(name, &entries).await.map_err(|e| Outcome::failed(&e))?;
+                tracing::info!("batch {name}: submitted {} requests as {id}", entries.len());
+                self.journal_id(name, &id);
                 id
             }
-            (None, None) => match api.find(name).await.map_err(|e| failed(&e))? {
+            (None, None) => match self
+                .api
+                .find(name, intent_time(name), count)
+                .await
+                .map_err(|e| Outcome::failed(&e))?
+            {
                 Some(id) => {
-                    tracing::info!("batch {name}: found as {id} by its metadata");
-                    let record = Record::Submitted {
-                        batch: name.to_string(),
-                        id: id.clone(),
-                    };
-                    if let Err(error) = self.journal.append(&record) {
-                        tracing::error!("{}", self.journal.error(&error));
-                    }
+                    tracing::info!("batch {name}: found as {id}");
+                    self.journal_id(name, &id);
                     id
                 }
                 None => {
@@ -401,119 +527,124 @@ impl Shared {
         }
         let mut failures = 0;
         let mut last_status = String::new();
-        let status = loop {
+        let state = loop {
             if self.stop.is_stopped() {
                 tracing::warn!("batch {id} is still {last_status}; run the same command again to collect it");
                 return Err(Outcome::Stopped);
             }
-            match api.get(&id).await {
-                Ok(status) => {
+            match self.api.state(&id).await {
+                Ok(state) => {
                     failures = 0;
-                    if status.status != last_status {
-                        let counts = status.request_counts.unwrap_or_default();
+                    if state.status != last_status {
                         tracing::info!(
                             "batch {id}: {} ({} of {} done, {} failed)",
-                            status.status,
-                            counts.completed,
-                            counts.total,
-                            counts.failed
+                            state.status,
+                            state.done,
+                            state.total,
+                            state.failed
                         );
-                        last_status.clone_from(&status.status);
+                        last_status.clone_from(&state.status);
                     }
-                    if matches!(status.status.as_str(), "completed" | "failed" | "expired" | "cancelled") {
-                        break status;
+                    if state.ended {
+                        break state;
                     }
                 }
                 Err(error) if error.is_retryable() && failures + 1 < MAX_API_FAILURES => {
                     failures += 1;
                     tracing::warn!(%error, "polling batch {id}");
                 }
-                Err(error) => return Err(failed(&error)),
+                Err(error) => return Err(Outcome::failed(&error)),
             }
             tokio::select! {
                 () = tokio::time::sleep(self.timing.poll) => {}
                 () = self.stop.stopped() => {}
             }
         };
-        let mut results = HashMap::new();
-        for file in [&status.output_file_id, &status.error_file_id].into_iter().flatten() {
-            let bytes = api.content(file).await.map_err(|e| failed(&e))?;
-            for line in bytes
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-            {
-                match serde_json::from_slice::<ResultLine>(line) {
-                    Ok(line) => {
-                        let outcome = self.outcome(&line);
-                        results.insert(line.custom_id, outcome);
-                    }
-                    Err(error) => tracing::warn!("batch {id}: a result line is not JSON: {error}"),
-                }
-            }
-        }
-        if status.status != "completed" {
+        let results: HashMap<String, Outcome> = self
+            .api
+            .results(&id, &state)
+            .await
+            .map_err(|e| Outcome::failed(&e))?
+            .into_iter()
+            .collect();
+        let answered = results.values().filter(|o| matches!(o, Outcome::Reply(_))).count();
+        if answered < count {
             tracing::warn!(
-                "batch {id} ended {}; its {} unanswered requests go into a new batch",
-                status.status,
-                self.lock()
-                    .batches
-                    .get(name)
-                    .map_or(0, |b| b.ids.len().saturating_sub(results.len()))
+                "batch {id} ended {} with {answered} of {count} requests answered; the rest go into a new batch",
+                state.status
             );
         }
         Ok(results)
     }
+}
 
-    /// One result line as a unit's outcome: a reply read as a direct call's, or why not.
-    fn outcome(&self, line: &ResultLine) -> Outcome {
-        let (_, shown) = self.inner.batch_server();
-        if let Some(response) = &line.response
-            && (200..300).contains(&response.status_code)
-        {
-            return match serde_json::to_vec(&response.body)
-                .map_err(|e| BackendError::Config(e.to_string()))
-                .and_then(|bytes| self.inner.reply(shown, &bytes))
-            {
-                Ok(generation) => Outcome::Reply(generation),
-                Err(error) => failed(&error),
-            };
-        }
-        let status = line.response.as_ref().map(|r| r.status_code);
-        let message = line
-            .error
-            .as_ref()
-            .map(Value::to_string)
-            .or_else(|| line.response.as_ref().map(|r| r.body.to_string()))
-            .unwrap_or_default();
-        let problem = crate::redact::redact(&message, self.inner.secrets())
-            .chars()
-            .take(300)
-            .collect::<String>();
-        Outcome::Failed {
-            problem: match status {
-                Some(status) => format!("batch line: HTTP {status}: {problem}"),
-                None => format!("batch line: {problem}"),
-            },
-            // A malformed request fails the same way again; the rest is worth another batch.
-            retryable: !matches!(status, Some(400 | 401 | 403 | 404 | 422)),
-        }
+/// A call to a batch API: the answer's body, errors as a direct call's.
+async fn call(
+    http: reqwest::RequestBuilder,
+    shown: &str,
+    timeout: Duration,
+    limit: usize,
+    secrets: &[String],
+    retry_after: fn(&reqwest::header::HeaderMap) -> Option<Duration>,
+) -> Result<Vec<u8>, BackendError> {
+    send_http(http, shown, timeout, limit, secrets, retry_after)
+        .await
+        .map_err(|error| error.redacted(secrets))
+}
+
+fn json<T: serde::de::DeserializeOwned>(shown: &str, bytes: &[u8]) -> Result<T, BackendError> {
+    serde_json::from_slice(bytes).map_err(|e| BackendError::InvalidResponse {
+        endpoint: shown.to_string(),
+        problem: format!("not a batch API answer: {e}"),
+    })
+}
+
+/// Non-empty lines of a JSONL body, each parsed; a line that is not one is logged and skipped
+/// (its unit counts as unanswered).
+fn jsonl<T: serde::de::DeserializeOwned>(id: &str, bytes: &[u8]) -> Vec<T> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .filter_map(|line| {
+            serde_json::from_slice(line)
+                .map_err(|error| tracing::warn!("batch {id}: a result line does not parse: {error}"))
+                .ok()
+        })
+        .collect()
+}
+
+/// A reply body through the direct backend's parser, or why not.
+fn reply_outcome(parsed: Result<Generation, BackendError>) -> Outcome {
+    match parsed {
+        Ok(generation) => Outcome::Reply(generation),
+        Err(error) => Outcome::failed(&error),
     }
 }
 
-fn failed(error: &BackendError) -> Outcome {
+/// A failed unit: its status (none when the API gave none) and message, secrets masked.
+fn line_failure(status: Option<u16>, message: &str, secrets: &[String], retryable: bool) -> Outcome {
+    let problem: String = crate::redact::redact(message, secrets).chars().take(300).collect();
     Outcome::Failed {
-        problem: error.to_string(),
-        retryable: error.is_retryable(),
+        problem: match status {
+            Some(status) => format!("batch request: HTTP {status}: {problem}"),
+            None => format!("batch request: {problem}"),
+        },
+        retryable,
     }
 }
 
-/// The Batch API's calls: files and batches under the backend's base URL, with its key.
-struct Api<'a> {
-    shared: &'a Shared,
+/// OpenAI's Batch API: a JSONL file uploaded to `files`, a batch created from it, output and
+/// error files.
+struct OpenAiBatches {
+    inner: OpenAiBackend,
 }
+
+/// The metadata key that names a batch's intent, so a batch created but not journaled is
+/// found again.
+const METADATA_KEY: &str = "specbench_batch";
 
 #[derive(Debug, Deserialize)]
-struct BatchStatus {
+struct OpenAiBatch {
     id: String,
     status: String,
     #[serde(default)]
@@ -521,13 +652,13 @@ struct BatchStatus {
     #[serde(default)]
     error_file_id: Option<String>,
     #[serde(default)]
-    request_counts: Option<Counts>,
+    request_counts: Option<OpenAiCounts>,
     #[serde(default)]
     metadata: Option<HashMap<String, Value>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
-struct Counts {
+struct OpenAiCounts {
     #[serde(default)]
     total: u64,
     #[serde(default)]
@@ -537,84 +668,113 @@ struct Counts {
 }
 
 #[derive(Debug, Deserialize)]
-struct BatchList {
-    data: Vec<BatchStatus>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ResultLine {
+struct OpenAiLine {
     custom_id: String,
     #[serde(default)]
-    response: Option<LineResponse>,
+    response: Option<OpenAiLineResponse>,
     #[serde(default)]
     error: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
-struct LineResponse {
+struct OpenAiLineResponse {
     status_code: u16,
     #[serde(default)]
     body: Value,
 }
 
-/// The metadata key that names a batch's intent, so a batch created but not journaled is
-/// found again.
-const METADATA_KEY: &str = "specbench_batch";
-
-impl Api<'_> {
+impl OpenAiBatches {
     fn url(&self, path: &str) -> reqwest::Url {
-        let (base, _) = self.shared.inner.batch_server();
+        let (base, _) = self.inner.batch_server();
         base.join_path(path).expose().clone()
     }
 
     /// The path a batch line names (`/v1/chat/completions`): the base URL's path and the API's.
     fn line_url(&self, path: &str) -> String {
-        let (base, _) = self.shared.inner.batch_server();
+        let (base, _) = self.inner.batch_server();
         format!("{}/{path}", base.expose().path().trim_end_matches('/'))
     }
 
     async fn call(&self, http: reqwest::RequestBuilder, limit: usize) -> Result<Vec<u8>, BackendError> {
-        let inner = &self.shared.inner;
-        let (_, shown) = inner.batch_server();
+        let inner = &self.inner;
         let http = inner.authorize(http)?;
-        send_http(http, shown, inner.timeout(), limit, inner.secrets(), header_retry_after)
-            .await
-            .map_err(|error| error.redacted(inner.secrets()))
+        call(
+            http,
+            self.shown(),
+            inner.timeout(),
+            limit,
+            inner.secrets(),
+            header_retry_after,
+        )
+        .await
     }
 
-    fn json<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, BackendError> {
-        let (_, shown) = self.shared.inner.batch_server();
-        serde_json::from_slice(bytes).map_err(|e| BackendError::InvalidResponse {
-            endpoint: shown.to_string(),
-            problem: format!("not a batch API answer: {e}"),
-        })
+    fn line_outcome(&self, line: &OpenAiLine) -> Outcome {
+        if let Some(response) = &line.response
+            && (200..300).contains(&response.status_code)
+        {
+            return reply_outcome(
+                serde_json::to_vec(&response.body)
+                    .map_err(|e| BackendError::Config(e.to_string()))
+                    .and_then(|bytes| self.inner.reply(self.shown(), &bytes)),
+            );
+        }
+        let status = line.response.as_ref().map(|r| r.status_code);
+        let message = line
+            .error
+            .as_ref()
+            .map(Value::to_string)
+            .or_else(|| line.response.as_ref().map(|r| r.body.to_string()))
+            .unwrap_or_default();
+        // A malformed request fails the same way again; the rest is worth another batch.
+        let retryable = !matches!(status, Some(400 | 401 | 403 | 404 | 422));
+        line_failure(status, &message, self.inner.secrets(), retryable)
+    }
+}
+
+#[async_trait]
+impl BatchApi for OpenAiBatches {
+    fn describe(&self) -> Value {
+        self.inner.describe()
     }
 
-    /// Uploads the input file and creates the batch; its id.
-    async fn create(&self, name: &str, lines: &[(String, &'static str, Vec<u8>)]) -> Result<String, BackendError> {
-        let client = self.shared.inner.http();
-        let endpoint = self.line_url(lines.first().map_or("chat/completions", |(_, path, _)| path));
-        let mut file = Vec::new();
-        for (custom_id, path, body) in lines {
-            #[derive(Serialize)]
-            struct Line<'a> {
-                custom_id: &'a str,
-                method: &'static str,
-                url: String,
-                body: &'a serde_json::value::RawValue,
-            }
-            let body: &serde_json::value::RawValue = serde_json::from_slice(body)
-                .map_err(|e| BackendError::Config(format!("cannot encode a batch line: {e}")))?;
-            let line = Line {
-                custom_id,
-                method: "POST",
-                url: self.line_url(path),
-                body,
-            };
-            serde_json::to_writer(&mut file, &line)
-                .map_err(|e| BackendError::Config(format!("cannot encode a batch line: {e}")))?;
+    fn shown(&self) -> &str {
+        self.inner.batch_server().1
+    }
+
+    fn entry(&self, custom_id: &str, request: &Request) -> Result<(&'static str, Vec<u8>), BackendError> {
+        let (body, path) = self.inner.request_body(request)?;
+        #[derive(Serialize)]
+        struct Line<'a> {
+            custom_id: &'a str,
+            method: &'static str,
+            url: String,
+            body: &'a RawValue,
+        }
+        let encode = |e: serde_json::Error| BackendError::Config(format!("cannot encode a batch line: {e}"));
+        let body: &RawValue = serde_json::from_slice(&body).map_err(encode)?;
+        let line = Line {
+            custom_id,
+            method: "POST",
+            url: self.line_url(path),
+            body,
+        };
+        Ok((path, serde_json::to_vec(&line).map_err(encode)?))
+    }
+
+    async fn create(&self, name: &str, entries: &[Vec<u8>]) -> Result<String, BackendError> {
+        let client = self.inner.http();
+        let mut file = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum());
+        for entry in entries {
+            file.extend_from_slice(entry);
             file.push(b'\n');
         }
+        // Every entry of a batch shares its endpoint (`submit` groups them so).
+        let endpoint = entries
+            .first()
+            .and_then(|entry| serde_json::from_slice::<Value>(entry).ok())
+            .and_then(|line| line["url"].as_str().map(str::to_string))
+            .unwrap_or_else(|| self.line_url("chat/completions"));
         let part = reqwest::multipart::Part::bytes(file)
             .file_name(format!("{name}.jsonl"))
             .mime_str("application/jsonl")
@@ -629,35 +789,47 @@ impl Api<'_> {
         struct File {
             id: String,
         }
-        let file: File = self.json(&uploaded)?;
+        let file: File = json(self.shown(), &uploaded)?;
         let body = serde_json::json!({
             "input_file_id": file.id,
             "endpoint": endpoint,
             "completion_window": "24h",
-            "metadata": { METADATA_KEY: name, "specbench_model": self.shared.tag },
+            "metadata": { METADATA_KEY: name },
         });
         let created = self.call(client.post(self.url("batches")).json(&body), 1 << 20).await?;
-        let batch: BatchStatus = self.json(&created)?;
-        tracing::info!("batch {name}: submitted {} requests as {}", lines.len(), batch.id);
+        let batch: OpenAiBatch = json(self.shown(), &created)?;
         Ok(batch.id)
     }
 
-    async fn get(&self, id: &str) -> Result<BatchStatus, BackendError> {
+    async fn state(&self, id: &str) -> Result<BatchState, BackendError> {
         let bytes = self
-            .call(
-                self.shared.inner.http().get(self.url(&format!("batches/{id}"))),
-                1 << 20,
-            )
+            .call(self.inner.http().get(self.url(&format!("batches/{id}"))), 1 << 20)
             .await?;
-        self.json(&bytes)
+        let batch: OpenAiBatch = json(self.shown(), &bytes)?;
+        let counts = batch.request_counts.unwrap_or_default();
+        Ok(BatchState {
+            ended: matches!(batch.status.as_str(), "completed" | "failed" | "expired" | "cancelled"),
+            status: batch.status,
+            total: counts.total,
+            done: counts.completed,
+            failed: counts.failed,
+            files: [batch.output_file_id, batch.error_file_id]
+                .into_iter()
+                .flatten()
+                .collect(),
+        })
     }
 
     /// The batch whose metadata names `name`, among the 100 most recent.
-    async fn find(&self, name: &str) -> Result<Option<String>, BackendError> {
+    async fn find(&self, name: &str, _since: SystemTime, _count: usize) -> Result<Option<String>, BackendError> {
         let mut url = self.url("batches");
         url.query_pairs_mut().append_pair("limit", "100");
-        let bytes = self.call(self.shared.inner.http().get(url), 16 << 20).await?;
-        let list: BatchList = self.json(&bytes)?;
+        let bytes = self.call(self.inner.http().get(url), 16 << 20).await?;
+        #[derive(Deserialize)]
+        struct List {
+            data: Vec<OpenAiBatch>,
+        }
+        let list: List = json(self.shown(), &bytes)?;
         Ok(list.data.into_iter().find_map(|batch| {
             let named = batch
                 .metadata
@@ -669,19 +841,217 @@ impl Api<'_> {
         }))
     }
 
-    async fn content(&self, file: &str) -> Result<Vec<u8>, BackendError> {
+    async fn results(&self, id: &str, state: &BatchState) -> Result<Vec<(String, Outcome)>, BackendError> {
         // A results file holds every reply of the batch: the reply cap times its lines.
         let limit = self
-            .shared
             .inner
             .max_reply_bytes()
             .saturating_mul(MAX_BATCH_REQUESTS)
             .min(1 << 32);
-        self.call(
-            self.shared.inner.http().get(self.url(&format!("files/{file}/content"))),
+        let mut results = Vec::new();
+        for file in &state.files {
+            let url = self.url(&format!("files/{file}/content"));
+            let bytes = self.call(self.inner.http().get(url), limit).await?;
+            for line in jsonl::<OpenAiLine>(id, &bytes) {
+                let outcome = self.line_outcome(&line);
+                results.push((line.custom_id, outcome));
+            }
+        }
+        Ok(results)
+    }
+
+    async fn cancel(&self, id: &str) -> Result<(), BackendError> {
+        let url = self.url(&format!("batches/{id}/cancel"));
+        self.call(self.inner.http().post(url), 1 << 20).await.map(drop)
+    }
+}
+
+/// Anthropic's Message Batches: the requests in one JSON body, results as JSONL once the batch
+/// has ended.
+struct AnthropicBatches {
+    inner: AnthropicBackend,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnthropicBatch {
+    id: String,
+    processing_status: String,
+    #[serde(default)]
+    request_counts: AnthropicCounts,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+struct AnthropicCounts {
+    processing: u64,
+    succeeded: u64,
+    errored: u64,
+    canceled: u64,
+    expired: u64,
+}
+
+impl AnthropicCounts {
+    fn total(&self) -> u64 {
+        self.processing + self.succeeded + self.errored + self.canceled + self.expired
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AnthropicLine {
+    custom_id: String,
+    result: AnthropicResult,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnthropicResult {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: Option<Box<RawValue>>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+impl AnthropicBatches {
+    fn url(&self, path: &str) -> reqwest::Url {
+        self.inner.batches_url().join_path(path).expose().clone()
+    }
+
+    async fn call(&self, http: reqwest::RequestBuilder, limit: usize) -> Result<Vec<u8>, BackendError> {
+        let inner = &self.inner;
+        let http = inner.authorize(http)?;
+        call(
+            http,
+            inner.shown(),
+            inner.timeout(),
             limit,
+            inner.secrets(),
+            AnthropicBackend::wait_asked,
         )
         .await
+    }
+
+    fn line_outcome(&self, result: &AnthropicResult) -> Outcome {
+        match result.kind.as_str() {
+            "succeeded" => match &result.message {
+                Some(message) => reply_outcome(self.inner.reply(message.get().as_bytes())),
+                None => line_failure(None, "succeeded without a message", self.inner.secrets(), true),
+            },
+            "errored" => {
+                let error = result.error.clone().unwrap_or(Value::Null);
+                // `{type: error, error: {type: invalid_request_error, message}}`.
+                let kind = error["error"]["type"].as_str().unwrap_or_default().to_string();
+                let retryable = kind != "invalid_request_error";
+                line_failure(None, &error.to_string(), self.inner.secrets(), retryable)
+            }
+            other => line_failure(None, other, self.inner.secrets(), true),
+        }
+    }
+}
+
+#[async_trait]
+impl BatchApi for AnthropicBatches {
+    fn describe(&self) -> Value {
+        self.inner.describe()
+    }
+
+    fn shown(&self) -> &str {
+        self.inner.shown()
+    }
+
+    fn entry(&self, custom_id: &str, request: &Request) -> Result<(&'static str, Vec<u8>), BackendError> {
+        let body = self.inner.request_body(request)?;
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            custom_id: &'a str,
+            params: &'a RawValue,
+        }
+        let encode = |e: serde_json::Error| BackendError::Config(format!("cannot encode a batch request: {e}"));
+        let params: &RawValue = serde_json::from_slice(&body).map_err(encode)?;
+        Ok((
+            "messages",
+            serde_json::to_vec(&Entry { custom_id, params }).map_err(encode)?,
+        ))
+    }
+
+    async fn create(&self, _name: &str, entries: &[Vec<u8>]) -> Result<String, BackendError> {
+        let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 16);
+        body.extend_from_slice(b"{\"requests\":[");
+        for (at, entry) in entries.iter().enumerate() {
+            if at > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(entry);
+        }
+        body.extend_from_slice(b"]}");
+        let http = self
+            .inner
+            .http()
+            .post(self.inner.batches_url().expose().clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let created = self.call(http, 1 << 20).await?;
+        let batch: AnthropicBatch = json(self.shown(), &created)?;
+        Ok(batch.id)
+    }
+
+    async fn state(&self, id: &str) -> Result<BatchState, BackendError> {
+        let bytes = self.call(self.inner.http().get(self.url(id)), 1 << 20).await?;
+        let batch: AnthropicBatch = json(self.shown(), &bytes)?;
+        let counts = batch.request_counts;
+        Ok(BatchState {
+            ended: batch.processing_status == "ended",
+            status: batch.processing_status,
+            total: counts.total(),
+            done: counts.succeeded + counts.errored + counts.canceled + counts.expired,
+            failed: counts.errored + counts.canceled + counts.expired,
+            files: Vec::new(),
+        })
+    }
+
+    /// Message batches carry no metadata: the most recent one created after the intent with as
+    /// many requests. Should it be another run's, its results lack this intent's ids, and those
+    /// go into a new batch.
+    async fn find(&self, _name: &str, since: SystemTime, count: usize) -> Result<Option<String>, BackendError> {
+        let mut url = self.inner.batches_url().expose().clone();
+        url.query_pairs_mut().append_pair("limit", "100");
+        let bytes = self.call(self.inner.http().get(url), 16 << 20).await?;
+        #[derive(Deserialize)]
+        struct List {
+            data: Vec<AnthropicBatch>,
+        }
+        let list: List = json(self.shown(), &bytes)?;
+        let since = jiff::Timestamp::try_from(since).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        Ok(list.data.into_iter().find_map(|batch| {
+            let created = batch.created_at.as_deref()?.parse::<jiff::Timestamp>().ok()?;
+            (created >= since && batch.request_counts.total() == count as u64).then_some(batch.id)
+        }))
+    }
+
+    async fn results(&self, id: &str, _state: &BatchState) -> Result<Vec<(String, Outcome)>, BackendError> {
+        // Read from the API's own address, not from a URL in the answer: the key goes nowhere else.
+        let limit = self
+            .inner
+            .max_reply_bytes()
+            .saturating_mul(MAX_BATCH_REQUESTS)
+            .min(1 << 32);
+        let bytes = self
+            .call(self.inner.http().get(self.url(&format!("{id}/results"))), limit)
+            .await?;
+        Ok(jsonl::<AnthropicLine>(id, &bytes)
+            .into_iter()
+            .map(|line| {
+                let outcome = self.line_outcome(&line.result);
+                (line.custom_id, outcome)
+            })
+            .collect())
+    }
+
+    async fn cancel(&self, id: &str) -> Result<(), BackendError> {
+        let url = self.url(&format!("{id}/cancel"));
+        self.call(self.inner.http().post(url), 1 << 20).await.map(drop)
     }
 }
 
@@ -693,7 +1063,7 @@ struct Journal {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Record {
-    /// Written before the batch is uploaded: its name and what it holds.
+    /// Written before the batch is submitted: its name and what it holds.
     Intent { batch: String, ids: Vec<String> },
     /// Written when the API returns the batch's id.
     Submitted { batch: String, id: String },
@@ -712,7 +1082,7 @@ impl Journal {
         };
         let mut records = Vec::new();
         for line in std::io::BufReader::new(file).lines() {
-            // A line cut by a kill is the last one; its batch was never uploaded.
+            // A line cut by a kill is the last one; its batch was never submitted.
             if let Ok(record) = serde_json::from_str::<Record>(&line?) {
                 records.push(record);
             }
@@ -729,5 +1099,50 @@ impl Journal {
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         file.write_all(&line)?;
         file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_intents_time_is_read_back_from_its_name() {
+        let at = intent_time("0123456789abcdef-1700000000123-4");
+        assert_eq!(at, SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        assert_eq!(intent_time("garbled"), SystemTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn the_journal_lists_each_batch_with_its_id_once_written() {
+        let records = vec![
+            Record::Intent {
+                batch: "a".into(),
+                ids: vec!["1".into(), "2".into()],
+            },
+            Record::Intent {
+                batch: "b".into(),
+                ids: vec!["3".into()],
+            },
+            Record::Submitted {
+                batch: "a".into(),
+                id: "batch_a".into(),
+            },
+        ];
+        assert_eq!(
+            journaled(records),
+            vec![
+                JournaledBatch {
+                    name: "a".into(),
+                    id: Some("batch_a".into()),
+                    requests: 2
+                },
+                JournaledBatch {
+                    name: "b".into(),
+                    id: None,
+                    requests: 1
+                },
+            ]
+        );
     }
 }

@@ -332,6 +332,11 @@ pub trait Backend: Send + Sync {
     fn servers(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Its batches, when it sends through a provider's batch API (`batch status|cancel`).
+    fn batches(&self) -> Option<&batch::BatchBackend> {
+        None
+    }
 }
 
 /// Tells every model, limiter and run sharing it to stop: from then on no request is sent
@@ -517,6 +522,11 @@ impl Model {
 
     pub fn describe(&self) -> serde_json::Value {
         self.backend.describe()
+    }
+
+    /// Its backend's batches, when it batches (see [`Backend::batches`]).
+    pub fn batches(&self) -> Option<&batch::BatchBackend> {
+        self.backend.batches()
     }
 
     /// The servers its backend sends to (see [`Backend::servers`]).

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 use specbench::backend::batch::{BatchBackend, BatchTiming};
-use specbench::backend::{Message, Model, OpenAiBackend, Preset, Request, RetryPolicy, Stop};
+use specbench::backend::{AnthropicBackend, Message, Model, OpenAiBackend, Preset, Request, RetryPolicy, Stop};
 use specbench_test::StubServer;
-use specbench_test::batch::{BatchFault, BatchServer};
+use specbench_test::batch::{BatchFault, BatchServer, Flavor};
 
 const MODEL: &str = "gpt-test";
 
@@ -59,7 +59,7 @@ fn timing() -> BatchTiming {
 }
 
 fn batched(server: &BatchServer, journal: &std::path::Path, stop: &Stop) -> anyhow::Result<Model> {
-    let backend = BatchBackend::new(direct(&server.base_url())?, journal, timing(), stop.clone());
+    let backend = BatchBackend::openai(direct(&server.base_url())?, journal, timing(), stop.clone());
     Ok(Model::new(MODEL, Arc::new(backend), retry()).with_stop(stop.clone()))
 }
 
@@ -223,7 +223,7 @@ async fn an_intent_that_was_never_submitted_is_submitted_once() -> anyhow::Resul
     let journal = tempfile::tempdir()?;
     let requests = requests(3);
     // The journal a first run wrote: one intent, through the public pieces that make it.
-    let backend = BatchBackend::new(direct(&server.base_url())?, journal.path(), timing(), Stop::default());
+    let backend = BatchBackend::openai(direct(&server.base_url())?, journal.path(), timing(), Stop::default());
     let identity = backend.describe_identity();
     let ids: Vec<String> = requests
         .iter()
@@ -274,4 +274,90 @@ fn journal_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
         .collect();
     anyhow::ensure!(files.len() == 1, "one journal: {files:?}");
     files.pop().context("no journal")
+}
+
+fn anthropic_batched(server: &BatchServer, journal: &std::path::Path, stop: &Stop) -> anyhow::Result<Model> {
+    let mut builder = AnthropicBackend::builder("claude-test");
+    builder.base_url(Some(server.base_url())).without_key();
+    let backend = BatchBackend::anthropic(builder.build()?, journal, timing(), stop.clone());
+    Ok(Model::new(MODEL, Arc::new(backend), retry()).with_stop(stop.clone()))
+}
+
+#[tokio::test]
+async fn anthropic_message_batches_hold_every_request_sent_together() -> anyhow::Result<()> {
+    let server = BatchServer::start_as(Flavor::Anthropic, BatchFault::None, answer)?;
+    let journal = tempfile::tempdir()?;
+    let model = anthropic_batched(&server, journal.path(), &Stop::default())?;
+    let requests = requests(3);
+    assert_eq!(generate_all(&model, &requests).await, expected(&requests));
+    let batches = server.batches();
+    assert_eq!(batches.len(), 1, "{:?}", server.calls());
+    for request in &batches[0] {
+        // The params are a direct call's body: the system prompt its own field, max_tokens set.
+        assert_eq!(request["params"]["model"], "claude-test", "{request}");
+        assert_eq!(request["params"]["system"], "be brief", "{request}");
+        assert!(request["params"]["max_tokens"].as_u64().is_some(), "{request}");
+        assert_eq!(request["custom_id"].as_str().map(str::len), Some(64));
+    }
+    assert!(
+        server
+            .headers()
+            .iter()
+            .all(|h| h.get("anthropic-version").is_some_and(|v| v == "2023-06-01"))
+    );
+    Ok(())
+}
+
+/// Anthropic's batches carry no metadata: a batch killed before its id was journaled is found
+/// as the one created after the intent with as many requests.
+#[tokio::test]
+async fn an_anthropic_batch_whose_id_was_never_journaled_is_found_by_its_time_and_size() -> anyhow::Result<()> {
+    let server = BatchServer::start_as(Flavor::Anthropic, BatchFault::Hold, answer)?;
+    let journal = tempfile::tempdir()?;
+    let requests = requests(3);
+    let first_stop = Stop::default();
+    let first = anthropic_batched(&server, journal.path(), &first_stop)?;
+    let stopped = {
+        let requests = requests.clone();
+        tokio::spawn(async move { generate_all(&first, &requests).await })
+    };
+    until_batches(&server, 1).await?;
+    first_stop.stop();
+    stopped.await?;
+    let path = journal_file(journal.path())?;
+    let text = std::fs::read_to_string(&path)?;
+    let intent_only: String = text
+        .lines()
+        .filter(|line| line.contains("\"ids\""))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_ne!(intent_only, text, "the batch id had been journaled");
+    std::fs::write(&path, intent_only)?;
+
+    server.release();
+    let second = anthropic_batched(&server, journal.path(), &Stop::default())?;
+    assert_eq!(generate_all(&second, &requests).await, expected(&requests));
+    assert_eq!(server.batches().len(), 1, "{:?}", server.calls());
+    assert!(server.calls().iter().any(|c| c == "GET /v1/messages/batches"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn anthropic_errored_and_expired_requests_go_into_a_new_batch() -> anyhow::Result<()> {
+    for (fault, sizes) in [
+        (BatchFault::FailOddLinesOfFirst, vec![4, 2]),
+        (BatchFault::ExpireFirst, vec![4, 4]),
+    ] {
+        let server = BatchServer::start_as(Flavor::Anthropic, fault, answer)?;
+        let journal = tempfile::tempdir()?;
+        let model = anthropic_batched(&server, journal.path(), &Stop::default())?;
+        let requests = requests(4);
+        assert_eq!(generate_all(&model, &requests).await, expected(&requests));
+        assert_eq!(
+            server.batches().iter().map(Vec::len).collect::<Vec<_>>(),
+            sizes,
+            "{fault:?}"
+        );
+    }
+    Ok(())
 }
