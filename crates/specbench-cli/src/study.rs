@@ -578,10 +578,10 @@ async fn plan(study: &Study, assumptions: Assumptions) -> anyhow::Result<ExitSta
             row.calls.generation.to_string()
         };
         let mut cell = Usage::default();
-        for (_, usage) in row.tokens() {
+        for (_, usage, _) in row.tokens() {
             cell += &usage;
         }
-        for (_, usage) in row.remaining_tokens() {
+        for (_, usage, _) in row.remaining_tokens() {
             left_tokens += &usage;
         }
         let cost = Money::of(&prices, row.tokens());
@@ -687,7 +687,7 @@ async fn check_budget(study: &Study, cap: f64, assumptions: Assumptions) -> anyh
     let rows = rows_with_cache(study, assumptions).await?;
     let mut left = Money::default();
     for row in &rows {
-        for (key, usage) in row.remaining_tokens() {
+        for (key, usage, _) in row.remaining_tokens() {
             if usage.prompt_tokens + usage.completion_tokens > 0 && prices.of(key).is_none() {
                 anyhow::bail!(UsageError(format!(
                     "{}: --max-cost needs a price for `{key}` (give --prices FILE or `prices:` in the study file)",
@@ -735,7 +735,7 @@ impl Meter {
         if self.prices.is_empty() {
             return None;
         }
-        let usage: Vec<(&str, Usage)> = self
+        let usage: Vec<(&str, Usage, bool)> = self
             .meters
             .iter()
             .map(|(key, model)| {
@@ -747,6 +747,7 @@ impl Meter {
                         completion_tokens: totals.completion_tokens,
                         total_tokens: totals.prompt_tokens + totals.completion_tokens,
                     },
+                    model.batches().is_some(),
                 )
             })
             .collect();

@@ -971,17 +971,31 @@ fn cost(systems: &[System<'_>], options: &ReportOptions) -> Table {
     for system in systems {
         let mut generation = specbench::backend::Usage::default();
         let mut judging = specbench::backend::Usage::default();
+        // Priced run by run: one scenario's calls may have been batched and another's not.
+        let mut generation_money = Some(0.0);
+        let mut judge_money = Some(0.0);
+        let add = |total: &mut Option<f64>, part: Option<f64>| {
+            *total = total.zip(part).map(|(t, p)| t + p);
+        };
         for run in system.by_scenario.values() {
             if let Some(usage) = &run.generation_cost {
                 generation += usage;
+                add(
+                    &mut generation_money,
+                    options.prices.money_sent(system.model, usage, run.generation_batched),
+                );
             }
             if let Some(usage) = &run.judge_cost {
                 judging += usage;
+                add(
+                    &mut judge_money,
+                    options.prices.money_sent(system.judge, usage, run.judge_batched),
+                );
             }
         }
-        let money = |key: &str, usage: &specbench::backend::Usage| options.prices.money(key, usage);
-        let generation_money = money(system.model, &generation);
-        let judge_money = money(system.judge, &judging);
+        let priced = |key: &str, money: Option<f64>| money.filter(|_| options.prices.of(key).is_some());
+        let generation_money = priced(system.model, generation_money);
+        let judge_money = priced(system.judge, judge_money);
         rows.push(vec![
             Cell::text(system.model),
             Cell::text(system.method),

@@ -29,6 +29,11 @@ pub enum BatchFault {
     ExpireFirst,
     /// In the first batch, every line whose index is odd is in the error file (HTTP 500).
     FailOddLinesOfFirst,
+    /// The first batch is created, but the answer to the call that creates it is a 502, as
+    /// when the answer is lost on its way back.
+    LoseFirstCreateAnswer,
+    /// The first three polls of every batch answer 503.
+    FailThreePolls,
 }
 
 /// Which provider's API the server speaks.
@@ -122,14 +127,39 @@ impl BatchServer {
         format!("http://{}/v1", self.addr)
     }
 
+    /// Adds `count` finished batches of someone else's, newer than those so far (a busy
+    /// account's list, in which a lost batch is further down).
+    pub fn add_others(&self, count: usize) {
+        let mut inner = self.lock();
+        for _ in 0..count {
+            let id = format!("batch_other_{}", inner.batches.len());
+            let batch = Batch {
+                status: "completed",
+                results: Vec::new(),
+                created_at: now_rfc3339(),
+                input: Vec::new(),
+                metadata: json!({"specbench_batch": "someone-else"}),
+                polls: 0,
+                output_file_id: None,
+                error_file_id: None,
+            };
+            inner.batches.push((id, batch));
+        }
+    }
+
     /// Held batches may complete from now on.
     pub fn release(&self) {
         self.lock().held = false;
     }
 
-    /// The batches created so far, in order: each one's request lines.
+    /// The batches created so far through the API, in order: each one's request lines.
     pub fn batches(&self) -> Vec<Vec<Value>> {
-        self.lock().batches.iter().map(|(_, b)| b.input.clone()).collect()
+        self.lock()
+            .batches
+            .iter()
+            .filter(|(id, _)| !id.starts_with("batch_other_"))
+            .map(|(_, b)| b.input.clone())
+            .collect()
     }
 
     /// Every call so far, as `METHOD path`.
@@ -227,7 +257,14 @@ async fn create(State(shared): State<Shared>, axum::Json(body): axum::Json<Value
         error_file_id: None,
     };
     let shown = describe(&id, &batch);
+    let first = inner.batches.is_empty();
     inner.batches.push((id, batch));
+    if first && inner.fault == BatchFault::LoseFirstCreateAnswer {
+        return (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(json!({"error": {"message": "bad gateway"}})),
+        );
+    }
     (StatusCode::OK, axum::Json(shown))
 }
 
@@ -240,16 +277,38 @@ fn describe(id: &str, batch: &Batch) -> Value {
         "output_file_id": batch.output_file_id,
         "error_file_id": batch.error_file_id,
         "metadata": batch.metadata,
+        "created_at": jiff::Timestamp::now().as_second(),
         "request_counts": {"total": batch.input.len(), "completed": 0, "failed": 0},
     })
 }
 
-async fn list(State(shared): State<Shared>, Query(_query): Query<HashMap<String, String>>) -> axum::Json<Value> {
+/// One page of `items` (newest first) after the one whose id is `after`, as both APIs page.
+fn page(items: Vec<(String, Value)>, query: &HashMap<String, String>, after_key: &str) -> (Vec<Value>, bool) {
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(20);
+    let start = match query.get(after_key) {
+        Some(after) => items
+            .iter()
+            .position(|(id, _)| id == after)
+            .map_or(items.len(), |at| at + 1),
+        None => 0,
+    };
+    let rest = items.len().saturating_sub(start);
+    let data = items.into_iter().skip(start).take(limit).map(|(_, v)| v).collect();
+    (data, rest > limit)
+}
+
+async fn list(State(shared): State<Shared>, Query(query): Query<HashMap<String, String>>) -> axum::Json<Value> {
     let mut inner = lock(&shared);
     inner.calls.push("GET /v1/batches".into());
     // Most recent first, as the API lists them.
-    let data: Vec<Value> = inner.batches.iter().rev().map(|(id, b)| describe(id, b)).collect();
-    axum::Json(json!({"object": "list", "data": data, "has_more": false}))
+    let all: Vec<(String, Value)> = inner
+        .batches
+        .iter()
+        .rev()
+        .map(|(id, b)| (id.clone(), describe(id, b)))
+        .collect();
+    let (data, has_more) = page(all, &query, "after");
+    axum::Json(json!({"object": "list", "data": data, "has_more": has_more}))
 }
 
 async fn cancel(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, axum::Json<Value>) {
@@ -280,9 +339,21 @@ async fn status(State(shared): State<Shared>, Path(id): Path<String>) -> (Status
     let first = index == 0;
     let (id, batch) = &mut inner.batches[index];
     batch.polls += 1;
+    if inner.fault == BatchFault::FailThreePolls && batch.polls <= 3 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": {"message": "unavailable"}})),
+        );
+    }
+    let polls = batch.polls
+        - if inner.fault == BatchFault::FailThreePolls {
+            3
+        } else {
+            0
+        };
     if matches!(batch.status, "validating" | "in_progress") {
         batch.status = "in_progress";
-        if batch.polls >= 2 && !inner.held {
+        if polls >= 2 && !inner.held {
             if first && inner.fault == BatchFault::ExpireFirst {
                 batch.status = "expired";
             } else {
@@ -396,16 +467,22 @@ fn anthropic_describe(id: &str, batch: &Batch) -> Value {
     })
 }
 
-async fn anthropic_list(State(shared): State<Shared>) -> axum::Json<Value> {
+async fn anthropic_list(
+    State(shared): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> axum::Json<Value> {
     let mut inner = lock(&shared);
     inner.calls.push("GET /v1/messages/batches".into());
-    let data: Vec<Value> = inner
+    let all: Vec<(String, Value)> = inner
         .batches
         .iter()
         .rev()
-        .map(|(id, b)| anthropic_describe(id, b))
+        .map(|(id, b)| (id.clone(), anthropic_describe(id, b)))
         .collect();
-    axum::Json(json!({"data": data, "has_more": false, "first_id": null, "last_id": null}))
+    let (data, has_more) = page(all, &query, "after_id");
+    let first_id = data.first().map(|b| b["id"].clone());
+    let last_id = data.last().map(|b| b["id"].clone());
+    axum::Json(json!({"data": data, "has_more": has_more, "first_id": first_id, "last_id": last_id}))
 }
 
 async fn anthropic_status(State(shared): State<Shared>, Path(id): Path<String>) -> (StatusCode, axum::Json<Value>) {

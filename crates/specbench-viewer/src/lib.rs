@@ -511,6 +511,8 @@ fn stored_run(run: &ViewRun, items: &[ViewItem]) -> report::StoredRun {
             .collect(),
         generation_cost: None,
         judge_cost: None,
+        generation_batched: false,
+        judge_batched: false,
         dir: std::path::PathBuf::new(),
     }
 }

@@ -15,6 +15,10 @@ use crate::backend::Usage;
 pub struct Price {
     pub prompt: f64,
     pub completion: f64,
+    /// What batched tokens cost as a share of these prices (OpenAI's and Anthropic's batch
+    /// APIs: 0.5). Absent: batched tokens are priced in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<f64>,
 }
 
 /// Prices by model key (`GPT-4.1: {prompt: 2.0, completion: 8.0}`). A judge's sequential
@@ -51,7 +55,7 @@ impl Prices {
         })?;
         for (key, price) in &prices.0 {
             let bad = |value: f64| !(value.is_finite() && value >= 0.0);
-            if bad(price.prompt) || bad(price.completion) {
+            if bad(price.prompt) || bad(price.completion) || price.batch.is_some_and(bad) {
                 return Err(PriceError::Negative {
                     path: path.to_path_buf(),
                     key: key.clone(),
@@ -78,8 +82,16 @@ impl Prices {
 
     /// What `usage` of `key` costs, when `key` has a price.
     pub fn money(&self, key: &str, usage: &Usage) -> Option<f64> {
+        self.money_sent(key, usage, false)
+    }
+
+    /// What `usage` of `key` costs, sent one by one or (`batched`) through a batch API, at the
+    /// price's `batch` factor.
+    pub fn money_sent(&self, key: &str, usage: &Usage, batched: bool) -> Option<f64> {
         self.of(key).map(|price| {
-            (usage.prompt_tokens as f64 * price.prompt + usage.completion_tokens as f64 * price.completion) / 1e6
+            let factor = if batched { price.batch.unwrap_or(1.0) } else { 1.0 };
+            factor * (usage.prompt_tokens as f64 * price.prompt + usage.completion_tokens as f64 * price.completion)
+                / 1e6
         })
     }
 
@@ -119,6 +131,18 @@ mod tests {
         assert_eq!(prices.money("GPT-4.1-sequential", &usage), Some(6.0));
         assert_eq!(prices.money("Qwen3-14B", &usage), Some(0.25));
         assert_eq!(prices.money("Llama-3.1-8B-Instruct", &usage), None);
+
+        std::fs::write(
+            &path,
+            "GPT-4.1: {prompt: 2.0, completion: 8.0, batch: 0.5}\nQwen3-14B: {prompt: 0.1, completion: 0.3}\n",
+        )?;
+        let prices = Prices::load(&path)?;
+        assert_eq!(prices.money_sent("GPT-4.1", &usage, true), Some(3.0));
+        assert_eq!(prices.money_sent("GPT-4.1", &usage, false), Some(6.0));
+        // No factor: batched tokens at the full price.
+        assert_eq!(prices.money_sent("Qwen3-14B", &usage, true), Some(0.25));
+        std::fs::write(&path, "GPT-4.1: {prompt: 2.0, completion: 8.0, batch: -1}\n")?;
+        assert!(Prices::load(&path).is_err());
 
         std::fs::write(&path, "GPT-4.1: {prompt: -2.0, completion: 8.0}\n")?;
         let error = Prices::load(&path).err().map(|e| e.to_string()).unwrap_or_default();

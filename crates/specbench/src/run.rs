@@ -1129,6 +1129,7 @@ fn recorded(model: &Model) -> RecordedModel {
     RecordedModel {
         key: model.key().to_string(),
         backend: model.describe(),
+        batched: model.batches().is_some(),
     }
 }
 

@@ -535,6 +535,9 @@ pub struct Shared {
     client: Option<reqwest::Client>,
     /// See [`Shared::offline`].
     offline: bool,
+    /// One batching backend per journal (per model), whichever configuration asks: two
+    /// cells' judges on one model share its journal and its batches.
+    batches: Arc<std::sync::Mutex<Vec<Arc<BatchBackend>>>>,
 }
 
 impl Shared {
@@ -554,6 +557,7 @@ impl Shared {
             packs: Arc::default(),
             client: None,
             offline: false,
+            batches: Arc::default(),
         }
     }
 
@@ -576,6 +580,7 @@ impl Shared {
             packs: Arc::default(),
             client: None,
             offline: true,
+            batches: Arc::default(),
         }
     }
 
@@ -945,9 +950,20 @@ impl<'e> Session<'e> {
         if batch && !self.shared.offline {
             let (journal, timing) = self.batching();
             let batched = BatchBackend::openai(backend, &journal, timing, self.shared.stop.clone());
-            return Ok(self.model_on(&entry.key, Arc::new(batched)));
+            return Ok(self.model_on(&entry.key, self.shared_batches(batched)));
         }
         Ok(self.model_on(&entry.key, Arc::new(backend)))
+    }
+
+    /// `batched`, or the backend already batching for its journal.
+    fn shared_batches(&self, batched: BatchBackend) -> Arc<BatchBackend> {
+        let mut known = self.shared.batches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = known.iter().find(|b| b.journal_path() == batched.journal_path()) {
+            return existing.clone();
+        }
+        let batched = Arc::new(batched);
+        known.push(batched.clone());
+        batched
     }
 
     /// Where batch journals go (the cache folder's `batches`) and how often batches are polled.
@@ -997,7 +1013,7 @@ impl<'e> Session<'e> {
         if batch && !self.shared.offline {
             let (journal, timing) = self.batching();
             let batched = BatchBackend::anthropic(backend, &journal, timing, self.shared.stop.clone());
-            return Ok(self.model_on(&entry.key, Arc::new(batched)));
+            return Ok(self.model_on(&entry.key, self.shared_batches(batched)));
         }
         Ok(self.model_on(&entry.key, Arc::new(backend)))
     }

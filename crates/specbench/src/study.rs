@@ -250,6 +250,10 @@ pub struct CellProgress {
     /// aside), and of each judge of `judge_calls`, in its order.
     pub generation_tokens: Usage,
     pub judge_tokens: Vec<Usage>,
+    /// The model under test, and each judge of `judge_calls`, sends through a batch API (its
+    /// tokens priced at the batch factor).
+    pub generation_batched: bool,
+    pub judge_batched: Vec<bool>,
     /// Of the calls still to make, those the response cache answers; none: not looked up
     /// (see [`Study::look_up_cache`]).
     pub cached: Option<Cached>,
@@ -311,7 +315,7 @@ impl CellProgress {
     /// The estimated tokens still to send, by the model that spends them (the model under
     /// test, then each judge's file stem): those of the items not yet done, less the share of
     /// their calls the response cache answers.
-    pub fn remaining_tokens(&self) -> Vec<(&str, Usage)> {
+    pub fn remaining_tokens(&self) -> Vec<(&str, Usage, bool)> {
         let cached = self.cached.clone().unwrap_or_default();
         let done = std::iter::once((
             self.progress.generated,
@@ -326,7 +330,7 @@ impl CellProgress {
         self.tokens()
             .into_iter()
             .zip(done)
-            .map(|((key, usage), (done, calls, hits))| {
+            .map(|((key, usage, batched), (done, calls, hits))| {
                 let left = self.selected.saturating_sub(done) as u64;
                 let left_calls = (left * calls).max(1);
                 let to_send = (left * calls).saturating_sub(hits);
@@ -342,16 +346,21 @@ impl CellProgress {
                     completion_tokens: share(usage.completion_tokens),
                     total_tokens: share(usage.total_tokens),
                 };
-                (key, usage)
+                (key, usage, batched)
             })
             .collect()
     }
 
-    /// The estimated tokens of every selected item, by the model that spends them.
-    pub fn tokens(&self) -> Vec<(&str, Usage)> {
-        let mut out = vec![(self.model.as_str(), self.generation_tokens)];
-        for ((stem, _), usage) in self.judge_calls.iter().zip(&self.judge_tokens) {
-            out.push((stem.as_str(), *usage));
+    /// The estimated tokens of every selected item, by the model that spends them, and whether
+    /// it batches.
+    pub fn tokens(&self) -> Vec<(&str, Usage, bool)> {
+        let mut out = vec![(self.model.as_str(), self.generation_tokens, self.generation_batched)];
+        for (at, ((stem, _), usage)) in self.judge_calls.iter().zip(&self.judge_tokens).enumerate() {
+            out.push((
+                stem.as_str(),
+                *usage,
+                self.judge_batched.get(at).copied().unwrap_or(false),
+            ));
         }
         out
     }
@@ -366,12 +375,13 @@ pub struct Money {
 }
 
 impl Money {
-    /// The cost of `tokens` (by model key or judge file stem) at `prices`.
-    pub fn of<'a>(prices: &Prices, tokens: impl IntoIterator<Item = (&'a str, Usage)>) -> Money {
+    /// The cost of `tokens` (by model key or judge file stem, and whether they were batched)
+    /// at `prices`.
+    pub fn of<'a>(prices: &Prices, tokens: impl IntoIterator<Item = (&'a str, Usage, bool)>) -> Money {
         let mut money = Money::default();
-        for (key, usage) in tokens {
+        for (key, usage, batched) in tokens {
             let spent = usage.prompt_tokens + usage.completion_tokens > 0;
-            match prices.money(key, &usage) {
+            match prices.money_sent(key, &usage, batched) {
                 Some(dollars) => money.dollars += dollars,
                 None if spent => money.unpriced = true,
                 None => {}
@@ -714,7 +724,7 @@ impl Study {
                 None => budget(cell.config.model.model_config.as_deref(), "config_model.yaml", model)?
                     .unwrap_or(DEFAULT_MAX_TOKENS),
             };
-            let mut judges: Vec<(String, Vec<JudgeMode>, u64)> = Vec::new();
+            let mut judges: Vec<(String, Vec<JudgeMode>, u64, bool)> = Vec::new();
             for judge in &cell.config.judges {
                 let key = judge.key_for(&cell.config.model);
                 let nothing_named = judge.key.is_none()
@@ -727,7 +737,7 @@ impl Study {
                     None => budget(judge.judge_config.as_deref(), "config_eval_model.yaml", &key)?
                         .unwrap_or(DEFAULT_MAX_TOKENS),
                 };
-                judges.push((key, judge.modes.clone(), completion));
+                judges.push((key, judge.modes.clone(), completion, judge.batch));
             }
             let store = Store::new(&cell.config.data.results);
             for scenario in &scenarios {
@@ -754,7 +764,8 @@ impl Study {
                 }
                 let mut judge_calls = Vec::new();
                 let mut judge_tokens = Vec::new();
-                for (key, modes, judge_completion) in &judges {
+                let mut judge_batched = Vec::new();
+                for (key, modes, judge_completion, batched) in &judges {
                     for &mode in modes {
                         let entry = (
                             crate::judge::file_stem(key, mode),
@@ -769,6 +780,7 @@ impl Study {
                             usage += &judge_estimate(&protocol, scenario, item, mode, completion, *judge_completion);
                         }
                         judge_tokens.push(usage);
+                        judge_batched.push(*batched);
                     }
                 }
                 rows.push(CellProgress {
@@ -783,6 +795,8 @@ impl Study {
                     progress,
                     generation_tokens,
                     judge_tokens,
+                    generation_batched: cell.config.model.batch,
+                    judge_batched,
                     cached: None,
                 });
             }

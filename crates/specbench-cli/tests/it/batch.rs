@@ -101,6 +101,36 @@ fn a_judge_batch_killed_in_flight_is_collected_by_the_next_run_not_submitted_aga
     )?;
     assert_eq!(finished.code, Some(0), "{finished:?}");
     assert_eq!(batched, plain.read_json(SCORES)?);
+
+    // The cost report prices the batched judge's tokens at the prices file's batch factor,
+    // the direct one's in full.
+    let prices = ctx.dir.path().join("prices.yaml");
+    std::fs::write(&prices, "batch-judge: {prompt: 3.0, completion: 4.0, batch: 0.5}\n")?;
+    let judge_cost = |ctx: &TestContext| -> anyhow::Result<(f64, f64)> {
+        let report = finish(ctx.specbench().args([
+            "report",
+            "result",
+            "--format",
+            "json",
+            "--resamples",
+            "10",
+            "--permutations",
+            "10",
+            "--prices",
+            &prices.to_string_lossy(),
+        ]))?;
+        anyhow::ensure!(report.code == Some(0), "{report:?}");
+        let json: serde_json::Value = serde_json::from_str(&report.stdout)?;
+        let row = &json["cost"]["rows"][0];
+        let full = (row["judge prompt tokens"].as_f64().unwrap_or(0.0) * 3.0
+            + row["judge completion tokens"].as_f64().unwrap_or(0.0) * 4.0)
+            / 1e6;
+        Ok((row["judge cost"].as_f64().unwrap_or(f64::NAN), full))
+    };
+    let (cost, full) = judge_cost(&ctx)?;
+    assert!(full > 0.0 && (cost - full * 0.5).abs() < 1e-12, "{cost} against {full}");
+    let (cost, full) = judge_cost(&plain)?;
+    assert!((cost - full).abs() < 1e-12, "{cost} against {full}");
     Ok(())
 }
 

@@ -511,6 +511,39 @@ fn the_plan_estimates_tokens_and_cost_and_max_cost_refuses_or_stops_a_study() ->
     Ok(())
 }
 
+/// A judge with `batch: true` is priced at the prices file's batch factor in the plan.
+#[test]
+fn the_plan_prices_a_batching_judge_at_the_batch_factor() -> anyhow::Result<()> {
+    let ctx = TestContext::with_pack("minimal")?;
+    let file = ctx.dir.path().join("study.yaml");
+    let text = study_text("http://127.0.0.1:9/v1", THREE_METHODS).replace(
+        "{key: test-judge, provider: compatible,",
+        "{key: test-judge, batch: true, provider: compatible,",
+    );
+    assert!(text.contains("batch: true"));
+    std::fs::write(&file, text)?;
+    let file = file.to_string_lossy().into_owned();
+    let prices = ctx.dir.path().join("prices.yaml");
+    std::fs::write(
+        &prices,
+        "org/model-a: {prompt: 0, completion: 0}\norg/model-b: {prompt: 0, completion: 0}\n\
+         test-judge: {prompt: 0, completion: 2000000, batch: 0.5}\n",
+    )?;
+    let assume = ["--completion-tokens", "30", "--judge-completion-tokens", "20"];
+    let plan = ctx.run(
+        &[
+            &["study", "plan", &file, "--prices", &prices.to_string_lossy()][..],
+            &assume,
+        ]
+        .concat(),
+    )?;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    let cost = number_after(&plan.stdout, "cost, estimated: $").unwrap_or(0.0);
+    // As the unbatched plan (36 judgements of 20 tokens at $2), at half price.
+    assert!((cost - 36.0 * 20.0 * 2.0 * 0.5).abs() < 0.01, "{}", plan.stdout);
+    Ok(())
+}
+
 #[test]
 fn max_cost_refuses_a_study_estimated_above_it_and_stops_one_measured_above_it() -> anyhow::Result<()> {
     let ctx = TestContext::with_pack("minimal")?;

@@ -88,6 +88,8 @@ pub struct BatchState {
     pub failed: u64,
     /// Where its results are, for providers that name files (OpenAI's output and error files).
     files: Vec<String>,
+    /// Why the provider refused it, when it says (OpenAI's validation `errors`).
+    errors: Option<String>,
 }
 
 /// A provider's batch API: what [`BatchBackend`] needs of it.
@@ -100,14 +102,65 @@ pub(crate) trait BatchApi: Send + Sync {
     /// (OpenAI's batches hold one endpoint each).
     fn entry(&self, custom_id: &str, request: &Request) -> Result<(&'static str, Vec<u8>), BackendError>;
     /// Submits `entries` as one batch named `name`; its id.
-    async fn create(&self, name: &str, entries: &[Vec<u8>]) -> Result<String, BackendError>;
+    async fn create(&self, name: &str, entries: &[Vec<u8>]) -> Result<String, CreateFailure>;
     async fn state(&self, id: &str) -> Result<BatchState, BackendError>;
-    /// The batch an intent named `name`, with `count` requests, journaled at `since`, became.
-    async fn find(&self, name: &str, since: SystemTime, count: usize) -> Result<Option<String>, BackendError>;
+    /// The batch an intent named `name`, with `count` requests, journaled at `since`, became;
+    /// `taken` are the ids other intents already own.
+    async fn find(&self, intent: &Intent<'_>) -> Result<Option<String>, BackendError>;
     /// An ended batch's results by custom id.
     async fn results(&self, id: &str, state: &BatchState) -> Result<Vec<(String, Outcome)>, BackendError>;
     async fn cancel(&self, id: &str) -> Result<(), BackendError>;
 }
+
+/// Why a batch was not created, and whether it may exist all the same (the answer to the
+/// create call was lost: a timeout, a broken connection, a 5xx).
+pub(crate) struct CreateFailure {
+    error: BackendError,
+    may_exist: bool,
+}
+
+impl CreateFailure {
+    /// A failure of the call that creates the batch: it may have been created.
+    fn of_create(error: BackendError) -> CreateFailure {
+        let may_exist = error.is_retryable();
+        CreateFailure { error, may_exist }
+    }
+
+    /// A failure before it: nothing was created.
+    fn before(error: BackendError) -> CreateFailure {
+        CreateFailure {
+            error,
+            may_exist: false,
+        }
+    }
+}
+
+/// What a lost batch is looked for by.
+pub(crate) struct Intent<'a> {
+    name: &'a str,
+    /// When it was journaled.
+    since: SystemTime,
+    count: usize,
+    /// Batch ids other intents own (the journal's).
+    taken: &'a [String],
+}
+
+/// How far before an intent's time a batch may claim to have been created (the provider's
+/// clock against this machine's).
+const CLOCK_SLACK: Duration = Duration::from_secs(300);
+
+/// How a batch's run ended for the units it holds.
+enum End {
+    Results(HashMap<String, Outcome>),
+    /// The batch is gone or was never created: its units may go into a new one.
+    Definitive(Outcome),
+    /// It may still run or have answered (a call to the API failed for now): its units stay
+    /// its own, and asking again polls (or looks for) it instead of submitting them anew.
+    Transient(Outcome),
+}
+
+/// The most bytes of one batch's entries: both APIs cap an input near 200 MB.
+const MAX_BATCH_BYTES: usize = 150 << 20;
 
 /// A model whose requests go through its provider's batch API.
 pub struct BatchBackend {
@@ -122,7 +175,13 @@ struct Shared {
     /// The journal's and the metadata's name for this model's batches: a digest of what the
     /// backend describes (server, model, parameters), so that only the same model's runs meet.
     tag: String,
+    /// The identity custom ids are made from: what the backend describes, less what does not
+    /// change its replies (the timeout), so a rerun with another `--timeout` finds its batches.
+    identity: String,
     state: Mutex<State>,
+    /// One batch is created at a time, and its id journaled before the next is: at most one
+    /// intent is ever without an id, which makes finding it after a kill unambiguous.
+    creating: tokio::sync::Mutex<()>,
 }
 
 /// A pending request: custom id, batch group, entry.
@@ -139,6 +198,7 @@ struct State {
     ready: HashMap<String, Generation>,
     waiters: HashMap<String, Vec<oneshot::Sender<Outcome>>>,
     pending: Vec<Pending>,
+    pending_bytes: usize,
     gathering: bool,
     counter: u64,
 }
@@ -163,7 +223,12 @@ impl BatchBackend {
 
     fn new(api: Box<dyn BatchApi>, journal_dir: &Path, timing: BatchTiming, stop: Stop) -> BatchBackend {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(api.describe().to_string().as_bytes());
+        let mut described = api.describe();
+        if let Value::Object(fields) = &mut described {
+            fields.remove("timeout_s");
+        }
+        let identity = described.to_string();
+        let digest = Sha256::digest(identity.as_bytes());
         let tag = hex::encode(&digest[..8]);
         BatchBackend {
             shared: Arc::new(Shared {
@@ -174,14 +239,16 @@ impl BatchBackend {
                 timing,
                 stop,
                 tag,
+                identity,
                 state: Mutex::new(State::default()),
+                creating: tokio::sync::Mutex::new(()),
             }),
         }
     }
 
-    /// The endpoint identity its requests' cache keys, and so their custom ids, are made with.
+    /// The identity its requests' custom ids are made with (their cache key at it).
     pub fn describe_identity(&self) -> String {
-        self.shared.api.describe().to_string()
+        self.shared.identity.clone()
     }
 
     /// Where this model's batches are journaled.
@@ -239,7 +306,7 @@ fn journaled(records: Vec<Record>) -> Vec<JournaledBatch> {
 impl Backend for BatchBackend {
     async fn send(&self, request: &Request) -> Result<Generation, BackendError> {
         let shared = &self.shared;
-        let custom_id = hex::encode(request.cache_key(&shared.api.describe().to_string()).as_bytes());
+        let custom_id = hex::encode(request.cache_key(&shared.identity).as_bytes());
         let (group, entry) = shared.api.entry(&custom_id, request)?;
         let receiver = {
             let mut state = shared.lock();
@@ -259,12 +326,13 @@ impl Backend for BatchBackend {
                         let batch = state.batches.get_mut(&name);
                         if let Some(batch) = batch.filter(|batch| !batch.driven) {
                             batch.driven = true;
-                            tokio::spawn(Shared::drive(shared.clone(), name, None));
+                            Shared::spawn_drive(shared, name, None);
                         }
                     }
                     None => {
+                        state.pending_bytes += entry.len();
                         state.pending.push((custom_id.clone(), group, entry));
-                        if state.pending.len() >= MAX_BATCH_REQUESTS {
+                        if state.pending.len() >= MAX_BATCH_REQUESTS || state.pending_bytes >= MAX_BATCH_BYTES {
                             Shared::submit(shared, &mut state);
                         } else if !state.gathering {
                             state.gathering = true;
@@ -388,6 +456,7 @@ impl Shared {
     /// submits it.
     fn submit(shared: &Arc<Shared>, state: &mut State) {
         let pending = std::mem::take(&mut state.pending);
+        state.pending_bytes = 0;
         if shared.stop.is_stopped() {
             for (custom_id, ..) in pending {
                 state.deliver(&custom_id, Outcome::Stopped);
@@ -445,18 +514,45 @@ impl Shared {
             },
         );
         let entries = entries.into_iter().map(|(_, _, entry)| entry).collect();
-        tokio::spawn(Shared::drive(shared.clone(), name, Some(entries)));
+        Shared::spawn_drive(shared, name, Some(entries));
+    }
+
+    /// Drives batch `name` in a task of its own; should that task panic, its units fail (and are
+    /// asked again) instead of waiting forever.
+    fn spawn_drive(shared: &Arc<Shared>, name: String, entries: Option<Vec<Vec<u8>>>) {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let driven = tokio::spawn(Shared::drive(shared.clone(), name.clone(), entries));
+            if driven.await.is_err() {
+                let mut state = shared.lock();
+                let ids = state.batches.get(&name).map(|b| b.ids.clone()).unwrap_or_default();
+                for id in &ids {
+                    let problem = format!("batch {name}: its task failed");
+                    state.deliver(
+                        id,
+                        Outcome::Failed {
+                            problem,
+                            retryable: true,
+                        },
+                    );
+                }
+                if let Some(batch) = state.batches.get_mut(&name) {
+                    batch.driven = false;
+                }
+            }
+        });
     }
 
     /// Creates (with `entries`) or finds batch `name`, polls it to its end and hands out its
     /// results.
     async fn drive(shared: Arc<Shared>, name: String, entries: Option<Vec<Vec<u8>>>) {
-        let outcome = shared.run_batch(&name, entries).await;
+        let end = shared.run_batch(&name, entries).await;
         let mut state = shared.lock();
         let ids = state.batches.get(&name).map(|b| b.ids.clone()).unwrap_or_default();
-        let (mut results, missing) = match outcome {
-            Ok(results) => (results, None),
-            Err(missing) => (HashMap::new(), Some(missing)),
+        let (mut results, missing, release) = match end {
+            End::Results(results) => (results, None, true),
+            End::Definitive(outcome) => (HashMap::new(), Some(outcome), true),
+            End::Transient(outcome) => (HashMap::new(), Some(outcome), false),
         };
         for id in &ids {
             let outcome = results.remove(id).unwrap_or_else(|| match &missing {
@@ -466,7 +562,8 @@ impl Shared {
                     retryable: true,
                 },
             });
-            if !matches!(outcome, Outcome::Stopped) && state.owner.get(id) == Some(&name) {
+            let stopped = matches!(outcome, Outcome::Stopped);
+            if release && !stopped && state.owner.get(id) == Some(&name) {
                 // Asked again, it goes into a new batch (or is served from `ready`).
                 state.owner.remove(id);
             }
@@ -489,38 +586,55 @@ impl Shared {
     }
 
     /// The batch's results by custom id, or what every unit gets when there are none.
-    async fn run_batch(&self, name: &str, entries: Option<Vec<Vec<u8>>>) -> Result<HashMap<String, Outcome>, Outcome> {
+    async fn run_batch(&self, name: &str, entries: Option<Vec<Vec<u8>>>) -> End {
         let (known, count) = {
             let state = self.lock();
             let batch = state.batches.get(name);
             (batch.and_then(|b| b.id.clone()), batch.map_or(0, |b| b.ids.len()))
         };
-        let id = match (known, entries) {
-            (Some(id), _) => id,
-            (None, Some(entries)) => {
-                let id = self.api.create(name, &entries).await.map_err(|e| Outcome::failed(&e))?;
-                tracing::info!("batch {name}: submitted {} requests as {id}", entries.len());
-                self.journal_id(name, &id);
-                id
-            }
-            (None, None) => match self
-                .api
-                .find(name, intent_time(name), count)
-                .await
-                .map_err(|e| Outcome::failed(&e))?
-            {
-                Some(id) => {
-                    tracing::info!("batch {name}: found as {id}");
-                    self.journal_id(name, &id);
-                    id
-                }
-                None => {
-                    return Err(Outcome::Failed {
+        let id = match known {
+            Some(id) => id,
+            None => {
+                // Created (or looked for) one at a time, the id journaled before the next.
+                let _creating = self.creating.lock().await;
+                let taken: Vec<String> = self.lock().batches.values().filter_map(|b| b.id.clone()).collect();
+                let intent = Intent {
+                    name,
+                    since: intent_time(name),
+                    count,
+                    taken: &taken,
+                };
+                let found = match entries {
+                    Some(entries) => match self.api.create(name, &entries).await {
+                        Ok(id) => {
+                            tracing::info!("batch {name}: submitted {} requests as {id}", entries.len());
+                            Some(id)
+                        }
+                        // The batch may exist: asked again, its units look for it.
+                        Err(CreateFailure { error, may_exist: true }) => {
+                            return End::Transient(Outcome::failed(&error));
+                        }
+                        Err(CreateFailure { error, .. }) => return End::Definitive(Outcome::failed(&error)),
+                    },
+                    None => match self.api.find(&intent).await {
+                        Ok(found) => {
+                            if let Some(id) = &found {
+                                tracing::info!("batch {name}: found as {id}");
+                            }
+                            found
+                        }
+                        Err(error) => return End::Transient(Outcome::failed(&error)),
+                    },
+                };
+                let Some(id) = found else {
+                    return End::Definitive(Outcome::Failed {
                         problem: format!("batch {name} was journaled but never created"),
                         retryable: true,
                     });
-                }
-            },
+                };
+                self.journal_id(name, &id);
+                id
+            }
         };
         if let Some(batch) = self.lock().batches.get_mut(name) {
             batch.id = Some(id.clone());
@@ -530,7 +644,7 @@ impl Shared {
         let state = loop {
             if self.stop.is_stopped() {
                 tracing::warn!("batch {id} is still {last_status}; run the same command again to collect it");
-                return Err(Outcome::Stopped);
+                return End::Transient(Outcome::Stopped);
             }
             match self.api.state(&id).await {
                 Ok(state) => {
@@ -553,28 +667,32 @@ impl Shared {
                     failures += 1;
                     tracing::warn!(%error, "polling batch {id}");
                 }
-                Err(error) => return Err(Outcome::failed(&error)),
+                // Still there, most likely: the next attempt polls it again.
+                Err(error) if error.is_retryable() => return End::Transient(Outcome::failed(&error)),
+                // Gone (404) or not ours to read: its units go into a new batch.
+                Err(error) => return End::Definitive(Outcome::failed(&error)),
             }
             tokio::select! {
                 () = tokio::time::sleep(self.timing.poll) => {}
                 () = self.stop.stopped() => {}
             }
         };
-        let results: HashMap<String, Outcome> = self
-            .api
-            .results(&id, &state)
-            .await
-            .map_err(|e| Outcome::failed(&e))?
-            .into_iter()
-            .collect();
+        let results: HashMap<String, Outcome> = match self.api.results(&id, &state).await {
+            Ok(results) => results.into_iter().collect(),
+            Err(error) if error.is_retryable() => return End::Transient(Outcome::failed(&error)),
+            Err(error) => return End::Definitive(Outcome::failed(&error)),
+        };
         let answered = results.values().filter(|o| matches!(o, Outcome::Reply(_))).count();
         if answered < count {
             tracing::warn!(
                 "batch {id} ended {} with {answered} of {count} requests answered; the rest go into a new batch",
                 state.status
             );
+            if let Some(errors) = &state.errors {
+                tracing::warn!("batch {id}: {errors}");
+            }
         }
-        Ok(results)
+        End::Results(results)
     }
 }
 
@@ -592,22 +710,29 @@ async fn call(
         .map_err(|error| error.redacted(secrets))
 }
 
-fn json<T: serde::de::DeserializeOwned>(shown: &str, bytes: &[u8]) -> Result<T, BackendError> {
+/// An answer read as `T`; the error's text (which may quote the answer) has secrets masked.
+fn json<T: serde::de::DeserializeOwned>(shown: &str, secrets: &[String], bytes: &[u8]) -> Result<T, BackendError> {
     serde_json::from_slice(bytes).map_err(|e| BackendError::InvalidResponse {
         endpoint: shown.to_string(),
-        problem: format!("not a batch API answer: {e}"),
+        problem: crate::redact::redact(&format!("not a batch API answer: {e}"), secrets),
     })
 }
 
+/// How many pages of recent batches are read when looking for a lost one.
+const MAX_LIST_PAGES: usize = 50;
+
 /// Non-empty lines of a JSONL body, each parsed; a line that is not one is logged and skipped
 /// (its unit counts as unanswered).
-fn jsonl<T: serde::de::DeserializeOwned>(id: &str, bytes: &[u8]) -> Vec<T> {
+fn jsonl<T: serde::de::DeserializeOwned>(id: &str, secrets: &[String], bytes: &[u8]) -> Vec<T> {
     bytes
         .split(|b| *b == b'\n')
         .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
         .filter_map(|line| {
             serde_json::from_slice(line)
-                .map_err(|error| tracing::warn!("batch {id}: a result line does not parse: {error}"))
+                .map_err(|error| {
+                    let error = crate::redact::redact(&error.to_string(), secrets);
+                    tracing::warn!("batch {id}: a result line does not parse: {error}");
+                })
                 .ok()
         })
         .collect()
@@ -655,6 +780,11 @@ struct OpenAiBatch {
     request_counts: Option<OpenAiCounts>,
     #[serde(default)]
     metadata: Option<HashMap<String, Value>>,
+    /// Unix seconds.
+    #[serde(default)]
+    created_at: Option<u64>,
+    #[serde(default)]
+    errors: Option<Value>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -762,7 +892,7 @@ impl BatchApi for OpenAiBatches {
         Ok((path, serde_json::to_vec(&line).map_err(encode)?))
     }
 
-    async fn create(&self, name: &str, entries: &[Vec<u8>]) -> Result<String, BackendError> {
+    async fn create(&self, name: &str, entries: &[Vec<u8>]) -> Result<String, CreateFailure> {
         let client = self.inner.http();
         let mut file = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum());
         for entry in entries {
@@ -778,26 +908,33 @@ impl BatchApi for OpenAiBatches {
         let part = reqwest::multipart::Part::bytes(file)
             .file_name(format!("{name}.jsonl"))
             .mime_str("application/jsonl")
-            .map_err(|e| BackendError::Config(e.to_string()))?;
+            .map_err(|e| CreateFailure::before(BackendError::Config(e.to_string())))?;
         let form = reqwest::multipart::Form::new()
             .text("purpose", "batch")
             .part("file", part);
         let uploaded = self
             .call(client.post(self.url("files")).multipart(form), 1 << 20)
-            .await?;
+            .await
+            .map_err(CreateFailure::before)?;
         #[derive(Deserialize)]
         struct File {
             id: String,
         }
-        let file: File = json(self.shown(), &uploaded)?;
+        let file: File = json(self.shown(), self.inner.secrets(), &uploaded).map_err(CreateFailure::before)?;
         let body = serde_json::json!({
             "input_file_id": file.id,
             "endpoint": endpoint,
             "completion_window": "24h",
             "metadata": { METADATA_KEY: name },
         });
-        let created = self.call(client.post(self.url("batches")).json(&body), 1 << 20).await?;
-        let batch: OpenAiBatch = json(self.shown(), &created)?;
+        let created = self
+            .call(client.post(self.url("batches")).json(&body), 1 << 20)
+            .await
+            .map_err(CreateFailure::of_create)?;
+        let batch: OpenAiBatch = json(self.shown(), self.inner.secrets(), &created).map_err(|error| {
+            // It answered 2xx: the batch exists, under an id this answer does not carry readably.
+            CreateFailure { error, may_exist: true }
+        })?;
         Ok(batch.id)
     }
 
@@ -805,7 +942,7 @@ impl BatchApi for OpenAiBatches {
         let bytes = self
             .call(self.inner.http().get(self.url(&format!("batches/{id}"))), 1 << 20)
             .await?;
-        let batch: OpenAiBatch = json(self.shown(), &bytes)?;
+        let batch: OpenAiBatch = json(self.shown(), self.inner.secrets(), &bytes)?;
         let counts = batch.request_counts.unwrap_or_default();
         Ok(BatchState {
             ended: matches!(batch.status.as_str(), "completed" | "failed" | "expired" | "cancelled"),
@@ -817,28 +954,51 @@ impl BatchApi for OpenAiBatches {
                 .into_iter()
                 .flatten()
                 .collect(),
+            errors: batch.errors.filter(|e| !e.is_null()).map(|e| e.to_string()),
         })
     }
 
-    /// The batch whose metadata names `name`, among the 100 most recent.
-    async fn find(&self, name: &str, _since: SystemTime, _count: usize) -> Result<Option<String>, BackendError> {
-        let mut url = self.url("batches");
-        url.query_pairs_mut().append_pair("limit", "100");
-        let bytes = self.call(self.inner.http().get(url), 16 << 20).await?;
+    /// The batch whose metadata names the intent, among those created since (pages of 100,
+    /// newest first, read until one is older than the intent).
+    async fn find(&self, intent: &Intent<'_>) -> Result<Option<String>, BackendError> {
         #[derive(Deserialize)]
         struct List {
             data: Vec<OpenAiBatch>,
+            #[serde(default)]
+            has_more: bool,
         }
-        let list: List = json(self.shown(), &bytes)?;
-        Ok(list.data.into_iter().find_map(|batch| {
-            let named = batch
-                .metadata
-                .as_ref()
-                .and_then(|m| m.get(METADATA_KEY))
-                .and_then(Value::as_str)
-                == Some(name);
-            named.then_some(batch.id)
-        }))
+        let since = intent
+            .since
+            .checked_sub(CLOCK_SLACK)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut url = self.url("batches");
+            url.query_pairs_mut().append_pair("limit", "100");
+            if let Some(after) = &after {
+                url.query_pairs_mut().append_pair("after", after);
+            }
+            let bytes = self.call(self.inner.http().get(url), 16 << 20).await?;
+            let list: List = json(self.shown(), self.inner.secrets(), &bytes)?;
+            let older = list.data.iter().any(|b| b.created_at.is_some_and(|at| at < since));
+            after = list.data.last().map(|b| b.id.clone());
+            for batch in list.data {
+                let named = batch
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get(METADATA_KEY))
+                    .and_then(Value::as_str)
+                    == Some(intent.name);
+                if named {
+                    return Ok(Some(batch.id));
+                }
+            }
+            if !list.has_more || older || after.is_none() {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     async fn results(&self, id: &str, state: &BatchState) -> Result<Vec<(String, Outcome)>, BackendError> {
@@ -852,7 +1012,7 @@ impl BatchApi for OpenAiBatches {
         for file in &state.files {
             let url = self.url(&format!("files/{file}/content"));
             let bytes = self.call(self.inner.http().get(url), limit).await?;
-            for line in jsonl::<OpenAiLine>(id, &bytes) {
+            for line in jsonl::<OpenAiLine>(id, self.inner.secrets(), &bytes) {
                 let outcome = self.line_outcome(&line);
                 results.push((line.custom_id, outcome));
             }
@@ -976,7 +1136,7 @@ impl BatchApi for AnthropicBatches {
         ))
     }
 
-    async fn create(&self, _name: &str, entries: &[Vec<u8>]) -> Result<String, BackendError> {
+    async fn create(&self, _name: &str, entries: &[Vec<u8>]) -> Result<String, CreateFailure> {
         let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 16);
         body.extend_from_slice(b"{\"requests\":[");
         for (at, entry) in entries.iter().enumerate() {
@@ -992,14 +1152,15 @@ impl BatchApi for AnthropicBatches {
             .post(self.inner.batches_url().expose().clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        let created = self.call(http, 1 << 20).await?;
-        let batch: AnthropicBatch = json(self.shown(), &created)?;
+        let created = self.call(http, 1 << 20).await.map_err(CreateFailure::of_create)?;
+        let batch: AnthropicBatch = json(self.shown(), self.inner.secrets(), &created)
+            .map_err(|error| CreateFailure { error, may_exist: true })?;
         Ok(batch.id)
     }
 
     async fn state(&self, id: &str) -> Result<BatchState, BackendError> {
         let bytes = self.call(self.inner.http().get(self.url(id)), 1 << 20).await?;
-        let batch: AnthropicBatch = json(self.shown(), &bytes)?;
+        let batch: AnthropicBatch = json(self.shown(), self.inner.secrets(), &bytes)?;
         let counts = batch.request_counts;
         Ok(BatchState {
             ended: batch.processing_status == "ended",
@@ -1008,26 +1169,58 @@ impl BatchApi for AnthropicBatches {
             done: counts.succeeded + counts.errored + counts.canceled + counts.expired,
             failed: counts.errored + counts.canceled + counts.expired,
             files: Vec::new(),
+            errors: None,
         })
     }
 
-    /// Message batches carry no metadata: the most recent one created after the intent with as
-    /// many requests. Should it be another run's, its results lack this intent's ids, and those
-    /// go into a new batch.
-    async fn find(&self, _name: &str, since: SystemTime, count: usize) -> Result<Option<String>, BackendError> {
-        let mut url = self.inner.batches_url().expose().clone();
-        url.query_pairs_mut().append_pair("limit", "100");
-        let bytes = self.call(self.inner.http().get(url), 16 << 20).await?;
+    /// Message batches carry no metadata: the earliest one created since the intent (less
+    /// the clock slack) with as many requests that no other intent owns. Batches are created
+    /// one at a time, each id journaled before the next, so at most one intent lacks its id.
+    /// Should the match be another run's all the same, its results lack this intent's ids, and
+    /// those go into a new batch.
+    async fn find(&self, intent: &Intent<'_>) -> Result<Option<String>, BackendError> {
         #[derive(Deserialize)]
         struct List {
             data: Vec<AnthropicBatch>,
+            #[serde(default)]
+            has_more: bool,
+            #[serde(default)]
+            last_id: Option<String>,
         }
-        let list: List = json(self.shown(), &bytes)?;
+        let since = intent.since.checked_sub(CLOCK_SLACK).unwrap_or(SystemTime::UNIX_EPOCH);
         let since = jiff::Timestamp::try_from(since).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        Ok(list.data.into_iter().find_map(|batch| {
-            let created = batch.created_at.as_deref()?.parse::<jiff::Timestamp>().ok()?;
-            (created >= since && batch.request_counts.total() == count as u64).then_some(batch.id)
-        }))
+        let mut earliest: Option<String> = None;
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut url = self.inner.batches_url().expose().clone();
+            url.query_pairs_mut().append_pair("limit", "100");
+            if let Some(after) = &after {
+                url.query_pairs_mut().append_pair("after_id", after);
+            }
+            let bytes = self.call(self.inner.http().get(url), 16 << 20).await?;
+            let list: List = json(self.shown(), self.inner.secrets(), &bytes)?;
+            let mut older = false;
+            // Newest first: the last match is the earliest.
+            for batch in &list.data {
+                let created = batch
+                    .created_at
+                    .as_deref()
+                    .and_then(|at| at.parse::<jiff::Timestamp>().ok());
+                let Some(created) = created else { continue };
+                if created < since {
+                    older = true;
+                    continue;
+                }
+                if batch.request_counts.total() == intent.count as u64 && !intent.taken.contains(&batch.id) {
+                    earliest = Some(batch.id.clone());
+                }
+            }
+            after = list.last_id.or_else(|| list.data.last().map(|b| b.id.clone()));
+            if !list.has_more || older || after.is_none() {
+                break;
+            }
+        }
+        Ok(earliest)
     }
 
     async fn results(&self, id: &str, _state: &BatchState) -> Result<Vec<(String, Outcome)>, BackendError> {
@@ -1040,7 +1233,7 @@ impl BatchApi for AnthropicBatches {
         let bytes = self
             .call(self.inner.http().get(self.url(&format!("{id}/results"))), limit)
             .await?;
-        Ok(jsonl::<AnthropicLine>(id, &bytes)
+        Ok(jsonl::<AnthropicLine>(id, self.inner.secrets(), &bytes)
             .into_iter()
             .map(|line| {
                 let outcome = self.line_outcome(&line.result);

@@ -77,6 +77,10 @@ pub struct RecordedModel {
     pub key: String,
     #[serde(default)]
     pub backend: Value,
+    /// Its calls went through the provider's batch API (priced at the prices file's `batch`
+    /// factor). Absent: sent one by one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batched: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

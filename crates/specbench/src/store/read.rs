@@ -38,6 +38,10 @@ pub struct StoredRun {
     pub generation_cost: Option<Usage>,
     /// Tokens of every call of this judge, from the manifest.
     pub judge_cost: Option<Usage>,
+    /// The model's and the judge's last runs here went through a batch API (the manifest's
+    /// `batched`): their tokens are priced at the batch factor.
+    pub generation_batched: bool,
+    pub judge_batched: bool,
     pub dir: PathBuf,
 }
 
@@ -160,6 +164,14 @@ fn load_folder(
             method: method.to_string(),
             generation_cost: manifest.as_ref().and_then(|m| m.generation.as_ref()?.cost),
             judge_cost: manifest.as_ref().and_then(|m| m.judges.get(&stem)?.cost),
+            generation_batched: manifest
+                .as_ref()
+                .and_then(|m| m.generation.as_ref())
+                .is_some_and(|g| g.model.batched),
+            judge_batched: manifest
+                .as_ref()
+                .and_then(|m| m.judges.get(&stem))
+                .is_some_and(|j| j.model.batched),
             judge: stem,
             items,
             dir: dir.to_path_buf(),

@@ -206,12 +206,17 @@ async fn a_batch_whose_id_was_never_journaled_is_found_by_its_metadata() -> anyh
         .collect();
     assert_ne!(intent_only, text, "the batch id had been journaled");
     std::fs::write(&path, intent_only)?;
+    // A busy account: the lost batch is on the third page of the list.
+    server.add_others(250);
 
     server.release();
     let second = batched(&server, journal.path(), &Stop::default())?;
     assert_eq!(generate_all(&second, &requests).await, expected(&requests));
     assert_eq!(server.batches().len(), 1, "{:?}", server.calls());
-    assert!(server.calls().iter().any(|c| c == "GET /v1/batches"));
+    assert!(
+        server.calls().iter().filter(|c| *c == "GET /v1/batches").count() >= 3,
+        "paged"
+    );
     Ok(())
 }
 
@@ -333,12 +338,21 @@ async fn an_anthropic_batch_whose_id_was_never_journaled_is_found_by_its_time_an
         .collect();
     assert_ne!(intent_only, text, "the batch id had been journaled");
     std::fs::write(&path, intent_only)?;
+    server.add_others(250);
 
     server.release();
     let second = anthropic_batched(&server, journal.path(), &Stop::default())?;
     assert_eq!(generate_all(&second, &requests).await, expected(&requests));
     assert_eq!(server.batches().len(), 1, "{:?}", server.calls());
-    assert!(server.calls().iter().any(|c| c == "GET /v1/messages/batches"));
+    assert!(
+        server
+            .calls()
+            .iter()
+            .filter(|c| *c == "GET /v1/messages/batches")
+            .count()
+            >= 3,
+        "paged"
+    );
     Ok(())
 }
 
@@ -359,5 +373,29 @@ async fn anthropic_errored_and_expired_requests_go_into_a_new_batch() -> anyhow:
             "{fault:?}"
         );
     }
+    Ok(())
+}
+
+/// The batch was created but the answer to that call was lost (a 502): the request's retry
+/// looks for the batch by its metadata instead of submitting a second one.
+#[tokio::test]
+async fn a_lost_answer_to_the_create_call_finds_the_batch_instead_of_paying_again() -> anyhow::Result<()> {
+    let server = BatchServer::start(BatchFault::LoseFirstCreateAnswer, answer)?;
+    let journal = tempfile::tempdir()?;
+    let model = batched(&server, journal.path(), &Stop::default())?;
+    let requests = requests(3);
+    assert_eq!(generate_all(&model, &requests).await, expected(&requests));
+    assert_eq!(server.batches().len(), 1, "{:?}", server.calls());
+    Ok(())
+}
+
+#[tokio::test]
+async fn polls_that_fail_for_a_while_keep_the_batch() -> anyhow::Result<()> {
+    let server = BatchServer::start(BatchFault::FailThreePolls, answer)?;
+    let journal = tempfile::tempdir()?;
+    let model = batched(&server, journal.path(), &Stop::default())?;
+    let requests = requests(3);
+    assert_eq!(generate_all(&model, &requests).await, expected(&requests));
+    assert_eq!(server.batches().len(), 1, "{:?}", server.calls());
     Ok(())
 }
