@@ -39,6 +39,23 @@ fn run_args<'a>(model_url: &'a str, judge_url: &'a str, batch: bool) -> Vec<&'a 
 
 const SCORES: &str = "batch-model/Museum/vanilla/batch-judge_score.json";
 
+/// Waits until the run has journaled its batch's id (the moment after the API returned it).
+fn until_id_journaled(ctx: &TestContext) -> anyhow::Result<()> {
+    let dir = ctx.cache_dir().join("batches");
+    for _ in 0..1500 {
+        let journaled = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| std::fs::read_to_string(entry.path()).is_ok_and(|text| text.contains("\"id\":")));
+        if journaled {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("no batch id journaled in {}", dir.display())
+}
+
 #[test]
 fn a_judge_batch_killed_in_flight_is_collected_by_the_next_run_not_submitted_again() -> anyhow::Result<()> {
     let model = StubServer::start(|request| Reply::Content(synthetic_reply(request)))?;
@@ -60,6 +77,7 @@ fn a_judge_batch_killed_in_flight_is_collected_by_the_next_run_not_submitted_aga
     }
     assert_eq!(judge.batches().len(), 1, "{:?}", judge.calls());
     assert_eq!(judge.batches()[0].len(), 3, "every item's judgement in one batch");
+    until_id_journaled(&ctx)?;
     first.kill()?;
     first.wait()?;
 
@@ -194,6 +212,7 @@ fn a_cancelled_batch_is_submitted_again_by_the_next_run() -> anyhow::Result<()> 
         std::thread::sleep(Duration::from_millis(20));
         waited += 1;
     }
+    until_id_journaled(&ctx)?;
     first.kill()?;
     first.wait()?;
 
