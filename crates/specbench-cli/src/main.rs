@@ -100,10 +100,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines go to stderr; `SPECBENCH_LOG` sets the filter (default: warnings).
+/// Warnings, and each provider batch's submission and changes of state: a batch runs for
+/// hours, and these lines are its progress.
+const DEFAULT_LOG: &str = "warn,specbench::backend::batch=info";
+
+/// Log lines go to stderr; `SPECBENCH_LOG` sets the filter (default: [`DEFAULT_LOG`]).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(specbench::env::Env::LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
